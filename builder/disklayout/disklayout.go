@@ -114,8 +114,8 @@ func (t Type) IsGPT() bool {
 	return t == LegacyGPT || t == EFI || t == EFIXBootLdr || t == Hybrid
 }
 
-// hasBootSize reports whether make-disk-image's bootSize affects the layout.
-func (t Type) hasBootSize() bool {
+// HasBootSize reports whether make-disk-image's bootSize affects the layout.
+func (t Type) HasBootSize() bool {
 	return t == EFI || t == EFIXBootLdr || t == Hybrid
 }
 
@@ -272,7 +272,7 @@ func Plan(o Options) (*Layout, error) {
 	if err := checkSize("XBOOTLDR size", o.XBootLdrSize, true); err != nil {
 		return nil, err
 	}
-	if o.BootSize != 0 && !t.hasBootSize() {
+	if o.BootSize != 0 && !t.HasBootSize() {
 		return nil, fmt.Errorf("boot size is set, but the %s layout has no boot partition: it applies only to efi, efixbootldr and hybrid", t)
 	}
 	if o.XBootLdrSize != 0 && t != EFIXBootLdr {

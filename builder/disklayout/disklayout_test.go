@@ -358,7 +358,7 @@ func TestMatchesParted(t *testing.T) {
 	for _, typ := range []Type{Legacy, LegacyGPT, EFI, EFIXBootLdr, Hybrid} {
 		cases = append(cases, Options{Type: typ, RootSize: rootSize})
 		o := Options{Type: typ, RootSize: rootSize, DiskSize: 2000*MiB + 7*SectorSize}
-		if typ.hasBootSize() {
+		if typ.HasBootSize() {
 			o.BootSize = 300*MiB + 4096
 		}
 		cases = append(cases, o)

@@ -1,0 +1,80 @@
+package nixos
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
+)
+
+// Artifact is the image file the builder wrote.
+type Artifact struct {
+	path      string
+	format    string
+	diskBytes int64
+	paths     int
+	generated map[string]interface{}
+}
+
+func newArtifact(state multistep.StateBag) *Artifact {
+	c := state.Get("config").(*Config)
+	p := state.Get("plan").(*plan)
+	a := &Artifact{
+		path:      state.Get("image_path").(string),
+		format:    c.Format,
+		diskBytes: p.layout.DiskSize,
+		paths:     len(state.Get("closure").([]nixstore.PathInfo)),
+	}
+	a.generated = map[string]interface{}{
+		"ImagePath":      a.path,
+		"ImageFormat":    a.format,
+		"DiskSize":       fmt.Sprint(a.diskBytes >> 20),
+		"StorePathCount": fmt.Sprint(a.paths),
+	}
+	return a
+}
+
+func (a *Artifact) BuilderId() string { return BuilderID }
+func (a *Artifact) Files() []string   { return []string{a.path} }
+func (a *Artifact) Id() string        { return a.path }
+
+func (a *Artifact) String() string {
+	return fmt.Sprintf("NixOS store image (%s, %d store paths): %s", a.format, a.paths, a.path)
+}
+
+// State answers the keys Packer's vagrant post-processor (libvirt provider)
+// and packer-plugin-qemu users read, plus the generated data.
+func (a *Artifact) State(name string) interface{} {
+	switch name {
+	case "diskName":
+		return filepath.Base(a.path) // vagrant matches it against Files()' base names
+	case "diskType":
+		return a.format
+	case "diskSize":
+		return fmt.Sprintf("%dM", (a.diskBytes+1<<20-1)>>20) // vagrant parses qemu size strings
+	case "domainType":
+		return "tcg" // libvirt's plain qemu driver: the image needs no KVM
+	case "generated_data":
+		return a.generated
+	}
+	return nil
+}
+
+// Destroy removes the image, and nothing else the directory may hold.
+func (a *Artifact) Destroy() error {
+	if err := os.Remove(a.path); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
+}
+
+func allocated(fi os.FileInfo) int64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
+}

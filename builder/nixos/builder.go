@@ -1,0 +1,71 @@
+// Package nixos is the nixos-image builder: it writes a NixOS disk image on
+// the host, streaming the closure into a filesystem it lays out itself.
+package nixos
+
+import (
+	"context"
+	"errors"
+
+	"github.com/hashicorp/hcl/v2/hcldec"
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	"github.com/hashicorp/packer-plugin-sdk/multistep/commonsteps"
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
+)
+
+// BuilderID identifies artifacts of this builder.
+const BuilderID = "packer-plugin-nixos.image"
+
+// Builder is the nixos-image builder.
+type Builder struct {
+	config Config
+	runner multistep.Runner
+}
+
+func (b *Builder) ConfigSpec() hcldec.ObjectSpec { return b.config.FlatMapstructure().HCL2Spec() }
+
+func (b *Builder) Prepare(raws ...interface{}) ([]string, []string, error) {
+	warnings, err := b.config.Prepare(raws...)
+	if err != nil {
+		return nil, warnings, err
+	}
+	return generatedData, warnings, nil
+}
+
+// generatedData are the variables later provisioners and post-processors can
+// read as build.<Name>.
+var generatedData = []string{"ImagePath", "ImageFormat", "DiskSize", "StorePathCount"}
+
+func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook) (packersdk.Artifact, error) {
+	state := new(multistep.BasicStateBag)
+	state.Put("config", &b.config)
+	state.Put("hook", hook)
+	state.Put("ui", ui)
+	state.Put("store", &nixstore.Store{Dir: "/nix/store"})
+	state.Put("qemu-img", QemuImgDriver{})
+
+	// The store-only recipe: find the closure, size the disk, stream the
+	// closure into a new image, convert it to the requested format.
+	steps := []multistep.Step{
+		&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
+		&stepClosure{},
+		&stepPlan{},
+		&stepWriteImage{},
+		&stepConvert{},
+	}
+
+	b.runner = commonsteps.NewRunner(steps, b.config.PackerConfig, ui)
+	b.runner.Run(ctx, state)
+
+	if err, ok := state.GetOk("error"); ok {
+		return nil, err.(error)
+	}
+	if _, ok := state.GetOk(multistep.StateCancelled); ok {
+		return nil, errors.New("build was cancelled")
+	}
+	if _, ok := state.GetOk(multistep.StateHalted); ok {
+		return nil, errors.New("build was halted")
+	}
+	return newArtifact(state), nil
+}

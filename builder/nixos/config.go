@@ -1,0 +1,267 @@
+//go:generate packer-sdc mapstructure-to-hcl2 -type Config
+//go:generate packer-sdc struct-markdown
+
+package nixos
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/packer-plugin-sdk/common"
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+	"github.com/hashicorp/packer-plugin-sdk/template/config"
+	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
+)
+
+// DefaultRootGUID is make-disk-image's rootGPUID and rootFSUID default.
+const DefaultRootGUID = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
+
+// Config is the nixos-image builder's configuration.
+type Config struct {
+	common.PackerConfig `mapstructure:",squash"`
+
+	// Build an image holding only the Nix store and its registration, with no
+	// VM (make-disk-image's `onlyNixStore`). The filesystem's root is the store:
+	// mount it on /nix/store. Install mode (`false`) is not available yet.
+	OnlyNixStore bool `mapstructure:"only_nix_store" required:"false"`
+	// Store paths whose closures go into the image. Each must be a valid path
+	// in the host's Nix store; the closure is computed from the Nix database.
+	StorePaths []string `mapstructure:"store_paths" required:"false"`
+	// A NixOS system (a `config.system.build.toplevel` store path), added as
+	// one more root of the closure.
+	System string `mapstructure:"system" required:"false"`
+	// More store paths to include and register (make-disk-image's
+	// `additionalPaths`).
+	AdditionalPaths []string `mapstructure:"additional_paths" required:"false"`
+	// Disk size: `auto` (computed exactly from the closure, plus
+	// `additional_space`), or a size such as `8G`, `512M`, `1T`; a bare number
+	// is MiB, as in make-disk-image. Defaults to `auto`.
+	DiskSize string `mapstructure:"disk_size" required:"false"`
+	// Free space added on top of the computed size when `disk_size = "auto"`.
+	// Defaults to `512M`.
+	AdditionalSpace string `mapstructure:"additional_space" required:"false"`
+	// Size of the EFI system partition for the `efi`, `efixbootldr` and
+	// `hybrid` layouts. Defaults to `256M`.
+	BootSize string `mapstructure:"boot_size" required:"false"`
+	// Partition layout: `legacy` (MBR), `legacy+gpt` (GPT with a BIOS boot
+	// partition), `efi` (GPT with an ESP), `efixbootldr` (ESP and XBOOTLDR),
+	// `hybrid` (GPT, ESP, BIOS boot and a hybrid MBR) or `none` (a bare
+	// filesystem). Defaults to `legacy`.
+	PartitionTableType string `mapstructure:"partition_table_type" required:"false"`
+	// Root filesystem type. Only `ext4` is supported for now.
+	FSType string `mapstructure:"fs_type" required:"false"`
+	// Root filesystem label. Defaults to `nix-store` when `only_nix_store`,
+	// else `nixos`.
+	Label string `mapstructure:"label" required:"false"`
+	// The root filesystem's UUID. Defaults to
+	// `F222513B-DED1-49FA-B591-20CE86A2FE7F` when `deterministic`, else random.
+	RootFSUUID string `mapstructure:"root_fs_uuid" required:"false"`
+	// The root partition's unique GUID (GPT layouts). Defaults to
+	// `F222513B-DED1-49FA-B591-20CE86A2FE7F` when `deterministic`, else random.
+	RootPartitionGUID string `mapstructure:"root_partition_guid" required:"false"`
+	// Make the image bit-for-bit reproducible: fixed UUIDs and GUIDs, the
+	// ext4 hash seed derived from the UUID, every time from
+	// `source_date_epoch`. Defaults to `true`.
+	Deterministic *bool `mapstructure:"deterministic" required:"false"`
+	// Unix time written for the filesystem and every file we create. Defaults
+	// to the `SOURCE_DATE_EPOCH` environment variable, else 1 (the Nix store's
+	// own time stamp).
+	SourceDateEpoch *int64 `mapstructure:"source_date_epoch" required:"false"`
+	// Output format: `raw` (file `<image_name>.img`) or `qcow2`. Defaults to
+	// `raw`. Other formats come with the `nixos-convert` post-processor.
+	Format string `mapstructure:"format" required:"false"`
+	// Base name of the image file. Defaults to `nixos`.
+	ImageName string `mapstructure:"image_name" required:"false"`
+	// Directory for the image. Defaults to `output-<build name>`. It must not
+	// exist, unless `packer build -force` is used (which deletes it first).
+	OutputDir string `mapstructure:"output_directory" required:"false"`
+
+	ctx interpolate.Context
+
+	// Parsed forms, filled by Prepare.
+	diskSizeBytes   int64 // 0 = auto
+	additionalBytes int64
+	bootBytes       int64
+	layout          disklayout.Type
+	epoch           int64
+}
+
+var formatExt = map[string]string{"raw": "img", "qcow2": "qcow2"}
+
+// Prepare decodes and validates the configuration. Every problem is reported
+// at once, each naming its key and what is allowed.
+func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
+	if err := config.Decode(c, &config.DecodeOpts{
+		PluginType:         BuilderID,
+		Interpolate:        true,
+		InterpolateContext: &c.ctx,
+	}, raws...); err != nil {
+		return nil, err
+	}
+	var errs *packersdk.MultiError
+	bad := func(format string, a ...interface{}) {
+		errs = packersdk.MultiErrorAppend(errs, fmt.Errorf(format, a...))
+	}
+
+	if !c.OnlyNixStore {
+		bad("only_nix_store: install mode (false) is not implemented yet; set only_nix_store = true to build a store-only image")
+	}
+	if len(c.StorePaths) == 0 && c.System == "" && len(c.AdditionalPaths) == 0 {
+		bad("store_paths: at least one of store_paths, system or additional_paths must name a store path")
+	}
+	for key, paths := range map[string][]string{"store_paths": c.StorePaths, "additional_paths": c.AdditionalPaths, "system": nonEmpty(c.System)} {
+		for _, p := range paths {
+			if !strings.HasPrefix(p, "/nix/store/") || strings.Count(strings.TrimPrefix(p, "/nix/store/"), "/") > 0 || len(p) <= len("/nix/store/") {
+				bad("%s: %q is not a store path; want /nix/store/<hash>-<name>", key, p)
+			}
+		}
+	}
+
+	var err error
+	if c.DiskSize == "" {
+		c.DiskSize = "auto"
+	}
+	if c.DiskSize != "auto" {
+		if c.diskSizeBytes, err = ParseSize(c.DiskSize); err != nil || c.diskSizeBytes <= 0 {
+			bad("disk_size: %q is not \"auto\" or a size such as 8G, 512M or 2048 (MiB)", c.DiskSize)
+		}
+	}
+	if c.AdditionalSpace == "" {
+		c.AdditionalSpace = "512M"
+	}
+	if c.additionalBytes, err = ParseSize(c.AdditionalSpace); err != nil || c.additionalBytes < 0 {
+		bad("additional_space: %q is not a size such as 512M, 1G or 0", c.AdditionalSpace)
+	}
+	if c.BootSize == "" {
+		c.BootSize = "256M"
+	}
+	if c.bootBytes, err = ParseSize(c.BootSize); err != nil || c.bootBytes < 1<<20 {
+		bad("boot_size: %q is not a size of at least 1M, such as 256M or 1G", c.BootSize)
+	}
+	if c.PartitionTableType == "" {
+		c.PartitionTableType = "legacy"
+	}
+	if c.layout, err = disklayout.ParseType(c.PartitionTableType); err != nil {
+		bad("partition_table_type: %s", err)
+	}
+	if c.FSType == "" {
+		c.FSType = "ext4"
+	}
+	if c.FSType != "ext4" {
+		bad("fs_type: %q is not supported; allowed: ext4", c.FSType)
+	}
+	if c.Label == "" {
+		c.Label = "nixos"
+		if c.OnlyNixStore {
+			c.Label = "nix-store"
+		}
+	}
+	if len(c.Label) > 16 {
+		bad("label: %q is %d bytes long; an ext4 label holds at most 16", c.Label, len(c.Label))
+	}
+	if c.Deterministic == nil {
+		t := true
+		c.Deterministic = &t
+	}
+	if *c.Deterministic {
+		if c.RootFSUUID == "" {
+			c.RootFSUUID = DefaultRootGUID
+		}
+		if c.RootPartitionGUID == "" {
+			c.RootPartitionGUID = DefaultRootGUID
+		}
+	}
+	if c.RootFSUUID != "" {
+		if _, err := ParseUUID(c.RootFSUUID); err != nil {
+			bad("root_fs_uuid: %q is not a UUID like %s", c.RootFSUUID, DefaultRootGUID)
+		}
+	}
+	if c.RootPartitionGUID != "" {
+		if _, err := ParseUUID(c.RootPartitionGUID); err != nil {
+			bad("root_partition_guid: %q is not a GUID like %s", c.RootPartitionGUID, DefaultRootGUID)
+		}
+	}
+	if c.SourceDateEpoch != nil {
+		c.epoch = *c.SourceDateEpoch
+	} else if env := os.Getenv("SOURCE_DATE_EPOCH"); env != "" {
+		if c.epoch, err = strconv.ParseInt(env, 10, 64); err != nil {
+			bad("source_date_epoch: the SOURCE_DATE_EPOCH environment variable %q is not a whole number of seconds", env)
+		}
+	} else {
+		c.epoch = 1
+	}
+	if c.epoch < 0 || c.epoch > 1<<32-1 {
+		bad("source_date_epoch: %d is outside 0..4294967295", c.epoch)
+	}
+	if c.Format == "" {
+		c.Format = "raw"
+	}
+	if _, ok := formatExt[c.Format]; !ok {
+		bad("format: %q is not allowed here; allowed: raw, qcow2 (use the nixos-convert post-processor for vdi, vpc, vhdx, vmdk and compressed qcow2)", c.Format)
+	}
+	if c.ImageName == "" {
+		c.ImageName = "nixos"
+	}
+	if strings.ContainsAny(c.ImageName, "/\x00") || c.ImageName == "." || c.ImageName == ".." {
+		bad("image_name: %q must be a plain file name without '/'", c.ImageName)
+	}
+	if c.OutputDir == "" {
+		c.OutputDir = "output-" + c.PackerBuildName
+	}
+
+	if errs != nil && len(errs.Errors) > 0 {
+		return nil, errs
+	}
+	return nil, nil
+}
+
+// ImageFile is the file name of the finished image.
+func (c *Config) ImageFile() string { return c.ImageName + "." + formatExt[c.Format] }
+
+// Roots are all the store paths whose closures the image holds.
+func (c *Config) Roots() []string {
+	roots := append([]string{}, c.StorePaths...)
+	roots = append(roots, nonEmpty(c.System)...)
+	return append(roots, c.AdditionalPaths...)
+}
+
+func nonEmpty(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return []string{s}
+}
+
+// ParseSize reads a size as make-disk-image and Packer users write it: a
+// bare number is MiB; K, M, G, T suffixes (optionally followed by "iB" or
+// "B") are powers of 1024.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "i")
+	mult := int64(1 << 20)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K', 'k':
+			mult, t = 1<<10, t[:n-1]
+		case 'M', 'm':
+			mult, t = 1<<20, t[:n-1]
+		case 'G', 'g':
+			mult, t = 1<<30, t[:n-1]
+		case 'T', 't':
+			mult, t = 1<<40, t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v < 0 {
+		return 0, errors.New("not a size")
+	}
+	if v > (1<<62)/mult {
+		return 0, errors.New("too large")
+	}
+	return v * mult, nil
+}

@@ -1,0 +1,167 @@
+package nixos
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"path"
+	"time"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/treecopy"
+)
+
+// plan is everything stepWriteImage needs to know before writing a byte.
+type plan struct {
+	layout       *disklayout.Layout
+	fs           ext4.Options
+	registration []byte
+	rootHeader   ext4.Header
+	copyOpts     treecopy.Options
+	stats        treecopy.Stats // what the sizing walk saw; the write walk must see the same
+}
+
+// stepPlan measures the closure with the same walk that will write it, then
+// lays out the disk. A fixed disk_size that cannot hold the closure fails
+// here, naming the size needed, before the image file exists.
+type stepPlan struct{}
+
+func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	c := state.Get("config").(*Config)
+	ui := state.Get("ui").(packersdk.Ui)
+	closure := state.Get("closure").([]nixstore.PathInfo)
+
+	p := &plan{}
+	var reg bytes.Buffer
+	if err := nixstore.WriteRegistration(&reg, closure); err != nil {
+		return halt(state, err)
+	}
+	p.registration = reg.Bytes()
+
+	epoch := c.epoch
+	if !*c.Deterministic {
+		epoch = time.Now().Unix()
+	}
+	root := [2]uint32{0, 0}
+	p.copyOpts = treecopy.Options{Owner: &root}
+	if *c.Deterministic {
+		p.copyOpts.MaxMtime = &epoch
+	}
+	p.rootHeader = ext4.Header{Mode: 0o755, Mtime: epoch}
+
+	ui.Say("Measuring the closure...")
+	sizer := ext4.NewSizer()
+	stats, err := addStoreTree(ctx, treecopy.Sizer(sizer), sizer.SetRoot, p, closure)
+	if err != nil {
+		return halt(state, fmt.Errorf("measuring the closure: %w", err))
+	}
+	p.stats = stats
+
+	minSize, minInodes := sizer.Plan(0)
+	fsSize, inodes := minSize, minInodes
+	if c.diskSizeBytes == 0 {
+		fsSize, inodes = sizer.Plan(c.additionalBytes)
+	}
+
+	uuid, err := fsUUID(c)
+	if err != nil {
+		return halt(state, err)
+	}
+	opts := disklayout.Options{
+		Type:     c.layout,
+		RootSize: fsSize,
+		DiskSize: c.diskSizeBytes,
+		RootGUID: c.RootPartitionGUID,
+		Seed:     []byte("packer-plugin-nixos\x00" + c.RootPartitionGUID + "\x00" + c.RootFSUUID),
+	}
+	if c.layout.HasBootSize() {
+		opts.BootSize = c.bootBytes
+	}
+	if !*c.Deterministic {
+		opts.Seed = make([]byte, 32)
+		rand.Read(opts.Seed)
+	}
+	if c.diskSizeBytes != 0 {
+		opts.RootSize = minSize
+	}
+	layout, err := disklayout.Plan(opts)
+	if err != nil {
+		return halt(state, fmt.Errorf("disk_size: %w", err))
+	}
+	if c.diskSizeBytes != 0 {
+		// The root partition takes the rest of a fixed disk; give the spare
+		// room inodes as auto-sizing would, if they still fit.
+		fsSize = layout.Root().Size &^ 4095
+		if sz, n := sizer.Plan(fsSize - minSize); sz <= fsSize {
+			inodes = n
+		}
+	}
+	p.layout = layout
+	p.fs = ext4.Options{
+		Size:     fsSize,
+		Label:    c.Label,
+		UUID:     uuid,
+		HashSeed: hashSeed(uuid),
+		Time:     epoch,
+		Inodes:   inodes,
+	}
+	if !*c.Deterministic {
+		rand.Read(p.fs.HashSeed[:])
+	}
+	ui.Say(fmt.Sprintf("Image: %s, %s layout, %s %s filesystem with %d inodes (closure: %d files, %d directories, %d symlinks, %d hard links, %s)",
+		humanBytes(layout.DiskSize), c.PartitionTableType, humanBytes(fsSize), c.FSType, inodes,
+		stats.Files, stats.Dirs, stats.Symlinks, stats.HardLinks, humanBytes(stats.Bytes)))
+	state.Put("plan", p)
+	return multistep.ActionContinue
+}
+
+func (s *stepPlan) Cleanup(multistep.StateBag) {}
+
+// addStoreTree feeds the store-only tree to t: each closure path at the
+// filesystem's root (it is mounted on /nix/store), then the registration.
+func addStoreTree(ctx context.Context, t treecopy.Target, setRoot func(ext4.Header) error, p *plan, closure []nixstore.PathInfo) (treecopy.Stats, error) {
+	if err := setRoot(p.rootHeader); err != nil {
+		return treecopy.Stats{}, err
+	}
+	cp := &treecopy.Copier{T: t, Opts: p.copyOpts}
+	for _, info := range closure {
+		if err := cp.Copy(ctx, info.Path, path.Base(info.Path)); err != nil {
+			return cp.Stats, err
+		}
+	}
+	// The registration is a file of ours, not the store's: it carries the
+	// build's time and root ownership.
+	h := p.rootHeader
+	h.Name, h.Mode, h.Size = nixstore.StoreImageRegistrationPath, 0o444, int64(len(p.registration))
+	if err := t.Bytes(h, p.registration); err != nil {
+		return cp.Stats, err
+	}
+	return cp.Stats, nil
+}
+
+func fsUUID(c *Config) ([16]byte, error) {
+	var u [16]byte
+	if c.RootFSUUID == "" {
+		rand.Read(u[:])
+		u[6] = u[6]&0x0f | 0x40
+		u[8] = u[8]&0x3f | 0x80
+		return u, nil
+	}
+	return ParseUUID(c.RootFSUUID)
+}
+
+// hashSeed derives the htree hash seed from the filesystem UUID, so a fixed
+// UUID gives a fixed directory layout.
+func hashSeed(uuid [16]byte) [16]byte {
+	sum := sha256.Sum256(append([]byte("packer-plugin-nixos ext4 hash seed\x00"), uuid[:]...))
+	var s [16]byte
+	copy(s[:], sum[:])
+	return s
+}

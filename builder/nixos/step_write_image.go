@@ -1,0 +1,117 @@
+package nixos
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/treecopy"
+)
+
+// stepWriteImage writes the raw image: partition table, then the root
+// filesystem streamed from the store. It writes into a hidden partial file,
+// so an interrupted build never leaves something that looks like an image.
+type stepWriteImage struct {
+	partial string
+}
+
+func (s *stepWriteImage) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	c := state.Get("config").(*Config)
+	ui := state.Get("ui").(packersdk.Ui)
+	p := state.Get("plan").(*plan)
+	closure := state.Get("closure").([]nixstore.PathInfo)
+	start := time.Now()
+
+	s.partial = filepath.Join(c.OutputDir, "."+c.ImageName+".raw.partial")
+	f, err := os.OpenFile(s.partial, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return halt(state, fmt.Errorf("creating the image: %w", err))
+	}
+	defer f.Close()
+	if err := f.Truncate(p.layout.DiskSize); err != nil {
+		return halt(state, fmt.Errorf("sizing the image: %w", err))
+	}
+	if err := p.layout.Write(f); err != nil {
+		return halt(state, fmt.Errorf("writing the partition table: %w", err))
+	}
+
+	root := p.layout.Root()
+	ui.Say(fmt.Sprintf("Writing the %s filesystem (%s at offset %d)...", c.FSType, humanBytes(p.fs.Size), root.Start))
+	w, err := ext4.NewWriter(f, root.Start, p.fs)
+	if err != nil {
+		return halt(state, fmt.Errorf("writing the filesystem: %w", err))
+	}
+	bar := newProgress(ui, "store", p.stats.Bytes+int64(len(p.registration)))
+	stats, err := addStoreTree(ctx, treecopy.Writer(w, bar.Add), w.SetRoot, p, closure)
+	bar.Close()
+	if err != nil {
+		return halt(state, fmt.Errorf("writing the filesystem: %w", err))
+	}
+	if stats != p.stats {
+		return halt(state, fmt.Errorf("the store changed between measuring and writing (measured %+v, wrote %+v)", p.stats, stats))
+	}
+	if err := w.Close(); err != nil {
+		return halt(state, fmt.Errorf("finishing the filesystem: %w", err))
+	}
+	if err := f.Sync(); err != nil {
+		return halt(state, fmt.Errorf("syncing the image: %w", err))
+	}
+	ui.Say(fmt.Sprintf("Wrote %d store paths: %d files, %d directories, %d symlinks, %d hard links, %s into a %s image in %s",
+		len(closure), stats.Files, stats.Dirs, stats.Symlinks, stats.HardLinks, humanBytes(stats.Bytes),
+		humanBytes(p.layout.DiskSize), time.Since(start).Round(time.Millisecond)))
+	state.Put("raw_image", s.partial)
+	return multistep.ActionContinue
+}
+
+func (s *stepWriteImage) Cleanup(state multistep.StateBag) {
+	// The partial file is renamed away on success; anything left is debris.
+	if s.partial != "" {
+		os.Remove(s.partial)
+	}
+}
+
+// progress drives Packer's progress bar from byte counts: the bar wraps a
+// reader, so it is fed by reading the counted number of bytes through it.
+type progress struct {
+	src     *countSource
+	tracked io.ReadCloser
+	buf     []byte
+}
+
+type countSource struct{ pending int64 }
+
+func (c *countSource) Read(p []byte) (int, error) {
+	if c.pending == 0 {
+		return 0, io.EOF
+	}
+	n := int64(len(p))
+	if n > c.pending {
+		n = c.pending
+	}
+	c.pending -= n
+	return int(n), nil
+}
+
+func newProgress(ui packersdk.Ui, name string, total int64) *progress {
+	src := &countSource{}
+	return &progress{src: src, tracked: ui.TrackProgress(name, 0, total, io.NopCloser(src)), buf: make([]byte, 32<<10)}
+}
+
+func (p *progress) Add(n int64) {
+	p.src.pending += n
+	for p.src.pending > 0 {
+		if _, err := p.tracked.Read(p.buf); err != nil {
+			return
+		}
+	}
+}
+
+func (p *progress) Close() { p.tracked.Close() }
