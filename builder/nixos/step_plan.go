@@ -89,7 +89,18 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 		rand.Read(opts.Seed)
 	}
 	if c.diskSizeBytes != 0 {
-		opts.RootSize = minSize
+		// Say what the closure needs, rather than what the layout lacks.
+		opts.RootSize, opts.DiskSize = minSize, 0
+		need, err := disklayout.Plan(opts)
+		if err != nil {
+			return halt(state, fmt.Errorf("partition_table_type: %w", err))
+		}
+		if need.DiskSize > c.diskSizeBytes {
+			mib := (need.DiskSize + 1<<20 - 1) >> 20
+			return halt(state, fmt.Errorf("disk_size: %s is too small for this closure: the image needs at least %d MiB (%d bytes); use disk_size = \"auto\" or at least \"%dM\"",
+				c.DiskSize, mib, need.DiskSize, mib))
+		}
+		opts.DiskSize = c.diskSizeBytes
 	}
 	layout, err := disklayout.Plan(opts)
 	if err != nil {

@@ -1,0 +1,122 @@
+package nixos
+
+import (
+	"strings"
+	"testing"
+)
+
+func prepare(t *testing.T, raw map[string]interface{}) (*Config, error) {
+	t.Helper()
+	c := &Config{}
+	_, err := c.Prepare(raw)
+	return c, err
+}
+
+func TestPrepareDefaults(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "")
+	c, err := prepare(t, map[string]interface{}{
+		"only_nix_store":    true,
+		"store_paths":       []string{"/nix/store/ph3wwanxydp5pg3ja6ids1q381g8kbcd-a"},
+		"packer_build_name": "b",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := map[string][2]interface{}{
+		"disk_size":            {c.DiskSize, "auto"},
+		"additional_space":     {c.additionalBytes, int64(512 << 20)},
+		"boot_size":            {c.bootBytes, int64(256 << 20)},
+		"partition_table_type": {c.PartitionTableType, "legacy"},
+		"fs_type":              {c.FSType, "ext4"},
+		"label":                {c.Label, "nix-store"},
+		"root_fs_uuid":         {c.RootFSUUID, DefaultRootGUID},
+		"root_partition_guid":  {c.RootPartitionGUID, DefaultRootGUID},
+		"deterministic":        {*c.Deterministic, true},
+		"source_date_epoch":    {c.epoch, int64(1)},
+		"format":               {c.Format, "raw"},
+		"image_name":           {c.ImageFile(), "nixos.img"},
+		"output_directory":     {c.OutputDir, "output-b"},
+	}
+	for key, v := range checks {
+		if v[0] != v[1] {
+			t.Errorf("%s defaults to %v, want %v", key, v[0], v[1])
+		}
+	}
+}
+
+func TestPrepareEpochFromEnvironment(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	c, err := prepare(t, map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}})
+	if err != nil || c.epoch != 1700000000 {
+		t.Fatalf("epoch %d, err %v", c.epoch, err)
+	}
+	t.Setenv("SOURCE_DATE_EPOCH", "yesterday")
+	if _, err := prepare(t, map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}}); err == nil || !strings.Contains(err.Error(), "SOURCE_DATE_EPOCH") {
+		t.Fatalf("a bad SOURCE_DATE_EPOCH gave %v", err)
+	}
+}
+
+// Each bad value is reported with its key; all of them at once.
+func TestPrepareErrors(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "")
+	cases := []struct {
+		key   string
+		value interface{}
+		want  string
+	}{
+		{"only_nix_store", false, "only_nix_store: install mode (false) is not implemented yet"},
+		{"store_paths", []string{"/usr/bin"}, `store_paths: "/usr/bin" is not a store path`},
+		{"additional_paths", []string{"/nix/store/"}, `additional_paths: "/nix/store/" is not a store path`},
+		{"system", "/nix/store/abc-x/bin", `system: "/nix/store/abc-x/bin" is not a store path`},
+		{"disk_size", "12Q", `disk_size: "12Q" is not "auto" or a size`},
+		{"disk_size", "0", `disk_size: "0" is not "auto" or a size`},
+		{"additional_space", "lots", `additional_space: "lots" is not a size`},
+		{"boot_size", "512K", `boot_size: "512K" is not a size of at least 1M`},
+		{"partition_table_type", "gpt", `partition_table_type: unknown partition table type "gpt": allowed values are`},
+		{"fs_type", "xfs", `fs_type: "xfs" is not supported; allowed: ext4`},
+		{"label", "seventeen-bytes-x", `label: "seventeen-bytes-x" is 17 bytes long`},
+		{"root_fs_uuid", "F222513B", `root_fs_uuid: "F222513B" is not a UUID`},
+		{"root_partition_guid", "zz", `root_partition_guid: "zz" is not a GUID`},
+		{"source_date_epoch", -1, `source_date_epoch: -1 is outside`},
+		{"format", "vdi", `format: "vdi" is not allowed here; allowed: raw, qcow2`},
+		{"image_name", "../x", `image_name: "../x" must be a plain file name`},
+	}
+	all := map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}}
+	for _, tc := range cases {
+		raw := map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}}
+		raw[tc.key] = tc.value
+		_, err := prepare(t, raw)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s = %v: got %v, want an error containing %q", tc.key, tc.value, err, tc.want)
+		}
+		if tc.key != "only_nix_store" && tc.key != "disk_size" {
+			all[tc.key] = tc.value
+		}
+	}
+	_, err := prepare(t, all)
+	if err == nil {
+		t.Fatal("no error for many bad keys")
+	}
+	for _, tc := range cases {
+		if tc.key != "only_nix_store" && tc.key != "disk_size" && !strings.Contains(err.Error(), tc.key+": ") {
+			t.Errorf("the combined error does not name %s:\n%v", tc.key, err)
+		}
+	}
+	if _, err := prepare(t, map[string]interface{}{"only_nix_store": true}); err == nil || !strings.Contains(err.Error(), "store_paths: at least one") {
+		t.Errorf("no roots: %v", err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	good := map[string]int64{"0": 0, "512": 512 << 20, "512M": 512 << 20, "8G": 8 << 30, "1T": 1 << 40, "64K": 64 << 10, "2GiB": 2 << 30, "10MB": 10 << 20}
+	for s, want := range good {
+		if got, err := ParseSize(s); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "M", "-1M", "1.5G", "8X", "99999999999T"} {
+		if _, err := ParseSize(s); err == nil {
+			t.Errorf("ParseSize(%q) accepted", s)
+		}
+	}
+}
