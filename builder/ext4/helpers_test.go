@@ -8,10 +8,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 var testUUID = [16]byte{0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}
@@ -19,12 +19,7 @@ var testSeed = [16]byte{0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0x
 
 const testTime = 1700000000
 
-func requireTool(t testing.TB, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed", name)
-	}
-}
+func requireTool(t testing.TB, name string) { t.Helper(); imagecheck.RequireTool(t, name) }
 
 // newImage creates a sparse file of size bytes.
 func newImage(t testing.TB, size int64) (string, *os.File) {
@@ -41,34 +36,12 @@ func newImage(t testing.TB, size int64) (string, *os.File) {
 	return p, f
 }
 
-// fsck runs e2fsck -fn and fails on any exit status or any line beyond the
-// five pass headers and the summary.
-func fsck(t testing.TB, img string) {
-	t.Helper()
-	requireTool(t, "e2fsck")
-	out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput()
-	var bad []string
-	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		switch {
-		case strings.HasPrefix(l, "e2fsck "), strings.HasPrefix(l, "Pass "),
-			strings.Contains(l, " files (") && strings.Contains(l, " blocks"):
-		default:
-			bad = append(bad, l)
-		}
-	}
-	if err != nil || len(bad) > 0 {
-		t.Fatalf("e2fsck -fn %s: %v\n%s", img, err, out)
-	}
-}
+// fsck and debugfs check a whole-file image with builder/imagecheck's oracles.
+func fsck(t testing.TB, img string) { t.Helper(); imagecheck.Fsck(t, imagecheck.FS{Image: img}) }
 
 func debugfs(t testing.TB, img, cmd string) string {
 	t.Helper()
-	requireTool(t, "debugfs")
-	out, err := exec.Command("debugfs", "-R", cmd, img).Output()
-	if err != nil {
-		t.Fatalf("debugfs -R %q: %v", cmd, err)
-	}
-	return string(out)
+	return imagecheck.Debugfs(t, imagecheck.FS{Image: img}, cmd)
 }
 
 func sha(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:8]) }
