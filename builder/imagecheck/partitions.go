@@ -11,6 +11,11 @@ import (
 
 var sgdiskWarn = regexp.MustCompile(`(?i)caution|warning|error|corrupt|invalid|problem:`)
 
+// alignCaution is sgdisk's note on a partition ending on an odd sector. It is
+// no defect: make-disk-image's hybrid layout puts the BIOS boot partition at
+// sectors 34..2048 (`mkpart no-fs 0 1024KiB`), and we reproduce that layout.
+var alignCaution = regexp.MustCompile(`(?s)Caution: Partition \d+ doesn't end on a 2-sector boundary\. This may\s+result in problems with some disk encryption tools\.`)
+
 // Part is one partition as sfdisk reads it.
 type Part struct {
 	Node        string // sfdisk's device name: the image path and the partition number
@@ -66,7 +71,7 @@ func Partitions(t testing.TB, image string) []Part {
 		}
 		RequireTool(t, "sgdisk")
 		out, err := exec.Command("sgdisk", "-v", image).CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "No problems found") || sgdiskWarn.Match(out) {
+		if err != nil || !strings.Contains(string(out), "No problems found") || sgdiskWarn.Match(alignCaution.ReplaceAll(out, nil)) {
 			t.Fatalf("sgdisk -v %s: %v\n%s", image, err, out)
 		}
 	}

@@ -1,0 +1,183 @@
+package nixos
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/packer-plugin-sdk/acctest"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
+)
+
+// Every bad key is reported at once, by name, with what is allowed, and no
+// output directory is created.
+func TestAccBadKeys(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out")
+	res := runPacker(t, "bad_keys", template("store", fmt.Sprintf(`
+  only_nix_store       = true
+  store_paths          = ["/usr/bin/env", "/nix/store/x/y"]
+  disk_size            = "huge"
+  additional_space     = "-5"
+  boot_size            = "1K"
+  partition_table_type = "gpt"
+  fs_type              = "btrfs"
+  label                = "a-label-longer-than-sixteen"
+  root_fs_uuid         = "not-a-uuid"
+  root_partition_guid  = "1234"
+  format               = "vmdk"
+  image_name           = "a/b"
+  output_directory     = %q`, out)))
+	if res.exit == 0 {
+		t.Fatal("packer build succeeded with bad keys")
+	}
+	for _, want := range []string{
+		`store_paths: "/usr/bin/env" is not a store path`,
+		`store_paths: "/nix/store/x/y" is not a store path`,
+		`disk_size: "huge" is not "auto" or a size`,
+		`additional_space: "-5" is not a size`,
+		`boot_size: "1K" is not a size of at least 1M`,
+		`partition_table_type: unknown partition table type "gpt": allowed values are`,
+		`fs_type: "btrfs" is not supported; allowed: ext4`,
+		`label: "a-label-longer-than-sixteen" is 27 bytes long`,
+		`root_fs_uuid: "not-a-uuid" is not a UUID`,
+		`root_partition_guid: "1234" is not a GUID`,
+		`format: "vmdk" is not allowed here; allowed: raw, qcow2`,
+		`image_name: "a/b" must be a plain file name`,
+	} {
+		if !strings.Contains(res.log, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("output directory exists after a configuration error: %v", err)
+	}
+}
+
+// Errors found once the closure is known: a path that is not a valid store
+// path, and a disk_size too small, whose message gives the size needed.
+func TestAccBadInputs(t *testing.T) {
+	roots := fixtures.Build(t, "tiny64")
+	missing := "/nix/store/00000000000000000000000000000000-not-there"
+	out := filepath.Join(t.TempDir(), "out")
+	res := runPacker(t, "missing_path", template("store", fmt.Sprintf(`
+  only_nix_store   = true
+  store_paths      = [%q]
+  output_directory = %q`, missing, out)))
+	if res.exit == 0 || !strings.Contains(res.log, "store_paths: ") || !strings.Contains(res.log, missing) {
+		t.Errorf("a missing store path: exit %d, want an error naming store_paths and the path:\n%s", res.exit, tail(res.log, 3000))
+	}
+
+	res = runPacker(t, "too_small", template("store", fmt.Sprintf(`
+  only_nix_store       = true
+  store_paths          = %s
+  partition_table_type = "efi"
+  disk_size            = "100M"
+  output_directory     = %q`, hclList(roots), out)))
+	m := regexp.MustCompile(`disk_size: 100M is too small for this closure: the image needs at least [0-9]+ MiB`).FindString(res.log)
+	if res.exit == 0 || m == "" {
+		t.Errorf("disk_size too small: exit %d, message %q; want an error naming disk_size, the size given and the size needed:\n%s", res.exit, m, tail(res.log, 3000))
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("output directory left behind by a failed build: %v", err)
+	}
+}
+
+// An existing output directory is refused and left as it was; -force
+// replaces it.
+func TestAccOutputDirectoryExists(t *testing.T) {
+	roots := fixtures.Build(t, "small")
+	out := filepath.Join(t.TempDir(), "out")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	keep := filepath.Join(out, "precious")
+	if err := os.WriteFile(keep, []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tmpl := template("store", fmt.Sprintf(`
+  only_nix_store   = true
+  store_paths      = %s
+  additional_space = "8M"
+  output_directory = %q`, hclList(roots), out))
+	res := runPacker(t, "outdir_exists", tmpl)
+	if res.exit == 0 || !strings.Contains(res.log, "Output directory exists") {
+		t.Fatalf("exit %d; want a refusal naming the existing output directory:\n%s", res.exit, tail(res.log, 3000))
+	}
+	if b, err := os.ReadFile(keep); err != nil || string(b) != "mine" {
+		t.Fatalf("the user's file was touched: %q, %v", b, err)
+	}
+	runPacker(t, "outdir_force", tmpl, "-force").mustSucceed(t)
+	if got := dirEntries(t, out); len(got) != 1 || got[0] != "nixos.img" {
+		t.Fatalf("after -force the output directory holds %v", got)
+	}
+}
+
+// Ctrl-C while the closure streams into the image: packer stops, and no
+// plugin process, partial image or output directory is left behind.
+func TestAccInterrupt(t *testing.T) {
+	if os.Getenv(acctest.TestEnvVar) == "" {
+		t.Skipf("acceptance test: set %s=1 (make testacc)", acctest.TestEnvVar)
+	}
+	roots := fixtures.Build(t, "large4g")
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	tmplPath := filepath.Join(dir, "interrupt.pkr.hcl")
+	tmpl := template("store", fmt.Sprintf(`
+  only_nix_store   = true
+  store_paths      = %s
+  additional_space = "0"
+  output_directory = %q`, hclList(roots), out))
+	if err := os.WriteFile(tmplPath, []byte(tmpl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("packer", "build", tmplPath)
+	cmd.Dir = dir
+	// A terminal's Ctrl-C signals the whole foreground process group: packer,
+	// its panicwrap child and the plugin.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		log.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), "Writing the ext4 filesystem") {
+			break
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // well into the 4 GiB copy
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	for sc.Scan() {
+		log.WriteString(sc.Text() + "\n")
+	}
+	err = cmd.Wait()
+	if err == nil {
+		t.Fatalf("packer build succeeded despite the interrupt:\n%s", log.String())
+	}
+	if !strings.Contains(log.String(), "cancel") && !strings.Contains(log.String(), "Interrupt") {
+		t.Errorf("no cancellation in the output:\n%s", log.String())
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		ents, _ := os.ReadDir(out)
+		t.Errorf("output directory left behind after Ctrl-C (%v): %v", err, ents)
+	}
+	if procs, _ := exec.Command("pgrep", "-f", "packer-plugin-nixos_v").Output(); len(procs) > 0 {
+		t.Errorf("plugin processes left running: %s", procs)
+	}
+}
