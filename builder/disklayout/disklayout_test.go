@@ -113,17 +113,11 @@ func run(t *testing.T, name string, args ...string) string {
 func writeImage(t *testing.T, l *Layout) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "disk.img")
-	f, err := os.Create(path)
+	f, err := l.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if err := f.Truncate(l.DiskSize); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Write(f); err != nil {
-		t.Fatalf("Write: %v", err)
-	}
+	f.Close()
 	return path
 }
 

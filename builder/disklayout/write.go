@@ -150,3 +150,24 @@ func (l *Layout) Write(f *os.File) error {
 	}
 	return nil
 }
+
+// Create makes a new sparse image file of DiskSize bytes at path, refusing
+// to replace an existing file, and writes the partition table into it. On
+// error nothing is left at path.
+func (l *Layout) Create(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("creating the disk image: %w", err)
+	}
+	if err = f.Truncate(l.DiskSize); err != nil {
+		err = fmt.Errorf("sizing the disk image: %w", err)
+	} else if err = l.Write(f); err != nil {
+		err = fmt.Errorf("writing the partition table: %w", err)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	return f, nil
+}

@@ -311,19 +311,9 @@ func (w *Writer) enterAny(name string, lpf bool) (*openDir, string, error) {
 		}
 		w.cur = nil
 	}
-	if err := validName(name); err != nil {
+	i, base, err := findParent(name, len(w.stack), func(i int) string { return w.stack[i].path })
+	if err != nil {
 		return nil, "", err
-	}
-	parent, base := "", name
-	if i := strings.LastIndexByte(name, '/'); i >= 0 {
-		parent, base = name[:i], name[i+1:]
-	}
-	i := len(w.stack) - 1
-	for i >= 0 && w.stack[i].path != parent {
-		i--
-	}
-	if i < 0 {
-		return nil, "", fmt.Errorf("ext4: %q: parent directory %q does not exist or is already complete (entries must come parent first, depth first)", name, parent)
 	}
 	d := w.stack[i]
 	if err := d.checkNew(base, name); err != nil {
@@ -510,4 +500,25 @@ func (w *Writer) Close() error {
 	}
 	w.closed = true
 	return nil
+}
+
+// findParent splits name and finds its parent among the open directories,
+// given by depth and the path at each level: in depth-first order the parent
+// of a new entry is always still open.
+func findParent(name string, depth int, pathAt func(int) string) (int, string, error) {
+	if err := validName(name); err != nil {
+		return 0, "", err
+	}
+	parent, base := "", name
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		parent, base = name[:i], name[i+1:]
+	}
+	i := depth - 1
+	for i >= 0 && pathAt(i) != parent {
+		i--
+	}
+	if i < 0 {
+		return 0, "", fmt.Errorf("ext4: %q: parent directory %q does not exist or is already complete (entries must come parent first, depth first)", name, parent)
+	}
+	return i, base, nil
 }

@@ -3,6 +3,8 @@ package ext4
 import (
 	"encoding/binary"
 	"io/fs"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
 const (
@@ -34,20 +36,8 @@ type inodeInfo struct {
 	time   int64
 }
 
-// unixMode converts fs.FileMode permission and special bits to st_mode bits.
-func unixMode(m fs.FileMode) uint16 {
-	v := uint16(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		v |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		v |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		v |= 0o1000
-	}
-	return v
-}
+// unixMode is the st_mode permission and special bits of m.
+func unixMode(m fs.FileMode) uint16 { return uint16(unixmode.Perm(m)) }
 
 // encodeTime splits seconds into the 32-bit field and the epoch bits of the
 // *_extra field, so times past 2038 (and before 1970) survive.

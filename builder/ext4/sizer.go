@@ -3,7 +3,6 @@ package ext4
 import (
 	"fmt"
 	"math/bits"
-	"strings"
 )
 
 // Sizer takes the same calls as a Writer, does no I/O, and tells how big a
@@ -49,19 +48,9 @@ func (s *Sizer) closeDir(d sizerDir) {
 }
 
 func (s *Sizer) enter(name string) (*sizerDir, error) {
-	if err := validName(name); err != nil {
+	i, base, err := findParent(name, len(s.stack), func(i int) string { return s.stack[i].path })
+	if err != nil {
 		return nil, err
-	}
-	parent, base := "", name
-	if i := strings.LastIndexByte(name, '/'); i >= 0 {
-		parent, base = name[:i], name[i+1:]
-	}
-	i := len(s.stack) - 1
-	for i >= 0 && s.stack[i].path != parent {
-		i--
-	}
-	if i < 0 {
-		return nil, fmt.Errorf("ext4: %q: parent directory %q does not exist or is already complete", name, parent)
 	}
 	for len(s.stack) > i+1 {
 		s.closeDir(s.stack[len(s.stack)-1])

@@ -88,17 +88,11 @@ func buildImage(t *testing.T, roots []string, o buildOpts) image {
 		t.Fatal(err)
 	}
 	img := filepath.Join(t.TempDir(), "disk.img")
-	f, err := os.Create(img)
+	f, err := l.Create(img)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := f.Truncate(l.DiskSize); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Write(f); err != nil {
-		t.Fatal(err)
-	}
 	w, err := ext4.NewWriter(f, l.Root().Start, ext4.Options{Size: size, Inodes: inodes, Label: "nixos", Time: epoch})
 	if err != nil {
 		t.Fatal(err)

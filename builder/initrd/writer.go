@@ -14,6 +14,8 @@ import (
 	"io/fs"
 	"math"
 	"strings"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
 const (
@@ -255,16 +257,7 @@ func pad4(n int64) int64 { return (4 - n%4) % 4 }
 
 // unixMode converts an fs.FileMode to the st_mode bits newc stores.
 func unixMode(m fs.FileMode) (uint32, error) {
-	v := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		v |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		v |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		v |= 0o1000
-	}
+	v := unixmode.Perm(m)
 	switch m.Type() {
 	case 0:
 		v |= sIFREG

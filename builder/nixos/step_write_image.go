@@ -31,17 +31,11 @@ func (s *stepWriteImage) Run(ctx context.Context, state multistep.StateBag) mult
 	start := time.Now()
 
 	s.partial = filepath.Join(c.OutputDir, "."+c.ImageName+".raw.partial")
-	f, err := os.OpenFile(s.partial, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := p.layout.Create(s.partial)
 	if err != nil {
-		return halt(state, fmt.Errorf("creating the image: %w", err))
+		return halt(state, err)
 	}
 	defer f.Close()
-	if err := f.Truncate(p.layout.DiskSize); err != nil {
-		return halt(state, fmt.Errorf("sizing the image: %w", err))
-	}
-	if err := p.layout.Write(f); err != nil {
-		return halt(state, fmt.Errorf("writing the partition table: %w", err))
-	}
 
 	root := p.layout.Root()
 	ui.Say(fmt.Sprintf("Writing the %s filesystem (%s at offset %d)...", c.FSType, humanBytes(p.fs.Size), root.Start))
