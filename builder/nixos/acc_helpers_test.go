@@ -150,3 +150,12 @@ func firstRegularFile(t *testing.T, root string) string {
 	}
 	return found
 }
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
