@@ -34,24 +34,30 @@ func TestAccStoreOnlyLayouts(t *testing.T) {
 	layouts := []struct {
 		layout string
 		types  []string // partition types in table order; the last is the root
+		mbr    []string // with hybrid_mbr: the MBR's types
 	}{
-		{"none", nil},
-		{"legacy", []string{"83"}},
-		{"legacy+gpt", []string{typeBIOSBoot, typeLinux}},
-		{"efi", []string{typeESP, typeLinux}},
-		{"efixbootldr", []string{typeESP, typeXBootLdr, typeLinux}},
-		{"hybrid", []string{typeESP, typeBIOSBoot, typeLinux}},
+		{"none", nil, nil},
+		{"legacy", []string{"83"}, nil},
+		{"legacy+gpt", []string{typeBIOSBoot, typeLinux}, nil},
+		{"efi", []string{typeESP, typeLinux}, nil},
+		{"efixbootldr", []string{typeESP, typeXBootLdr, typeLinux}, nil},
+		{"hybrid", []string{typeESP, typeBIOSBoot, typeLinux}, nil},
+		{"hybrid", []string{typeESP, typeBIOSBoot, typeLinux}, []string{"ee", "ef", "83"}},
 	}
 	for _, l := range layouts {
-		t.Run(l.layout, func(t *testing.T) {
+		name := "layout_" + strings.NewReplacer("+", "_").Replace(l.layout)
+		if l.mbr != nil {
+			name += "_mbr"
+		}
+		t.Run(name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out")
-			name := "layout_" + strings.NewReplacer("+", "_").Replace(l.layout)
 			res := runPacker(t, name, template("store", fmt.Sprintf(`
   only_nix_store       = true
   store_paths          = %s
   partition_table_type = %q
+  hybrid_mbr           = %v
   additional_space     = "16M"
-  output_directory     = %q`, hclList(roots), l.layout, out)))
+  output_directory     = %q`, hclList(roots), l.layout, l.mbr != nil, out)))
 			res.mustSucceed(t)
 			if got := dirEntries(t, out); len(got) != 1 || got[0] != "nixos.img" {
 				t.Fatalf("output directory holds %v, want only nixos.img", got)
@@ -76,6 +82,17 @@ func TestAccStoreOnlyLayouts(t *testing.T) {
 					t.Errorf("root partition GUID %s, want %s", root.UUID, DefaultRootGUID)
 				}
 				fs.Offset, fsSize = root.Start, root.Size
+				if l.mbr != nil {
+					out, err := exec.Command("sfdisk", "-d", "-Y", "dos", img).CombinedOutput()
+					if err != nil {
+						t.Fatalf("sfdisk -Y dos: %v\n%s", err, out)
+					}
+					for _, typ := range l.mbr {
+						if !strings.Contains(string(out), "type="+typ) {
+							t.Errorf("the hybrid MBR lacks a partition of type %s:\n%s", typ, out)
+						}
+					}
+				}
 				device = fmt.Sprintf("/dev/vda%d", len(parts))
 			}
 

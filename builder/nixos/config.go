@@ -53,6 +53,12 @@ type Config struct {
 	// `hybrid` (GPT, ESP, BIOS boot and a hybrid MBR) or `none` (a bare
 	// filesystem). Defaults to `legacy`.
 	PartitionTableType string `mapstructure:"partition_table_type" required:"false"`
+	// With `partition_table_type = "hybrid"`, write a hybrid MBR (as
+	// `sgdisk --hybrid` does: the ESP and root partitions mirrored in the
+	// MBR beside the 0xEE entry) for firmware that boots only from MBR
+	// tables. Defaults to `false`: a protective MBR, as make-disk-image
+	// leaves it.
+	HybridMBR bool `mapstructure:"hybrid_mbr" required:"false"`
 	// Root filesystem type. Only `ext4` is supported for now.
 	FSType string `mapstructure:"fs_type" required:"false"`
 	// Root filesystem label. Defaults to `nix-store` when `only_nix_store`,
@@ -148,6 +154,9 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 	}
 	if c.layout, err = disklayout.ParseType(c.PartitionTableType); err != nil {
 		bad("partition_table_type: %s", err)
+	}
+	if c.HybridMBR && c.layout != disklayout.Hybrid {
+		bad("hybrid_mbr: only allowed with partition_table_type = \"hybrid\", not %q", c.PartitionTableType)
 	}
 	if c.FSType == "" {
 		c.FSType = "ext4"

@@ -26,6 +26,7 @@ type FlatConfig struct {
 	AdditionalSpace     *string           `mapstructure:"additional_space" required:"false" cty:"additional_space" hcl:"additional_space"`
 	BootSize            *string           `mapstructure:"boot_size" required:"false" cty:"boot_size" hcl:"boot_size"`
 	PartitionTableType  *string           `mapstructure:"partition_table_type" required:"false" cty:"partition_table_type" hcl:"partition_table_type"`
+	HybridMBR           *bool             `mapstructure:"hybrid_mbr" required:"false" cty:"hybrid_mbr" hcl:"hybrid_mbr"`
 	FSType              *string           `mapstructure:"fs_type" required:"false" cty:"fs_type" hcl:"fs_type"`
 	Label               *string           `mapstructure:"label" required:"false" cty:"label" hcl:"label"`
 	RootFSUUID          *string           `mapstructure:"root_fs_uuid" required:"false" cty:"root_fs_uuid" hcl:"root_fs_uuid"`
@@ -65,6 +66,7 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"additional_space":           &hcldec.AttrSpec{Name: "additional_space", Type: cty.String, Required: false},
 		"boot_size":                  &hcldec.AttrSpec{Name: "boot_size", Type: cty.String, Required: false},
 		"partition_table_type":       &hcldec.AttrSpec{Name: "partition_table_type", Type: cty.String, Required: false},
+		"hybrid_mbr":                 &hcldec.AttrSpec{Name: "hybrid_mbr", Type: cty.Bool, Required: false},
 		"fs_type":                    &hcldec.AttrSpec{Name: "fs_type", Type: cty.String, Required: false},
 		"label":                      &hcldec.AttrSpec{Name: "label", Type: cty.String, Required: false},
 		"root_fs_uuid":               &hcldec.AttrSpec{Name: "root_fs_uuid", Type: cty.String, Required: false},

@@ -73,6 +73,7 @@ func TestPrepareErrors(t *testing.T) {
 		{"additional_space", "lots", `additional_space: "lots" is not a size`},
 		{"boot_size", "512K", `boot_size: "512K" is not a size of at least 1M`},
 		{"partition_table_type", "gpt", `partition_table_type: unknown partition table type "gpt": allowed values are`},
+		{"hybrid_mbr", true, `hybrid_mbr: only allowed with partition_table_type = "hybrid", not "legacy"`},
 		{"fs_type", "xfs", `fs_type: "xfs" is not supported; allowed: ext4`},
 		{"label", "seventeen-bytes-x", `label: "seventeen-bytes-x" is 17 bytes long`},
 		{"root_fs_uuid", "F222513B", `root_fs_uuid: "F222513B" is not a UUID`},

@@ -75,11 +75,12 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 		return halt(state, err)
 	}
 	opts := disklayout.Options{
-		Type:     c.layout,
-		RootSize: fsSize,
-		DiskSize: c.diskSizeBytes,
-		RootGUID: c.RootPartitionGUID,
-		Seed:     []byte("packer-plugin-nixos\x00" + c.RootPartitionGUID + "\x00" + c.RootFSUUID),
+		Type:      c.layout,
+		RootSize:  fsSize,
+		DiskSize:  c.diskSizeBytes,
+		RootGUID:  c.RootPartitionGUID,
+		HybridMBR: c.HybridMBR,
+		Seed:      []byte("packer-plugin-nixos\x00" + c.RootPartitionGUID + "\x00" + c.RootFSUUID),
 	}
 	if c.layout.HasBootSize() {
 		opts.BootSize = c.bootBytes
