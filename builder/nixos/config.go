@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/common"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
@@ -27,14 +28,48 @@ type Config struct {
 
 	// Build an image holding only the Nix store and its registration, with no
 	// VM (make-disk-image's `onlyNixStore`). The filesystem's root is the store:
-	// mount it on /nix/store. Install mode (`false`) is not available yet.
+	// mount it on /nix/store. Defaults to `false`: install mode, a full NixOS
+	// installation with its boot loader.
 	OnlyNixStore bool `mapstructure:"only_nix_store" required:"false"`
-	// Store paths whose closures go into the image. Each must be a valid path
-	// in the host's Nix store; the closure is computed from the Nix database.
+	// Store paths whose closures go into a store-only image. Each must be a
+	// valid path in the host's Nix store; the closure is computed from the Nix
+	// database. In install mode use `system` and `additional_paths`.
 	StorePaths []string `mapstructure:"store_paths" required:"false"`
-	// A NixOS system (a `config.system.build.toplevel` store path), added as
-	// one more root of the closure.
+	// A NixOS system: a `config.system.build.toplevel` store path. Install
+	// mode installs it (one of `system`, `flake` or `nix_file` is required);
+	// a store-only image adds it as one more root of the closure.
 	System string `mapstructure:"system" required:"false"`
+	// Install mode: a flake reference to a NixOS configuration, `path#name`,
+	// built with `nix build` as
+	// `path#nixosConfigurations.name.config.system.build.toplevel`.
+	Flake string `mapstructure:"flake" required:"false"`
+	// Install mode: a Nix file whose `attribute` evaluates to a system
+	// toplevel, built with `nix-build <nix_file> -A <attribute>`.
+	NixFile string `mapstructure:"nix_file" required:"false"`
+	// The attribute of `nix_file` to build. Defaults to
+	// `config.system.build.toplevel`.
+	Attribute string `mapstructure:"attribute" required:"false"`
+	// Install mode: run `switch-to-configuration boot` with
+	// `NIXOS_INSTALL_BOOTLOADER=1`, so the boot manager itself is installed,
+	// not only its entries. Defaults to `true`.
+	InstallBootloader *bool `mapstructure:"install_bootloader" required:"false"`
+	// Install mode: memory of the installer VM in MiB. It activates the system
+	// and installs the boot loader only: no closure byte passes through it, so
+	// it need not grow with the image. Defaults to `256`.
+	MemSize int `mapstructure:"mem_size" required:"false"`
+	// Install mode: `auto`, `kvm` or `tcg`. `auto` tries KVM only if
+	// /dev/kvm is usable and the guest agent answers within
+	// `kvm_probe_timeout`, else goes on under TCG. Defaults to `auto`.
+	Accelerator string `mapstructure:"accelerator" required:"false"`
+	// Install mode: how long `auto` waits for the guest under KVM before
+	// falling back to TCG. Defaults to `20s`.
+	KVMProbeTimeout time.Duration `mapstructure:"kvm_probe_timeout" required:"false"`
+	// Install mode: how long the installer VM may take, from boot to power
+	// off. Defaults to `10m`.
+	InstallTimeout time.Duration `mapstructure:"install_timeout" required:"false"`
+	// Install mode: the QEMU system emulator. Defaults to
+	// `qemu-system-x86_64`.
+	QemuBinary string `mapstructure:"qemu_binary" required:"false"`
 	// More store paths to include and register (make-disk-image's
 	// `additionalPaths`).
 	AdditionalPaths []string `mapstructure:"additional_paths" required:"false"`
@@ -114,11 +149,19 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 		errs = packersdk.MultiErrorAppend(errs, fmt.Errorf(format, a...))
 	}
 
-	if !c.OnlyNixStore {
-		bad("only_nix_store: install mode (false) is not implemented yet; set only_nix_store = true to build a store-only image")
-	}
-	if len(c.StorePaths) == 0 && c.System == "" && len(c.AdditionalPaths) == 0 {
-		bad("store_paths: at least one of store_paths, system or additional_paths must name a store path")
+	if c.OnlyNixStore {
+		if len(c.StorePaths) == 0 && c.System == "" && len(c.AdditionalPaths) == 0 {
+			bad("store_paths: at least one of store_paths, system or additional_paths must name a store path")
+		}
+		for key, set := range map[string]bool{"flake": c.Flake != "", "nix_file": c.NixFile != "", "attribute": c.Attribute != "",
+			"install_bootloader": c.InstallBootloader != nil, "mem_size": c.MemSize != 0, "accelerator": c.Accelerator != "",
+			"kvm_probe_timeout": c.KVMProbeTimeout != 0, "install_timeout": c.InstallTimeout != 0, "qemu_binary": c.QemuBinary != ""} {
+			if set {
+				bad("%s: only for install mode; a store-only image (only_nix_store = true) has no system to install", key)
+			}
+		}
+	} else {
+		c.prepareInstall(bad)
 	}
 	for key, paths := range map[string][]string{"store_paths": c.StorePaths, "additional_paths": c.AdditionalPaths, "system": nonEmpty(c.System)} {
 		for _, p := range paths {
@@ -274,3 +317,69 @@ func ParseSize(s string) (int64, error) {
 	}
 	return v * mult, nil
 }
+
+// prepareInstall validates and defaults the install-mode keys.
+func (c *Config) prepareInstall(bad func(string, ...interface{})) {
+	n := 0
+	for _, set := range []bool{c.System != "", c.Flake != "", c.NixFile != ""} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		bad("system: install mode needs exactly one of system (a toplevel store path), flake (\"path#name\") or nix_file; %d given", n)
+	}
+	if len(c.StorePaths) > 0 {
+		bad("store_paths: only for only_nix_store = true; in install mode name the system with system, flake or nix_file, and extra paths with additional_paths")
+	}
+	if c.Flake != "" {
+		if ref, name, ok := strings.Cut(c.Flake, "#"); !ok || ref == "" || name == "" || strings.ContainsAny(name, "#\"") {
+			bad("flake: %q is not \"<flake reference>#<configuration name>\", such as \".#myhost\"", c.Flake)
+		}
+	}
+	if c.Attribute != "" && c.NixFile == "" {
+		bad("attribute: only with nix_file")
+	}
+	if c.NixFile != "" && c.Attribute == "" {
+		c.Attribute = "config.system.build.toplevel"
+	}
+	if c.InstallBootloader == nil {
+		t := true
+		c.InstallBootloader = &t
+	}
+	if c.MemSize == 0 {
+		c.MemSize = 256
+	}
+	if c.MemSize < 128 || c.MemSize > 1<<20 {
+		bad("mem_size: %d MiB is outside 128..1048576", c.MemSize)
+	}
+	switch c.Accelerator {
+	case "":
+		c.Accelerator = "auto"
+	case "auto", "kvm", "tcg":
+	default:
+		bad("accelerator: %q is not allowed; allowed: auto, kvm, tcg", c.Accelerator)
+	}
+	if c.KVMProbeTimeout == 0 {
+		c.KVMProbeTimeout = 20 * time.Second
+	}
+	if c.KVMProbeTimeout < 0 {
+		bad("kvm_probe_timeout: %s is negative", c.KVMProbeTimeout)
+	}
+	if c.InstallTimeout == 0 {
+		c.InstallTimeout = 10 * time.Minute
+	}
+	if c.InstallTimeout < 0 {
+		bad("install_timeout: %s is negative", c.InstallTimeout)
+	}
+	if c.QemuBinary == "" {
+		c.QemuBinary = "qemu-system-x86_64"
+	}
+	if !installModeReady {
+		bad("only_nix_store: install mode (false) is not available in this version yet; set only_nix_store = true for a store-only image")
+	}
+}
+
+// installModeReady turns install mode on once its steps are all in place;
+// until then its keys are validated but the build is refused up front.
+const installModeReady = false

@@ -21,6 +21,15 @@ type FlatConfig struct {
 	OnlyNixStore        *bool             `mapstructure:"only_nix_store" required:"false" cty:"only_nix_store" hcl:"only_nix_store"`
 	StorePaths          []string          `mapstructure:"store_paths" required:"false" cty:"store_paths" hcl:"store_paths"`
 	System              *string           `mapstructure:"system" required:"false" cty:"system" hcl:"system"`
+	Flake               *string           `mapstructure:"flake" required:"false" cty:"flake" hcl:"flake"`
+	NixFile             *string           `mapstructure:"nix_file" required:"false" cty:"nix_file" hcl:"nix_file"`
+	Attribute           *string           `mapstructure:"attribute" required:"false" cty:"attribute" hcl:"attribute"`
+	InstallBootloader   *bool             `mapstructure:"install_bootloader" required:"false" cty:"install_bootloader" hcl:"install_bootloader"`
+	MemSize             *int              `mapstructure:"mem_size" required:"false" cty:"mem_size" hcl:"mem_size"`
+	Accelerator         *string           `mapstructure:"accelerator" required:"false" cty:"accelerator" hcl:"accelerator"`
+	KVMProbeTimeout     *string           `mapstructure:"kvm_probe_timeout" required:"false" cty:"kvm_probe_timeout" hcl:"kvm_probe_timeout"`
+	InstallTimeout      *string           `mapstructure:"install_timeout" required:"false" cty:"install_timeout" hcl:"install_timeout"`
+	QemuBinary          *string           `mapstructure:"qemu_binary" required:"false" cty:"qemu_binary" hcl:"qemu_binary"`
 	AdditionalPaths     []string          `mapstructure:"additional_paths" required:"false" cty:"additional_paths" hcl:"additional_paths"`
 	DiskSize            *string           `mapstructure:"disk_size" required:"false" cty:"disk_size" hcl:"disk_size"`
 	AdditionalSpace     *string           `mapstructure:"additional_space" required:"false" cty:"additional_space" hcl:"additional_space"`
@@ -61,6 +70,15 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"only_nix_store":             &hcldec.AttrSpec{Name: "only_nix_store", Type: cty.Bool, Required: false},
 		"store_paths":                &hcldec.AttrSpec{Name: "store_paths", Type: cty.List(cty.String), Required: false},
 		"system":                     &hcldec.AttrSpec{Name: "system", Type: cty.String, Required: false},
+		"flake":                      &hcldec.AttrSpec{Name: "flake", Type: cty.String, Required: false},
+		"nix_file":                   &hcldec.AttrSpec{Name: "nix_file", Type: cty.String, Required: false},
+		"attribute":                  &hcldec.AttrSpec{Name: "attribute", Type: cty.String, Required: false},
+		"install_bootloader":         &hcldec.AttrSpec{Name: "install_bootloader", Type: cty.Bool, Required: false},
+		"mem_size":                   &hcldec.AttrSpec{Name: "mem_size", Type: cty.Number, Required: false},
+		"accelerator":                &hcldec.AttrSpec{Name: "accelerator", Type: cty.String, Required: false},
+		"kvm_probe_timeout":          &hcldec.AttrSpec{Name: "kvm_probe_timeout", Type: cty.String, Required: false},
+		"install_timeout":            &hcldec.AttrSpec{Name: "install_timeout", Type: cty.String, Required: false},
+		"qemu_binary":                &hcldec.AttrSpec{Name: "qemu_binary", Type: cty.String, Required: false},
 		"additional_paths":           &hcldec.AttrSpec{Name: "additional_paths", Type: cty.List(cty.String), Required: false},
 		"disk_size":                  &hcldec.AttrSpec{Name: "disk_size", Type: cty.String, Required: false},
 		"additional_space":           &hcldec.AttrSpec{Name: "additional_space", Type: cty.String, Required: false},

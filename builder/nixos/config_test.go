@@ -64,7 +64,8 @@ func TestPrepareErrors(t *testing.T) {
 		value interface{}
 		want  string
 	}{
-		{"only_nix_store", false, "only_nix_store: install mode (false) is not implemented yet"},
+		{"flake", ".#x", "flake: only for install mode"},
+		{"mem_size", 512, "mem_size: only for install mode"},
 		{"store_paths", []string{"/usr/bin"}, `store_paths: "/usr/bin" is not a store path`},
 		{"additional_paths", []string{"/nix/store/"}, `additional_paths: "/nix/store/" is not a store path`},
 		{"system", "/nix/store/abc-x/bin", `system: "/nix/store/abc-x/bin" is not a store path`},
@@ -90,7 +91,7 @@ func TestPrepareErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s = %v: got %v, want an error containing %q", tc.key, tc.value, err, tc.want)
 		}
-		if tc.key != "only_nix_store" && tc.key != "disk_size" {
+		if tc.key != "disk_size" && tc.key != "flake" && tc.key != "mem_size" {
 			all[tc.key] = tc.value
 		}
 	}
@@ -99,7 +100,7 @@ func TestPrepareErrors(t *testing.T) {
 		t.Fatal("no error for many bad keys")
 	}
 	for _, tc := range cases {
-		if tc.key != "only_nix_store" && tc.key != "disk_size" && !strings.Contains(err.Error(), tc.key+": ") {
+		if tc.key != "disk_size" && tc.key != "flake" && tc.key != "mem_size" && !strings.Contains(err.Error(), tc.key+": ") {
 			t.Errorf("the combined error does not name %s:\n%v", tc.key, err)
 		}
 	}
@@ -119,5 +120,37 @@ func TestParseSize(t *testing.T) {
 		if _, err := ParseSize(s); err == nil {
 			t.Errorf("ParseSize(%q) accepted", s)
 		}
+	}
+}
+
+// Install mode: one way to name the system, and its own keys checked.
+func TestPrepareInstallErrors(t *testing.T) {
+	cases := []struct {
+		raw  map[string]interface{}
+		want string
+	}{
+		{map[string]interface{}{}, "system: install mode needs exactly one of system"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "flake": ".#a"}, "system: install mode needs exactly one of system"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "store_paths": []string{"/nix/store/y-b"}}, "store_paths: only for only_nix_store = true"},
+		{map[string]interface{}{"flake": "nixos"}, `flake: "nixos" is not "<flake reference>#<configuration name>"`},
+		{map[string]interface{}{"system": "/nix/store/x-a", "attribute": "a"}, "attribute: only with nix_file"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "mem_size": 64}, "mem_size: 64 MiB is outside 128..1048576"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "accelerator": "hvf"}, `accelerator: "hvf" is not allowed; allowed: auto, kvm, tcg`},
+		{map[string]interface{}{"system": "/nix/store/x-a", "install_timeout": "-1s"}, "install_timeout: -1s is negative"},
+	}
+	for _, tc := range cases {
+		if _, err := prepare(t, tc.raw); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want an error containing %q", tc.raw, err, tc.want)
+		}
+	}
+	c, err := prepare(t, map[string]interface{}{"nix_file": "system.nix"})
+	if installModeReady && err != nil {
+		t.Fatal(err)
+	}
+	if !installModeReady && (err == nil || !strings.Contains(err.Error(), "install mode (false) is not available")) {
+		t.Fatalf("install mode is refused until ready: got %v", err)
+	}
+	if c.Attribute != "config.system.build.toplevel" || c.MemSize != 256 || c.Accelerator != "auto" || !*c.InstallBootloader || c.Label != "nixos" {
+		t.Errorf("install defaults: %+v", c)
 	}
 }
