@@ -1,0 +1,321 @@
+// Package guest is the installer VM's agent and the host side of its
+// protocol.
+//
+// The agent is the plugin binary itself, copied into an initrd (BuildInitrd)
+// as /init; main calls Main when IsAgent says so. It mounts the pseudo
+// filesystems, loads the modules listed in the initrd, opens the
+// virtio-serial port named PortName and serves requests on it with Serve.
+// Everything it logs goes to /dev/console prefixed "[agent]".
+//
+// # Protocol
+//
+// Both directions carry frames on one byte stream:
+//
+//	offset 0  2  magic "NX"
+//	       2  1  type
+//	       3  1  reserved, 0
+//	       4  4  request id, big endian
+//	       8  4  payload length n, big endian, at most MaxPayload
+//	      12  n  payload
+//
+// Frame types:
+//
+//	'Q' host→agent  request: JSON object, "op" and the op's fields
+//	'R' agent→host  response: JSON; ends the request ("error" set on failure)
+//	'D' both        file data: Upload (host→agent, exactly Size bytes in total)
+//	                and Download (agent→host, until the response)
+//	'I' host→agent  Exec stdin; an empty 'I' frame is end of input
+//	'O' agent→host  Exec stdout
+//	'E' agent→host  Exec stderr
+//	'C' host→agent  cancel the request with this id: kills a running Exec's
+//	                process group, abandons an Upload (nothing is renamed)
+//
+// The exchange is strictly one request at a time: the host sends 'Q' (and
+// for Upload the data, for Exec the stdin), the agent answers with any
+// number of streamed frames and exactly one 'R'. Every frame carries the
+// id of its request; the host drops frames with any other id. That makes
+// three things safe: retrying Hello (several Hellos may all be answered),
+// abandoning a request after a cancel without waiting for its end, and a
+// reconnect after the host went away mid-request.
+//
+// Readiness: QEMU's chardev socket (server=on,wait=off) accepts the host
+// before the guest has opened its port, and the guest's virtio_console
+// driver discards whatever arrives while the port is closed. Client.Hello
+// therefore resends Hello, with a fresh id, until one is answered. The
+// agent resynchronises on the magic if a frame was cut by such a drop.
+//
+// When the host disconnects (the agent reads EOF), a running Exec is killed,
+// the port is closed and reopened, and the agent waits for the next host.
+//
+// Ops ("op" value: request fields → response fields, see Request and
+// Response):
+//
+//	hello:       → hello
+//	mount:       mount
+//	bind_system: bind
+//	exec:        exec (+ 'I' frames when exec.stdin) → 'O'/'E' frames, exec
+//	upload:      upload + 'D' frames
+//	download:    path → 'D' frames, file
+//	remove:      path, recursive
+//	unmount:     path (everything mounted at or below it, deepest first)
+//	sync
+//	poweroff:    the agent kills leftover processes, unmounts what it
+//	             mounted, syncs, answers, then powers the VM off
+package guest
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// PortName is the virtio-serial port the agent serves on.
+const PortName = "org.packer-plugin-nixos.agent"
+
+// Version is the protocol and agent version reported by Hello.
+const Version = "1"
+
+// MaxPayload bounds one frame; data is streamed in chunks of at most this.
+const MaxPayload = 1 << 20
+
+// chunkSize is what the senders put in one data frame: small enough to
+// keep stdout interleaving fine-grained, large enough to be cheap.
+const chunkSize = 64 << 10
+
+const headerLen = 12
+
+// Frame types.
+const (
+	frameRequest  byte = 'Q'
+	frameResponse byte = 'R'
+	frameData     byte = 'D'
+	frameStdin    byte = 'I'
+	frameStdout   byte = 'O'
+	frameStderr   byte = 'E'
+	frameCancel   byte = 'C'
+)
+
+var magic = [2]byte{'N', 'X'}
+
+type frame struct {
+	typ     byte
+	id      uint32
+	payload []byte
+}
+
+func validType(t byte) bool {
+	switch t {
+	case frameRequest, frameResponse, frameData, frameStdin, frameStdout, frameStderr, frameCancel:
+		return true
+	}
+	return false
+}
+
+// errFraming is returned by a strict reader on a malformed header.
+var errFraming = errors.New("guest: malformed frame")
+
+// frameReader reads frames. With resync it skips bytes until a plausible
+// header instead of failing, and counts what it skipped.
+type frameReader struct {
+	r       *bufio.Reader
+	resync  bool
+	skipped int
+}
+
+func newFrameReader(r io.Reader, resync bool) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, 64<<10), resync: resync}
+}
+
+func (fr *frameReader) read() (frame, error) {
+	for {
+		h, err := fr.r.Peek(headerLen)
+		if err != nil {
+			if len(h) > 0 && err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return frame{}, err
+		}
+		n := binary.BigEndian.Uint32(h[8:])
+		if h[0] != magic[0] || h[1] != magic[1] || !validType(h[2]) || h[3] != 0 || n > MaxPayload {
+			if !fr.resync {
+				return frame{}, fmt.Errorf("%w: header % x", errFraming, h)
+			}
+			fr.r.Discard(1)
+			fr.skipped++
+			continue
+		}
+		f := frame{typ: h[2], id: binary.BigEndian.Uint32(h[4:]), payload: make([]byte, n)}
+		fr.r.Discard(headerLen)
+		if _, err := io.ReadFull(fr.r, f.payload); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return frame{}, err
+		}
+		return f, nil
+	}
+}
+
+// frameWriter serialises whole frames from several goroutines.
+type frameWriter struct {
+	mu  sync.Mutex
+	w   io.Writer
+	buf []byte
+}
+
+func (fw *frameWriter) write(typ byte, id uint32, payload []byte) error {
+	if len(payload) > MaxPayload {
+		return fmt.Errorf("guest: frame payload of %d bytes exceeds %d", len(payload), MaxPayload)
+	}
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	// One Write per frame so a stream socket never interleaves halves.
+	b := append(fw.buf[:0], magic[0], magic[1], typ, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b[4:], id)
+	binary.BigEndian.PutUint32(b[8:], uint32(len(payload)))
+	b = append(b, payload...)
+	fw.buf = b[:0]
+	if cap(fw.buf) > 2*chunkSize+headerLen {
+		fw.buf = nil // don't pin a rare large frame
+	}
+	_, err := fw.w.Write(b)
+	return err
+}
+
+func (fw *frameWriter) writeJSON(typ byte, id uint32, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return fw.write(typ, id, b)
+}
+
+// chunkWriter turns writes into frames of one type, for streamed output.
+type chunkWriter struct {
+	fw  *frameWriter
+	typ byte
+	id  uint32
+}
+
+func (c chunkWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), chunkSize)
+		if err := c.fw.write(c.typ, c.id, p[:k]); err != nil {
+			return n, err
+		}
+		n += k
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// Request is the JSON of a 'Q' frame: Op selects which other fields count.
+type Request struct {
+	Op     string             `json:"op"`
+	Mount  *MountRequest      `json:"mount,omitempty"`
+	Bind   *BindSystemRequest `json:"bind,omitempty"`
+	Exec   *ExecRequest       `json:"exec,omitempty"`
+	Upload *UploadRequest     `json:"upload,omitempty"`
+	// Path is the file of download and remove, the target of unmount.
+	Path      string `json:"path,omitempty"`
+	Recursive bool   `json:"recursive,omitempty"` // remove
+}
+
+// Op names.
+const (
+	opHello      = "hello"
+	opMount      = "mount"
+	opBindSystem = "bind_system"
+	opExec       = "exec"
+	opUpload     = "upload"
+	opDownload   = "download"
+	opRemove     = "remove"
+	opUnmount    = "unmount"
+	opSync       = "sync"
+	opPoweroff   = "poweroff"
+)
+
+// MountRequest mounts Source (a path in the agent's namespace, usually a
+// device such as /dev/vda2) on Target, creating Target. Options are
+// mount(8)-style: the flag words (ro, nosuid, bind…) become flags and
+// the rest is passed to the filesystem.
+type MountRequest struct {
+	Source  string `json:"source,omitempty"`
+	Target  string `json:"target,omitempty"`
+	FSType  string `json:"fstype,omitempty"`
+	Options string `json:"options,omitempty"`
+}
+
+// BindSystemRequest prepares Root for chrooted commands as nixos-enter
+// does: /dev and /sys recursively bound, a fresh proc, a tmpfs on /run;
+// a tmpfs on /tmp when Tmp; efivarfs at sys/firmware/efi/efivars when
+// EFIVars and the VM has UEFI.
+type BindSystemRequest struct {
+	Root    string `json:"root,omitempty"`
+	Tmp     bool   `json:"tmp,omitempty"`
+	EFIVars bool   `json:"efivars,omitempty"`
+}
+
+// ExecRequest runs Argv. With Chroot, the command runs chrooted there, Dir
+// is inside it, and a bare Argv[0] is looked up in Env's PATH inside the
+// chroot. Env replaces the environment entirely (nil: a minimal PATH).
+// Stdin, when set on the host, is streamed to the command; otherwise it
+// reads /dev/null. A Read on Stdin that blocks forever keeps its goroutine
+// after Exec returns, as with os/exec.
+type ExecRequest struct {
+	Argv   []string  `json:"argv,omitempty"`
+	Env    []string  `json:"env,omitempty"`
+	Dir    string    `json:"dir,omitempty"`
+	Chroot string    `json:"chroot,omitempty"`
+	Stdin  io.Reader `json:"-"`
+	// HasStdin is set by the client when Stdin is given.
+	HasStdin bool `json:"stdin,omitempty"`
+}
+
+// UploadRequest writes Size bytes to Path atomically (a temporary file in
+// the same directory, renamed over Path), with Mode (permission bits) and
+// ownership Uid:Gid.
+type UploadRequest struct {
+	Path string `json:"path"`
+	Mode uint32 `json:"mode"`
+	Uid  int    `json:"uid"`
+	Gid  int    `json:"gid"`
+	Size int64  `json:"size"`
+}
+
+// Response is the JSON of an 'R' frame.
+type Response struct {
+	Error string      `json:"error,omitempty"`
+	Hello *HelloInfo  `json:"hello,omitempty"`
+	Exec  *ExecResult `json:"exec,omitempty"`
+	File  *FileInfo   `json:"file,omitempty"`
+}
+
+// HelloInfo is what Hello reports.
+type HelloInfo struct {
+	Version string  `json:"version"`
+	Kernel  string  `json:"kernel"`
+	Uptime  float64 `json:"uptime"` // seconds since the guest kernel booted
+	// ModuleErrors lists modules the agent failed to load at boot.
+	ModuleErrors []string `json:"module_errors,omitempty"`
+}
+
+// ExecResult is how a command ended: its exit status, or for a command
+// killed by a signal 128+signal and the signal's name.
+type ExecResult struct {
+	ExitStatus int    `json:"exit_status"`
+	Signal     string `json:"signal,omitempty"`
+}
+
+// FileInfo describes a downloaded file.
+type FileInfo struct {
+	Mode uint32 `json:"mode"` // permission bits, setuid/setgid/sticky as in chmod
+	Uid  int    `json:"uid"`
+	Gid  int    `json:"gid"`
+	Size int64  `json:"size"`
+}

@@ -1,0 +1,269 @@
+package guest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"time"
+)
+
+// System performs the agent's operations. Linux is the real one; Serve
+// only speaks the protocol.
+type System interface {
+	Hello() (HelloInfo, error)
+	Mount(ctx context.Context, r *MountRequest) error
+	BindSystem(ctx context.Context, r *BindSystemRequest) error
+	// Exec runs r to completion; a cancelled ctx kills it. A non-nil
+	// error means it could not run at all.
+	Exec(ctx context.Context, r *ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error)
+	// Upload reads exactly r.Size bytes from data into r.Path.
+	Upload(ctx context.Context, r *UploadRequest, data io.Reader) error
+	Download(ctx context.Context, path string, w io.Writer) (FileInfo, error)
+	Remove(ctx context.Context, path string, recursive bool) error
+	Unmount(ctx context.Context, target string) error
+	Sync() error
+	// Poweroff readies the disks for power loss: nothing of the guest may
+	// be left mounted read-write or unsynced when it returns.
+	Poweroff(ctx context.Context) error
+}
+
+// ErrPoweroff is returned by Serve once it has answered a poweroff request;
+// the caller then powers the machine off.
+var ErrPoweroff = errors.New("guest: poweroff requested")
+
+// active is the request being served.
+type active struct {
+	id     uint32
+	cancel context.CancelFunc
+	in     chan []byte   // its 'D' or 'I' payloads
+	done   chan struct{} // closed when its response is written
+}
+
+// Serve answers requests from rw until the stream ends (io.EOF), fails, or
+// a poweroff is answered (ErrPoweroff). If rw is an io.Closer it is closed
+// when the stream ends, so a request stuck writing to a departed host
+// fails instead of blocking; the running request is cancelled and waited
+// for before Serve returns.
+func Serve(rw io.ReadWriter, sys System) error {
+	fr := newFrameReader(rw, true)
+	fw := &frameWriter{w: rw}
+	var cur *active
+	finish := func() {
+		if cur != nil {
+			<-cur.done
+			cur = nil
+		}
+	}
+	for {
+		f, err := fr.read()
+		if fr.skipped > 0 {
+			log.Printf("skipped %d bytes of garbage before a frame", fr.skipped)
+			fr.skipped = 0
+		}
+		if err != nil {
+			if cur != nil {
+				cur.cancel()
+			}
+			if c, ok := rw.(io.Closer); ok {
+				c.Close()
+			}
+			finish()
+			return err
+		}
+		switch f.typ {
+		case frameRequest:
+			// The host sends a new request only after the previous one
+			// ended or was cancelled; let a cancelled one wind down.
+			finish()
+			var req Request
+			if err := json.Unmarshal(f.payload, &req); err != nil {
+				fw.writeJSON(frameResponse, f.id, Response{Error: fmt.Sprintf("bad request: %v", err)})
+				continue
+			}
+			if req.Op == opPoweroff {
+				log.Printf("poweroff: unmounting and syncing")
+				err := sys.Poweroff(context.Background())
+				if werr := fw.writeJSON(frameResponse, f.id, errResponse(err)); werr != nil {
+					return werr
+				}
+				if err == nil {
+					return ErrPoweroff
+				}
+				continue
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			cur = &active{id: f.id, cancel: cancel, in: make(chan []byte), done: make(chan struct{})}
+			go func(a *active) {
+				defer close(a.done)
+				defer cancel()
+				start := time.Now()
+				resp := handle(ctx, sys, fw, a, &req)
+				logResult(&req, &resp, time.Since(start))
+				if err := fw.writeJSON(frameResponse, a.id, resp); err != nil {
+					log.Printf("request %d (%s): writing the response: %v", a.id, req.Op, err)
+				}
+			}(cur)
+		case frameCancel:
+			if cur != nil && cur.id == f.id {
+				cur.cancel()
+			}
+		case frameData, frameStdin:
+			if cur != nil && cur.id == f.id {
+				select {
+				case cur.in <- f.payload:
+				case <-cur.done: // it ended early (an error); drop the rest
+				}
+			}
+		}
+	}
+}
+
+// logResult puts each request's outcome on the console, where the user
+// follows the installation; Hello and Sync are too chatty to matter.
+func logResult(req *Request, resp *Response, d time.Duration) {
+	var what string
+	switch req.Op {
+	case opHello, opSync:
+		if resp.Error == "" {
+			return
+		}
+	case opMount:
+		if req.Mount != nil {
+			what = fmt.Sprintf(" %s on %s", req.Mount.Source, req.Mount.Target)
+		}
+	case opBindSystem:
+		if req.Bind != nil {
+			what = " " + req.Bind.Root
+		}
+	case opExec:
+		if req.Exec != nil {
+			what = fmt.Sprintf(" %q", req.Exec.Argv)
+			if req.Exec.Chroot != "" {
+				what += " in " + req.Exec.Chroot
+			}
+		}
+		if resp.Exec != nil {
+			what += fmt.Sprintf(": exit status %d", resp.Exec.ExitStatus)
+			if resp.Exec.Signal != "" {
+				what += " (" + resp.Exec.Signal + ")"
+			}
+		}
+	case opUpload:
+		if req.Upload != nil {
+			what = fmt.Sprintf(" %s (%d bytes)", req.Upload.Path, req.Upload.Size)
+		}
+	default:
+		what = " " + req.Path
+	}
+	if resp.Error != "" {
+		log.Printf("%s%s: FAILED after %v: %s", req.Op, what, d.Round(time.Millisecond), resp.Error)
+		return
+	}
+	log.Printf("%s%s (%v)", req.Op, what, d.Round(time.Millisecond))
+}
+
+func errResponse(err error) Response {
+	if err != nil {
+		return Response{Error: err.Error()}
+	}
+	return Response{}
+}
+
+func handle(ctx context.Context, sys System, fw *frameWriter, a *active, req *Request) Response {
+	missing := func(what string) Response { return Response{Error: req.Op + ": missing " + what} }
+	switch req.Op {
+	case opHello:
+		info, err := sys.Hello()
+		if err != nil {
+			return errResponse(err)
+		}
+		return Response{Hello: &info}
+	case opMount:
+		if req.Mount == nil {
+			return missing("mount")
+		}
+		return errResponse(sys.Mount(ctx, req.Mount))
+	case opBindSystem:
+		if req.Bind == nil {
+			return missing("bind")
+		}
+		return errResponse(sys.BindSystem(ctx, req.Bind))
+	case opExec:
+		if req.Exec == nil || len(req.Exec.Argv) == 0 {
+			return missing("exec.argv")
+		}
+		var stdin io.Reader
+		if req.Exec.HasStdin {
+			stdin = &inReader{ctx: ctx, ch: a.in, eofOnEmpty: true}
+		}
+		res, err := sys.Exec(ctx, req.Exec,
+			stdin, chunkWriter{fw, frameStdout, a.id}, chunkWriter{fw, frameStderr, a.id})
+		if err != nil {
+			return errResponse(err)
+		}
+		return Response{Exec: &res}
+	case opUpload:
+		if req.Upload == nil || req.Upload.Path == "" {
+			return missing("upload.path")
+		}
+		if req.Upload.Size < 0 {
+			return Response{Error: "upload: negative size"}
+		}
+		in := &inReader{ctx: ctx, ch: a.in}
+		return errResponse(sys.Upload(ctx, req.Upload, io.LimitReader(in, req.Upload.Size)))
+	case opDownload:
+		if req.Path == "" {
+			return missing("path")
+		}
+		fi, err := sys.Download(ctx, req.Path, chunkWriter{fw, frameData, a.id})
+		if err != nil {
+			return errResponse(err)
+		}
+		return Response{File: &fi}
+	case opRemove:
+		if req.Path == "" {
+			return missing("path")
+		}
+		return errResponse(sys.Remove(ctx, req.Path, req.Recursive))
+	case opUnmount:
+		if req.Path == "" {
+			return missing("path")
+		}
+		return errResponse(sys.Unmount(ctx, req.Path))
+	case opSync:
+		return errResponse(sys.Sync())
+	}
+	return Response{Error: fmt.Sprintf("unknown op %q", req.Op)}
+}
+
+// inReader reads the payloads Serve forwards for the current request.
+type inReader struct {
+	ctx        context.Context
+	ch         <-chan []byte
+	buf        []byte
+	eofOnEmpty bool // stdin: an empty frame ends the input
+	eof        bool
+}
+
+func (r *inReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.eof {
+			return 0, io.EOF
+		}
+		select {
+		case b := <-r.ch:
+			if len(b) == 0 && r.eofOnEmpty {
+				r.eof = true
+			}
+			r.buf = b
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
