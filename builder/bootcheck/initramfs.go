@@ -23,6 +23,10 @@ import (
 // filesystem's own module (FSType) is added per check.
 var baseModules = []string{"virtio_pci", "virtio_blk", "loop"}
 
+// fsModules are what a filesystem needs besides its own module: vfat's
+// default codepage and iocharset (Debian's is ascii) are modules too.
+var fsModules = map[string][]string{"vfat": {"nls_cp437", "nls_ascii"}}
+
 // DefaultKernel returns the newest /boot/vmlinuz-* whose modules are
 // installed in /lib/modules/<version>.
 func DefaultKernel() (string, error) {
@@ -79,7 +83,7 @@ func base(version, fstype string) (*baseArchive, error) {
 	if err != nil {
 		return nil, err
 	}
-	mods, err := db.Order(append(append([]string{}, baseModules...), fstype))
+	mods, err := db.Order(append(append(append([]string{}, baseModules...), fstype), fsModules[fstype]...))
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
-	"path"
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -20,12 +19,12 @@ import (
 
 // plan is everything stepWriteImage needs to know before writing a byte.
 type plan struct {
-	layout       *disklayout.Layout
-	fs           ext4.Options
-	registration []byte
-	rootHeader   ext4.Header
-	copyOpts     treecopy.Options
-	stats        treecopy.Stats // what the sizing walk saw; the write walk must see the same
+	layout *disklayout.Layout
+	fs     ext4.Options
+	tree   tree
+	stats  treecopy.Stats // what the sizing walk saw; the write walk must see the same
+	epoch  int64
+	seed   []byte // for the FAT volume IDs
 }
 
 // stepPlan measures the closure with the same walk that will write it, then
@@ -38,27 +37,31 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 	ui := state.Get("ui").(packersdk.Ui)
 	closure := state.Get("closure").([]nixstore.PathInfo)
 
-	p := &plan{}
-	var reg bytes.Buffer
-	if err := nixstore.WriteRegistration(&reg, closure); err != nil {
-		return halt(state, err)
-	}
-	p.registration = reg.Bytes()
-
 	epoch := c.epoch
 	if !*c.Deterministic {
 		epoch = time.Now().Unix()
 	}
-	root := [2]uint32{0, 0}
-	p.copyOpts = treecopy.Options{Owner: &root}
+	base := treeBase{closure: closure, root: ext4.Header{Mode: 0o755, Mtime: epoch}}
+	owner := [2]uint32{0, 0} // the store is root's whatever the host's numbering
+	base.opts = treecopy.Options{Owner: &owner}
 	if *c.Deterministic {
-		p.copyOpts.MaxMtime = &epoch
+		base.opts.MaxMtime = &epoch
 	}
-	p.rootHeader = ext4.Header{Mode: 0o755, Mtime: epoch}
+	p := &plan{epoch: epoch}
+	if c.OnlyNixStore {
+		var reg bytes.Buffer
+		if err := nixstore.WriteRegistration(&reg, closure); err != nil {
+			return halt(state, err)
+		}
+		p.tree = &storeTree{treeBase: base, registration: reg.Bytes()}
+	} else {
+		p.tree = &installTree{treeBase: base, stateDir: state.Get("nix_state_dir").(string),
+			mountDirs: mountDirs(c.layout), ownerNixbld: nixbldGID}
+	}
 
 	ui.Say("Measuring the closure...")
 	sizer := ext4.NewSizer()
-	stats, err := addStoreTree(ctx, treecopy.Sizer(sizer), sizer.SetRoot, p, closure)
+	stats, err := p.tree.walk(ctx, treecopy.Sizer(sizer), sizer.SetRoot)
 	if err != nil {
 		return halt(state, fmt.Errorf("measuring the closure: %w", err))
 	}
@@ -89,6 +92,7 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 		opts.Seed = make([]byte, 32)
 		rand.Read(opts.Seed)
 	}
+	p.seed = opts.Seed
 	if c.diskSizeBytes != 0 {
 		// Say what the closure needs, rather than what the layout lacks.
 		opts.RootSize, opts.DiskSize = minSize, 0
@@ -135,28 +139,6 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 }
 
 func (s *stepPlan) Cleanup(multistep.StateBag) {}
-
-// addStoreTree feeds the store-only tree to t: each closure path at the
-// filesystem's root (it is mounted on /nix/store), then the registration.
-func addStoreTree(ctx context.Context, t treecopy.Target, setRoot func(ext4.Header) error, p *plan, closure []nixstore.PathInfo) (treecopy.Stats, error) {
-	if err := setRoot(p.rootHeader); err != nil {
-		return treecopy.Stats{}, err
-	}
-	cp := &treecopy.Copier{T: t, Opts: p.copyOpts}
-	for _, info := range closure {
-		if err := cp.Copy(ctx, info.Path, path.Base(info.Path)); err != nil {
-			return cp.Stats, err
-		}
-	}
-	// The registration is a file of ours, not the store's: it carries the
-	// build's time and root ownership.
-	h := p.rootHeader
-	h.Name, h.Mode, h.Size = nixstore.StoreImageRegistrationPath, 0o444, int64(len(p.registration))
-	if err := t.Bytes(h, p.registration); err != nil {
-		return cp.Stats, err
-	}
-	return cp.Stats, nil
-}
 
 func fsUUID(c *Config) ([16]byte, error) {
 	var u [16]byte

@@ -43,8 +43,8 @@ func (s *stepWriteImage) Run(ctx context.Context, state multistep.StateBag) mult
 	if err != nil {
 		return halt(state, fmt.Errorf("writing the filesystem: %w", err))
 	}
-	bar := newProgress(ui, "store", p.stats.Bytes+int64(len(p.registration)))
-	stats, err := addStoreTree(ctx, treecopy.Writer(w, bar.Add), w.SetRoot, p, closure)
+	bar := newProgress(ui, "store", p.stats.Bytes+p.tree.ownBytes())
+	stats, err := p.tree.walk(ctx, treecopy.Writer(w, bar.Add), w.SetRoot)
 	bar.Close()
 	if err != nil {
 		return halt(state, fmt.Errorf("writing the filesystem: %w", err))

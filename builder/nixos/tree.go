@@ -1,0 +1,178 @@
+package nixos
+
+import (
+	"context"
+	"io/fs"
+	"path"
+	"path/filepath"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/treecopy"
+)
+
+// tree is what goes into the root filesystem. It is walked twice, into the
+// ext4 Sizer and then into the Writer, and must make the same calls in the
+// same order both times: that is what makes the plan exact.
+type tree interface {
+	walk(ctx context.Context, t treecopy.Target, setRoot func(ext4.Header) error) (treecopy.Stats, error)
+	// ownBytes is the data the walk writes besides the host's files, for
+	// the progress bar.
+	ownBytes() int64
+}
+
+// entries shared by both trees: the root's attributes and how host files map.
+type treeBase struct {
+	closure []nixstore.PathInfo
+	root    ext4.Header // mode and time of the root and of our own entries
+	opts    treecopy.Options
+}
+
+func (b treeBase) dir(name string, mode uint32) ext4.Header {
+	h := b.root
+	h.Name, h.Mode = name, modeBits(mode)
+	return h
+}
+
+// copyClosure copies every closure path under dir ("" for the root).
+func (b treeBase) copyClosure(ctx context.Context, cp *treecopy.Copier, dir string) error {
+	for _, info := range b.closure {
+		if err := cp.Copy(ctx, info.Path, path.Join(dir, path.Base(info.Path))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// storeTree is a store-only image: the closure at the filesystem's root (it
+// is mounted on /nix/store) and the registration nix-store --load-db reads.
+type storeTree struct {
+	treeBase
+	registration []byte
+}
+
+func (s *storeTree) ownBytes() int64 { return int64(len(s.registration)) }
+
+func (s *storeTree) walk(ctx context.Context, t treecopy.Target, setRoot func(ext4.Header) error) (treecopy.Stats, error) {
+	if err := setRoot(s.root); err != nil {
+		return treecopy.Stats{}, err
+	}
+	cp := &treecopy.Copier{T: t, Opts: s.opts}
+	if err := s.copyClosure(ctx, cp, ""); err != nil {
+		return cp.Stats, err
+	}
+	h := s.root
+	h.Name, h.Mode, h.Size = nixstore.StoreImageRegistrationPath, 0o444, int64(len(s.registration))
+	return cp.Stats, t.Bytes(h, s.registration)
+}
+
+// installTree is the root filesystem nixos-install leaves before the
+// installer VM activates the system: the skeleton, /nix/store with the
+// closure, and /nix/var/nix with the database and the system profile
+// (prepared on the host in stateDir by prepareNixState).
+type installTree struct {
+	treeBase
+	stateDir    string // holds nix/var/nix
+	mountDirs   []string
+	ownerNixbld uint32
+}
+
+func (s *installTree) ownBytes() int64 { return 0 }
+
+func (s *installTree) walk(ctx context.Context, t treecopy.Target, setRoot func(ext4.Header) error) (treecopy.Stats, error) {
+	var st treecopy.Stats
+	if err := setRoot(s.root); err != nil {
+		return st, err
+	}
+	cp := &treecopy.Copier{T: t, Opts: s.opts}
+	// Sorted: the writer needs each directory's subtree before the next.
+	for _, d := range s.skeleton() {
+		switch {
+		case d.name == "etc/NIXOS":
+			h := s.dir(d.name, d.mode)
+			if err := t.Bytes(h, nil); err != nil {
+				return cp.Stats, err
+			}
+		case d.name == "nix/store":
+			h := s.dir(d.name, d.mode)
+			h.Gid = s.ownerNixbld
+			if err := t.Mkdir(h); err != nil {
+				return cp.Stats, err
+			}
+			if err := s.copyClosure(ctx, cp, "nix/store"); err != nil {
+				return cp.Stats, err
+			}
+		case d.name == "nix/var":
+			if err := cp.Copy(ctx, filepath.Join(s.stateDir, "nix", "var"), "nix/var"); err != nil {
+				return cp.Stats, err
+			}
+		default:
+			if err := t.Mkdir(s.dir(d.name, d.mode)); err != nil {
+				return cp.Stats, err
+			}
+		}
+	}
+	return cp.Stats, nil
+}
+
+type skelEntry struct {
+	name string
+	mode uint32
+}
+
+// skeleton lists, in walk order, what nixos-install creates before
+// activation: mount points, /etc/NIXOS (which marks a NixOS root for
+// switch-to-configuration), the store (root:nixbld 1775) and the state.
+func (s *installTree) skeleton() []skelEntry {
+	var out []skelEntry
+	for _, e := range []skelEntry{
+		{"boot", 0o755}, {"dev", 0o755}, {"efi", 0o755}, {"etc", 0o755}, {"etc/NIXOS", 0o644},
+		{"nix", 0o755}, {"nix/store", 0o1775}, {"nix/var", 0}, {"proc", 0o755},
+		{"root", 0o700}, {"sys", 0o755}, {"tmp", 0o1777},
+	} {
+		if e.name == "efi" && !contains(s.mountDirs, "efi") {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// nixbldGID is the group NixOS gives /nix/store (ids.gids.nixbld).
+const nixbldGID = 30000
+
+// mountDirs are the skeleton's mount points for the layout's FAT
+// partitions: the ESP on /boot, or with XBOOTLDR the ESP on /efi and
+// XBOOTLDR on /boot, as systemd-boot's NixOS module expects.
+func mountDirs(t disklayout.Type) []string {
+	if t == disklayout.EFIXBootLdr {
+		return []string{"efi", "boot"}
+	}
+	return []string{"boot"}
+}
+
+// modeBits converts st_mode permission bits (with setuid, setgid, sticky)
+// to an fs.FileMode.
+func modeBits(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode
+}
