@@ -1,5 +1,6 @@
 // Command packer-plugin-nixos is the Packer plugin that builds NixOS disk
-// images. It only registers the components.
+// images. It registers the components; in the installer VM it is the
+// guest agent.
 package main
 
 import (
@@ -8,11 +9,16 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/plugin"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixos"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/version"
 )
 
 func main() {
+	// In the installer VM this same (static) binary is /init.
+	if guest.IsAgent() {
+		guest.Main()
+	}
 	pps := plugin.NewSet()
 	pps.RegisterBuilder("image", new(nixos.Builder))
 	pps.SetVersion(version.PluginVersion)

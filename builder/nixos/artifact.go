@@ -43,7 +43,7 @@ func (a *Artifact) Files() []string   { return []string{a.path} }
 func (a *Artifact) Id() string        { return a.path }
 
 func (a *Artifact) String() string {
-	return fmt.Sprintf("NixOS store image (%s, %d store paths): %s", a.format, a.paths, a.path)
+	return fmt.Sprintf("NixOS image (%s, %d store paths): %s", a.format, a.paths, a.path)
 }
 
 // State answers the keys Packer's vagrant post-processor (libvirt provider)

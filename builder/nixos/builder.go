@@ -12,6 +12,7 @@ import (
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
 )
 
 // BuilderID identifies artifacts of this builder.
@@ -44,15 +45,34 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 	state.Put("ui", ui)
 	state.Put("store", &nixstore.Store{Dir: "/nix/store"})
 	state.Put("qemu-img", QemuImgDriver{})
+	state.Put("nix", NixDriver{})
+	state.Put("qemu", qemu.New())
 
-	// The store-only recipe: find the closure, size the disk, stream the
-	// closure into a new image, convert it to the requested format.
-	steps := []multistep.Step{
-		&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
-		&stepClosure{},
-		&stepPlan{},
-		&stepWriteImage{},
-		&stepConvert{},
+	var steps []multistep.Step
+	if b.config.OnlyNixStore {
+		// Store-only: find the closure, size the disk, stream the closure
+		// into a new image, convert it to the requested format.
+		steps = []multistep.Step{
+			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
+			&stepClosure{},
+			&stepPlan{},
+			&stepWriteImage{},
+			&stepConvert{},
+		}
+	} else {
+		// Install: the same, with the system's skeleton and Nix database
+		// written on the host, then a small VM that only activates the
+		// system and installs its boot loader.
+		steps = []multistep.Step{
+			&stepResolveSystem{},
+			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
+			&stepClosure{},
+			&stepNixState{},
+			&stepPlan{},
+			&stepWriteImage{},
+			&stepInstall{},
+			&stepConvert{},
+		}
 	}
 
 	b.runner = commonsteps.NewRunner(steps, b.config.PackerConfig, ui)

@@ -20,6 +20,9 @@ func (s *stepClosure) Run(ctx context.Context, state multistep.StateBag) multist
 	store := state.Get("store").(*nixstore.Store)
 
 	roots := c.Roots()
+	if t, ok := state.GetOk("system"); ok {
+		roots = append([]string{t.(*toplevel).path}, c.AdditionalPaths...)
+	}
 	for _, r := range roots {
 		if err := store.Check(r); err != nil {
 			return halt(state, fmt.Errorf("store_paths: %w", err))

@@ -2,6 +2,8 @@ package nixos
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -11,7 +13,9 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fat"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/treecopy"
 )
@@ -55,6 +59,11 @@ func (s *stepWriteImage) Run(ctx context.Context, state multistep.StateBag) mult
 	if err := w.Close(); err != nil {
 		return halt(state, fmt.Errorf("finishing the filesystem: %w", err))
 	}
+	if !c.OnlyNixStore {
+		if err := formatFAT(f, p); err != nil {
+			return halt(state, err)
+		}
+	}
 	if err := f.Sync(); err != nil {
 		return halt(state, fmt.Errorf("syncing the image: %w", err))
 	}
@@ -63,6 +72,31 @@ func (s *stepWriteImage) Run(ctx context.Context, state multistep.StateBag) mult
 		humanBytes(p.layout.DiskSize), time.Since(start).Round(time.Millisecond)))
 	state.Put("raw_image", s.partial)
 	return multistep.ActionContinue
+}
+
+// formatFAT makes empty FAT32 filesystems on the ESP (label ESP) and
+// XBOOTLDR (label BOOT) partitions, as make-disk-image's mkfs.vfat calls do;
+// the boot loader installation fills them. Volume IDs come from the seed.
+func formatFAT(f *os.File, p *plan) error {
+	for _, part := range []struct {
+		role  disklayout.Role
+		label string
+	}{{disklayout.RoleESP, "ESP"}, {disklayout.RoleXBootLdr, "BOOT"}} {
+		pt, ok := p.layout.Find(part.role)
+		if !ok {
+			continue
+		}
+		sum := sha256.Sum256(append([]byte("fat volume id\x00"+part.label+"\x00"), p.seed...))
+		w, err := fat.NewWriter(f, pt.Start, fat.Options{Size: pt.Size, Label: part.label,
+			VolumeID: binary.LittleEndian.Uint32(sum[:4]), Time: p.epoch})
+		if err == nil {
+			err = w.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("formatting the %s partition: %w", part.label, err)
+		}
+	}
+	return nil
 }
 
 func (s *stepWriteImage) Cleanup(state multistep.StateBag) {

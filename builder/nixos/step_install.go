@@ -1,0 +1,319 @@
+package nixos
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/packer-plugin-sdk/multistep"
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
+)
+
+// stepInstall boots the installer VM on the system's own kernel with the
+// guest agent as /init, and has it do what nixos-install and nixos-enter
+// do after the files are in place: activate the system and run
+// switch-to-configuration boot. The closure is already on the disk; the VM
+// only runs the target's own tools.
+type stepInstall struct {
+	dir    string
+	vm     qemu.VM
+	client *guest.Client
+}
+
+const (
+	guestRoot     = "/mnt"
+	systemProfile = "/nix/var/nix/profiles/system"
+)
+
+func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
+	c := state.Get("config").(*Config)
+	ui := state.Get("ui").(packersdk.Ui)
+	p := state.Get("plan").(*plan)
+	system := state.Get("system").(*toplevel)
+	driver := state.Get("qemu").(qemu.Driver)
+	raw := state.Get("raw_image").(string)
+	start := time.Now()
+
+	dir, err := os.MkdirTemp("", "packer-nixos-vm-")
+	if err != nil {
+		return halt(state, err)
+	}
+	s.dir = dir
+	initrdPath := filepath.Join(dir, "initrd.gz")
+	if err := writeInstallerInitrd(initrdPath, system); err != nil {
+		return halt(state, err)
+	}
+
+	console := newLineWriter(func(line string) { ui.Message("installer: " + line) })
+	defer console.Flush()
+	sock := filepath.Join(dir, "agent.sock")
+	vmc := qemu.VMConfig{
+		Binary:      c.QemuBinary,
+		Accel:       qemu.Accel(c.Accelerator),
+		MemMiB:      c.MemSize,
+		Kernel:      system.kernel,
+		Initrd:      initrdPath,
+		Append:      "console=ttyS0 panic=-1 quiet",
+		Disks:       []qemu.Disk{{Path: raw, Format: "raw"}},
+		AgentSocket: sock,
+		Console:     console,
+		WorkDir:     dir,
+	}
+	runCtx, cancel := context.WithTimeout(ctx, c.InstallTimeout)
+	defer cancel()
+
+	ready := func(ctx context.Context) error {
+		cl, err := guest.Dial(ctx, sock)
+		if err != nil {
+			return err
+		}
+		info, err := cl.Hello(ctx)
+		if err != nil {
+			cl.Close()
+			return err
+		}
+		s.client = cl
+		ui.Say(fmt.Sprintf("Installer VM up: agent %s, kernel %s, %.1f s after boot", info.Version, info.Kernel, info.Uptime))
+		if len(info.ModuleErrors) > 0 {
+			ui.Message("installer: modules that failed to load: " + strings.Join(info.ModuleErrors, ", "))
+		}
+		return nil
+	}
+
+	if c.Accelerator == "auto" {
+		ui.Say(fmt.Sprintf("Booting the installer VM (%d MiB), trying KVM for up to %s...", c.MemSize, c.KVMProbeTimeout))
+		probe, err := qemu.ProbeAccel(runCtx, driver, vmc, ready, c.KVMProbeTimeout)
+		if err != nil {
+			return halt(state, fmt.Errorf("starting the installer VM: %w", err))
+		}
+		if probe.Accel == qemu.KVM {
+			s.vm = probe.VM
+		} else {
+			ui.Error("Not using KVM: " + probe.Reason)
+			vmc.Accel = qemu.TCG
+		}
+	}
+	if s.vm == nil {
+		if c.Accelerator != "auto" {
+			ui.Say(fmt.Sprintf("Booting the installer VM (%s, %d MiB)...", vmc.Accel, c.MemSize))
+		}
+		if s.vm, err = driver.Start(runCtx, vmc); err != nil {
+			return halt(state, fmt.Errorf("starting the installer VM: %w", err))
+		}
+		readyCtx, cancelReady := context.WithTimeout(runCtx, 2*time.Minute)
+		go func() { // a VM that dies ends the wait at once
+			select {
+			case <-s.vm.Done():
+				cancelReady()
+			case <-readyCtx.Done():
+			}
+		}()
+		err := ready(readyCtx)
+		cancelReady()
+		if err != nil {
+			return halt(state, s.vmError("the installer VM's agent did not answer", err))
+		}
+	}
+
+	if err := s.install(runCtx, ui, c, p); err != nil {
+		return halt(state, s.vmError("installing", err))
+	}
+	if err := s.vm.Wait(); err != nil {
+		return halt(state, fmt.Errorf("the installer VM did not power off cleanly: %w", err))
+	}
+	s.vm = nil
+	ui.Say(fmt.Sprintf("Installed in %s", time.Since(start).Round(100*time.Millisecond)))
+	return multistep.ActionContinue
+}
+
+// install mounts the target, activates it, installs the boot loader and
+// powers the VM off.
+func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p *plan) error {
+	cl := s.client
+	rootDev := "/dev/vda"
+	if p.layout.Type != disklayout.None {
+		rootDev = fmt.Sprintf("/dev/vda%d", partIndex(p.layout, disklayout.RoleRoot))
+	}
+	if err := cl.Mount(ctx, guest.MountRequest{Source: rootDev, Target: guestRoot, FSType: c.FSType}); err != nil {
+		return err
+	}
+	dirs := mountDirs(p.layout.Type)
+	for i, role := range []disklayout.Role{disklayout.RoleESP, disklayout.RoleXBootLdr} {
+		if _, ok := p.layout.Find(role); !ok {
+			continue
+		}
+		target := guestRoot + "/" + dirs[0]
+		if i == 1 {
+			target = guestRoot + "/" + dirs[1]
+		}
+		dev := fmt.Sprintf("/dev/vda%d", partIndex(p.layout, role))
+		if err := cl.Mount(ctx, guest.MountRequest{Source: dev, Target: target, FSType: "vfat", Options: "umask=0077"}); err != nil {
+			return err
+		}
+	}
+	if err := cl.BindSystem(ctx, guest.BindSystemRequest{Root: guestRoot, Tmp: true}); err != nil {
+		return err
+	}
+
+	env := []string{
+		"PATH=/run/current-system/sw/bin:" + systemProfile + "/sw/bin",
+		"HOME=/root", "LANG=C.UTF-8",
+	}
+	out := newLineWriter(func(line string) { ui.Message("  " + line) })
+	defer out.Flush()
+	ui.Say("Activating the system...")
+	status, err := cl.Exec(ctx, guest.ExecRequest{Argv: []string{systemProfile + "/activate"}, Env: env, Chroot: guestRoot}, out, out)
+	if err != nil {
+		return fmt.Errorf("activate: %w", err)
+	}
+	if status != 0 {
+		// nixos-enter goes on too: activation in a chroot, with no systemd
+		// running, commonly fails some of its snippets.
+		ui.Error(fmt.Sprintf("Activation exited with status %d; continuing, as nixos-enter does", status))
+	}
+	sctx := "switch-to-configuration boot"
+	if *c.InstallBootloader {
+		env = append(env, "NIXOS_INSTALL_BOOTLOADER=1")
+		ui.Say("Installing the boot loader (switch-to-configuration boot)...")
+	} else {
+		ui.Say("Writing boot entries (switch-to-configuration boot)...")
+	}
+	status, err = cl.Exec(ctx, guest.ExecRequest{Argv: []string{systemProfile + "/bin/switch-to-configuration", "boot"}, Env: env, Chroot: guestRoot}, out, out)
+	if err != nil {
+		return fmt.Errorf("%s: %w", sctx, err)
+	}
+	if status != 0 {
+		return fmt.Errorf("%s exited with status %d", sctx, status)
+	}
+	// Every image would share one machine identity otherwise.
+	if err := cl.Remove(ctx, guestRoot+"/etc/machine-id", false); err != nil && !isNotExist(err) {
+		return err
+	}
+	if err := cl.Unmount(ctx, guestRoot); err != nil {
+		return err
+	}
+	if err := cl.Sync(ctx); err != nil {
+		return err
+	}
+	ui.Say("Powering the installer VM off...")
+	return cl.Poweroff(ctx)
+}
+
+func isNotExist(err error) bool {
+	var re *guest.RemoteError
+	return errors.As(err, &re) && strings.Contains(strings.ToLower(re.Message), "no such file")
+}
+
+// partIndex is the 1-based number of the partition with role r, as the
+// guest kernel names it (/dev/vdaN).
+func partIndex(l *disklayout.Layout, r disklayout.Role) int {
+	for i, p := range l.Partitions {
+		if p.Role == r {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// vmError adds the VM's last console lines to err, which is what tells a
+// user why an installer died.
+func (s *stepInstall) vmError(what string, err error) error {
+	if s.vm == nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	tail := s.vm.ConsoleTail(20)
+	return fmt.Errorf("%s: %w\nlast console lines:\n  %s", what, err, strings.Join(tail, "\n  "))
+}
+
+func (s *stepInstall) Cleanup(multistep.StateBag) {
+	if s.client != nil {
+		s.client.Close()
+	}
+	if s.vm != nil {
+		s.vm.Kill()
+	}
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
+	}
+}
+
+// writeInstallerInitrd puts this plugin binary, as /init, and the modules
+// the installer needs from the system's own kernel into an initrd.
+func writeInstallerInitrd(path string, system *toplevel) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := checkStatic(exe); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := guest.BuildInitrd(f, guest.InitrdOptions{Agent: exe, ModulesDir: system.modulesDir}); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// checkStatic refuses a dynamically linked plugin binary: it could not run
+// as /init in an initrd with no libc.
+func checkStatic(exe string) error {
+	f, err := elf.Open(exe)
+	if err != nil {
+		return fmt.Errorf("reading the plugin binary %s: %w", exe, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("the plugin binary %s is dynamically linked, so it cannot run as the installer VM's /init: build it with CGO_ENABLED=0 (make build does)", exe)
+		}
+	}
+	return nil
+}
+
+// lineWriter turns a byte stream into whole lines for the UI.
+type lineWriter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	emit func(string)
+}
+
+func newLineWriter(emit func(string)) *lineWriter { return &lineWriter{emit: emit} }
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	for {
+		i := bytes.IndexByte(w.buf.Bytes(), '\n')
+		if i < 0 {
+			break
+		}
+		line := strings.TrimRight(string(w.buf.Next(i+1)), "\r\n")
+		w.emit(line)
+	}
+	return len(p), nil
+}
+
+func (w *lineWriter) Flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.buf.Len() > 0 {
+		w.emit(strings.TrimRight(w.buf.String(), "\r\n"))
+		w.buf.Reset()
+	}
+}
