@@ -70,6 +70,11 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		Console:     console,
 		WorkDir:     dir,
 	}
+	if *c.Deterministic {
+		// The guest's clock starts at source_date_epoch, so what the guest
+		// writes carries times near it rather than today's.
+		vmc.ExtraArgs = []string{"-rtc", "base=" + time.Unix(p.epoch, 0).UTC().Format("2006-01-02T15:04:05") + ",clock=vm"}
+	}
 	runCtx, cancel := context.WithTimeout(ctx, c.InstallTimeout)
 	defer cancel()
 

@@ -1,0 +1,210 @@
+package nixos
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
+)
+
+// bootMarker is the line the test systems' init prints once booted.
+const bootMarker = "NIXOS-FIXTURE-BOOTED "
+
+// Install mode with each layout: the installer VM activates the system and
+// installs its boot loader; then the image boots from that boot loader
+// (GRUB under SeaBIOS, systemd-boot under OVMF) and the booted system
+// reports the kernel command line, the root it found by label, a file from
+// the root filesystem and the user activation made.
+func TestAccInstallLayouts(t *testing.T) {
+	cases := []struct {
+		name, layout, fixture, firmware string
+		extra                           string
+	}{
+		{"legacy", "legacy", "system-bios", "bios", ""},
+		{"legacy_gpt", "legacy+gpt", "system-bios", "bios", ""},
+		{"efi", "efi", "system-efi", "efi", ""},
+		{"hybrid", "hybrid", "system-efi", "efi", ""},
+		// No partition table, nothing to install a boot loader into: the
+		// image is booted with the system's kernel and initrd.
+		{"none", "none", "system-bios", "kernel", "  install_bootloader = false"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			system := fixtures.Build(t, tc.fixture)[0]
+			out := filepath.Join(t.TempDir(), "out")
+			res := runPacker(t, "install_"+tc.name, template("inst", fmt.Sprintf(`
+  system               = %q
+  partition_table_type = %q
+  additional_space     = "32M"
+  accelerator          = "tcg"
+  output_directory     = %q
+%s`, system, tc.layout, out, tc.extra)))
+			res.mustSucceed(t)
+			for _, want := range []string{"Activating the system", "switch-to-configuration boot", "installer: [agent]", "Powering the installer VM off"} {
+				if !strings.Contains(res.log, want) {
+					t.Errorf("the build output lacks %q", want)
+				}
+			}
+			img := filepath.Join(out, "nixos.img")
+			if got := dirEntries(t, out); len(got) != 1 || got[0] != "nixos.img" {
+				t.Fatalf("output directory holds %v, want only nixos.img", got)
+			}
+			checkFilesystems(t, img, tc.layout)
+
+			line := bootImage(t, img, system, tc.firmware)
+			for _, want := range []string{
+				"system=" + system,
+				"marker=fixture-marker-v1",
+				"alice=yes",
+				"root=LABEL=nixos",
+			} {
+				if !strings.Contains(line, want) {
+					t.Errorf("booted system's report lacks %q:\n%s", want, line)
+				}
+			}
+			if tc.firmware != "kernel" && !strings.Contains(line, "firmware="+tc.firmware) {
+				t.Errorf("booted through the wrong firmware, want %s:\n%s", tc.firmware, line)
+			}
+		})
+	}
+}
+
+// The installer VM's memory does not grow with the closure: a 2 GiB closure
+// installs at the default mem_size = 256, as the 64 MiB one does.
+func TestAccInstallBigClosureSmallMemory(t *testing.T) {
+	system := fixtures.Build(t, "system-big")[0]
+	out := filepath.Join(t.TempDir(), "out")
+	runPacker(t, "install_big", template("inst", fmt.Sprintf(`
+  system               = %q
+  partition_table_type = "legacy"
+  additional_space     = "16M"
+  mem_size             = 256
+  accelerator          = "tcg"
+  output_directory     = %q`, system, out))).mustSucceed(t)
+	img := filepath.Join(out, "nixos.img")
+	checkFilesystems(t, img, "legacy")
+	line := bootImage(t, img, system, "bios")
+	if !strings.Contains(line, "marker=fixture-marker-v1") {
+		t.Errorf("booted system's report: %s", line)
+	}
+}
+
+// A store path that is not a system is refused before any work.
+func TestAccInstallNotASystem(t *testing.T) {
+	roots := fixtures.Build(t, "small")
+	out := filepath.Join(t.TempDir(), "out")
+	res := runPacker(t, "install_not_system", template("inst", fmt.Sprintf(`
+  system           = %q
+  output_directory = %q`, roots[0], out)))
+	if res.exit == 0 || !strings.Contains(res.log, "system: "+roots[0]+" is not a NixOS system") {
+		t.Fatalf("exit %d; want an error naming system and the path:\n%s", res.exit, tail(res.log, 3000))
+	}
+	if dirEntries(t, filepath.Dir(out)) != nil {
+		t.Error("an output directory was created for a refused system")
+	}
+}
+
+// checkFilesystems runs e2fsck on the root and fsck.vfat on each FAT
+// partition of an installed image.
+func checkFilesystems(t *testing.T, img, layout string) {
+	t.Helper()
+	fs := imagecheck.FS{Image: img}
+	if layout != "none" {
+		parts := imagecheck.Partitions(t, img)
+		root := parts[len(parts)-1]
+		fs.Offset = root.Start
+		for _, p := range parts {
+			if strings.EqualFold(p.Type, typeESP) || strings.EqualFold(p.Type, typeXBootLdr) {
+				if out, err := fsckVfatAt(t, img, p.Start, p.Size); err != nil {
+					t.Errorf("fsck.vfat -n on partition at %d: %v\n%s", p.Start, err, out)
+				}
+			}
+		}
+	}
+	imagecheck.Fsck(t, fs)
+}
+
+// fsckVfatAt checks the FAT filesystem at start: fsck.vfat takes no
+// offset, so it reads a sparse copy of the partition.
+func fsckVfatAt(t *testing.T, img string, start, size int64) ([]byte, error) {
+	part := filepath.Join(t.TempDir(), "part.img")
+	if out, err := exec.Command("dd", "if="+img, "of="+part, "bs=1M", fmt.Sprintf("skip=%d", start>>20),
+		fmt.Sprintf("count=%d", size>>20), "status=none", "conv=sparse").CombinedOutput(); err != nil {
+		return out, err
+	}
+	out, err := exec.Command("fsck.vfat", "-n", part).CombinedOutput()
+	if err == nil && strings.Contains(strings.ToLower(string(out)), "differences") {
+		err = fmt.Errorf("boot sector and its backup differ")
+	}
+	return out, err
+}
+
+// bootImage boots img (a snapshot: the image is not changed) through
+// firmware ("bios": SeaBIOS, "efi": OVMF, "kernel": the system's own
+// kernel and initrd given to QEMU) and returns the booted system's report.
+func bootImage(t *testing.T, img, system, firmware string) string {
+	t.Helper()
+	cfg := qemu.VMConfig{
+		Accel:   qemu.TCG,
+		MemMiB:  256,
+		Disks:   []qemu.Disk{{Path: img, Format: "raw", Snapshot: true}},
+		WorkDir: t.TempDir(),
+	}
+	switch firmware {
+	case "efi":
+		code, vars, err := qemu.FindOVMF()
+		if err != nil {
+			t.Fatal(err)
+		}
+		copyVars := filepath.Join(t.TempDir(), "vars.fd")
+		if err := qemu.CopyVars(vars, copyVars); err != nil {
+			t.Fatal(err)
+		}
+		cfg.EFI = &qemu.EFI{Code: code, Vars: copyVars}
+	case "kernel":
+		cfg.Kernel = filepath.Join(system, "kernel")
+		cfg.Initrd = filepath.Join(system, "initrd")
+		params := mustRead(t, filepath.Join(system, "kernel-params"))
+		cfg.Append = "init=" + system + "/init " + strings.TrimSpace(params)
+	}
+	pr, pw := io.Pipe()
+	cfg.Console = pw
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	vm, err := qemu.New().Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Kill()
+	go func() { vm.Wait(); pw.Close() }()
+	sc := bufio.NewScanner(pr)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		if i := strings.Index(line, bootMarker); i >= 0 {
+			go io.Copy(io.Discard, pr)
+			return line[i:]
+		}
+	}
+	t.Fatalf("the image did not boot to its marker (%s):\n%s", firmware, strings.Join(vm.ConsoleTail(40), "\n"))
+	return ""
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
