@@ -14,6 +14,7 @@ import (
 // Artifact is the image file the builder wrote.
 type Artifact struct {
 	path      string
+	efiVars   string // touch_efi_vars' variable store, or ""
 	format    string
 	diskBytes int64
 	paths     int
@@ -29,6 +30,9 @@ func newArtifact(state multistep.StateBag) *Artifact {
 		diskBytes: p.layout.DiskSize,
 		paths:     len(state.Get("closure").([]nixstore.PathInfo)),
 	}
+	if v, ok := state.GetOk("efi_vars"); ok {
+		a.efiVars = v.(string)
+	}
 	a.generated = map[string]interface{}{
 		"ImagePath":      a.path,
 		"ImageFormat":    a.format,
@@ -39,8 +43,13 @@ func newArtifact(state multistep.StateBag) *Artifact {
 }
 
 func (a *Artifact) BuilderId() string { return BuilderID }
-func (a *Artifact) Files() []string   { return []string{a.path} }
-func (a *Artifact) Id() string        { return a.path }
+func (a *Artifact) Files() []string {
+	if a.efiVars != "" {
+		return []string{a.path, a.efiVars}
+	}
+	return []string{a.path}
+}
+func (a *Artifact) Id() string { return a.path }
 
 func (a *Artifact) String() string {
 	return fmt.Sprintf("NixOS image (%s, %d store paths): %s", a.format, a.paths, a.path)
@@ -58,16 +67,20 @@ func (a *Artifact) State(name string) interface{} {
 		return fmt.Sprintf("%dM", (a.diskBytes+1<<20-1)>>20) // vagrant parses qemu size strings
 	case "domainType":
 		return "tcg" // libvirt's plain qemu driver: the image needs no KVM
+	case "efiVars":
+		return a.efiVars
 	case "generated_data":
 		return a.generated
 	}
 	return nil
 }
 
-// Destroy removes the image, and nothing else the directory may hold.
+// Destroy removes the files we wrote, and nothing else the directory holds.
 func (a *Artifact) Destroy() error {
-	if err := os.Remove(a.path); err != nil && !os.IsNotExist(err) {
-		return err
+	for _, f := range a.Files() {
+		if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+			return err
+		}
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
 )
 
 // DefaultRootGUID is make-disk-image's rootGPUID and rootFSUID default.
@@ -70,6 +72,17 @@ type Config struct {
 	// Install mode: the QEMU system emulator. Defaults to
 	// `qemu-system-x86_64`.
 	QemuBinary string `mapstructure:"qemu_binary" required:"false"`
+	// Install mode, GPT layouts only: boot the installer VM with OVMF and a
+	// writable copy of its variable store, so the boot loader installation
+	// can register its boot entry; the variables are kept as `efi-vars.fd`
+	// in the output directory (make-disk-image's `touchEFIVars`).
+	TouchEFIVars bool `mapstructure:"touch_efi_vars" required:"false"`
+	// The OVMF firmware code for `touch_efi_vars`, attached read-only.
+	// Defaults to Debian's /usr/share/OVMF (package ovmf).
+	EFIFirmwareCode string `mapstructure:"efi_firmware_code" required:"false"`
+	// The OVMF variable store template for `touch_efi_vars`; a copy is used.
+	// Defaults to the one that goes with `efi_firmware_code`.
+	EFIFirmwareVars string `mapstructure:"efi_firmware_vars" required:"false"`
 	// More store paths to include and register (make-disk-image's
 	// `additionalPaths`).
 	AdditionalPaths []string `mapstructure:"additional_paths" required:"false"`
@@ -149,20 +162,6 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 		errs = packersdk.MultiErrorAppend(errs, fmt.Errorf(format, a...))
 	}
 
-	if c.OnlyNixStore {
-		if len(c.StorePaths) == 0 && c.System == "" && len(c.AdditionalPaths) == 0 {
-			bad("store_paths: at least one of store_paths, system or additional_paths must name a store path")
-		}
-		for key, set := range map[string]bool{"flake": c.Flake != "", "nix_file": c.NixFile != "", "attribute": c.Attribute != "",
-			"install_bootloader": c.InstallBootloader != nil, "mem_size": c.MemSize != 0, "accelerator": c.Accelerator != "",
-			"kvm_probe_timeout": c.KVMProbeTimeout != 0, "install_timeout": c.InstallTimeout != 0, "qemu_binary": c.QemuBinary != ""} {
-			if set {
-				bad("%s: only for install mode; a store-only image (only_nix_store = true) has no system to install", key)
-			}
-		}
-	} else {
-		c.prepareInstall(bad)
-	}
 	for key, paths := range map[string][]string{"store_paths": c.StorePaths, "additional_paths": c.AdditionalPaths, "system": nonEmpty(c.System)} {
 		for _, p := range paths {
 			if !strings.HasPrefix(p, "/nix/store/") || strings.Count(strings.TrimPrefix(p, "/nix/store/"), "/") > 0 || len(p) <= len("/nix/store/") {
@@ -266,6 +265,21 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 		c.OutputDir = "output-" + c.PackerBuildName
 	}
 
+	if c.OnlyNixStore {
+		if len(c.StorePaths) == 0 && c.System == "" && len(c.AdditionalPaths) == 0 {
+			bad("store_paths: at least one of store_paths, system or additional_paths must name a store path")
+		}
+		for key, set := range map[string]bool{"flake": c.Flake != "", "nix_file": c.NixFile != "", "attribute": c.Attribute != "",
+			"install_bootloader": c.InstallBootloader != nil, "mem_size": c.MemSize != 0, "accelerator": c.Accelerator != "",
+			"kvm_probe_timeout": c.KVMProbeTimeout != 0, "install_timeout": c.InstallTimeout != 0, "qemu_binary": c.QemuBinary != "",
+			"touch_efi_vars": c.TouchEFIVars, "efi_firmware_code": c.EFIFirmwareCode != "", "efi_firmware_vars": c.EFIFirmwareVars != ""} {
+			if set {
+				bad("%s: only for install mode; a store-only image (only_nix_store = true) has no system to install", key)
+			}
+		}
+	} else {
+		c.prepareInstall(bad)
+	}
 	if errs != nil && len(errs.Errors) > 0 {
 		return nil, errs
 	}
@@ -375,6 +389,10 @@ func (c *Config) prepareInstall(bad func(string, ...interface{})) {
 	if c.QemuBinary == "" {
 		c.QemuBinary = "qemu-system-x86_64"
 	}
+	if _, err := exec.LookPath(c.QemuBinary); err != nil {
+		bad("qemu_binary: %s not found: install mode runs a small QEMU VM; install Debian's qemu-system-x86 or set qemu_binary", c.QemuBinary)
+	}
+	c.prepareEFI(bad)
 	if !installModeReady {
 		bad("only_nix_store: install mode (false) is not available in this version yet; set only_nix_store = true for a store-only image")
 	}
@@ -383,3 +401,31 @@ func (c *Config) prepareInstall(bad func(string, ...interface{})) {
 // installModeReady turns install mode on once its steps are all in place;
 // until then its keys are validated but the build is refused up front.
 const installModeReady = true
+
+// prepareEFI checks touch_efi_vars and finds the firmware before any work.
+func (c *Config) prepareEFI(bad func(string, ...interface{})) {
+	if !c.TouchEFIVars {
+		if c.EFIFirmwareCode != "" || c.EFIFirmwareVars != "" {
+			bad("efi_firmware_code: only used with touch_efi_vars = true")
+		}
+		return
+	}
+	if c.layout != "" && !c.layout.IsGPT() {
+		bad("touch_efi_vars: only with a GPT layout (legacy+gpt, efi, efixbootldr, hybrid), not %q", c.PartitionTableType)
+	}
+	if c.EFIFirmwareCode == "" && c.EFIFirmwareVars == "" {
+		code, vars, err := qemu.FindOVMF()
+		if err != nil {
+			bad("efi_firmware_code: %v; install Debian's ovmf or set efi_firmware_code and efi_firmware_vars", err)
+			return
+		}
+		c.EFIFirmwareCode, c.EFIFirmwareVars = code, vars
+	}
+	for key, path := range map[string]string{"efi_firmware_code": c.EFIFirmwareCode, "efi_firmware_vars": c.EFIFirmwareVars} {
+		if path == "" {
+			bad("%s: must be set when the other OVMF file is", key)
+		} else if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
+			bad("%s: %s is not a readable firmware file (%v)", key, path, err)
+		}
+	}
+}

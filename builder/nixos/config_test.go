@@ -137,6 +137,11 @@ func TestPrepareInstallErrors(t *testing.T) {
 		{map[string]interface{}{"system": "/nix/store/x-a", "mem_size": 64}, "mem_size: 64 MiB is outside 128..1048576"},
 		{map[string]interface{}{"system": "/nix/store/x-a", "accelerator": "hvf"}, `accelerator: "hvf" is not allowed; allowed: auto, kvm, tcg`},
 		{map[string]interface{}{"system": "/nix/store/x-a", "install_timeout": "-1s"}, "install_timeout: -1s is negative"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "qemu_binary": "qemu-nowhere"}, "qemu_binary: qemu-nowhere not found"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "touch_efi_vars": true}, `touch_efi_vars: only with a GPT layout (legacy+gpt, efi, efixbootldr, hybrid), not "legacy"`},
+		{map[string]interface{}{"system": "/nix/store/x-a", "partition_table_type": "efi", "touch_efi_vars": true,
+			"efi_firmware_code": "/nonexistent/OVMF_CODE.fd", "efi_firmware_vars": "/usr/share/OVMF/OVMF_VARS.fd"}, "efi_firmware_code: /nonexistent/OVMF_CODE.fd is not a readable firmware file"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "efi_firmware_vars": "/x"}, "efi_firmware_code: only used with touch_efi_vars = true"},
 	}
 	for _, tc := range cases {
 		if _, err := prepare(t, tc.raw); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -2,6 +2,7 @@ package nixos
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -207,4 +208,96 @@ func mustRead(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// touch_efi_vars: the installer VM runs under OVMF with a writable copy of
+// its variables, and the boot entry bootctl registers is in efi-vars.fd.
+func TestAccInstallTouchEFIVars(t *testing.T) {
+	system := fixtures.Build(t, "system-efi")[0]
+	out := filepath.Join(t.TempDir(), "out")
+	res := runPacker(t, "install_efivars", template("inst", fmt.Sprintf(`
+  system               = %q
+  partition_table_type = "efi"
+  touch_efi_vars       = true
+  additional_space     = "16M"
+  accelerator          = "tcg"
+  output_directory     = %q`, system, out)))
+	res.mustSucceed(t)
+	if got := dirEntries(t, out); strings.Join(got, " ") != "efi-vars.fd nixos.img" {
+		t.Fatalf("output directory holds %v, want efi-vars.fd and nixos.img", got)
+	}
+	vars, err := os.ReadFile(filepath.Join(out, "efi-vars.fd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(vars, utf16le("Linux Boot Manager")) {
+		t.Error("efi-vars.fd holds no boot entry \"Linux Boot Manager\"")
+	}
+	checkFilesystems(t, filepath.Join(out, "nixos.img"), "efi")
+}
+
+func utf16le(s string) []byte {
+	var b []byte
+	for _, r := range s {
+		b = append(b, byte(r), byte(r>>8))
+	}
+	return b
+}
+
+// nix_file: the system is built with nix-build first, then installed.
+func TestAccInstallFromNixFile(t *testing.T) {
+	fixtures.Build(t, "system-bios") // its parts, so nix-build only assembles
+	dir := t.TempDir()
+	file := filepath.Join(dir, "system.nix")
+	expr := fmt.Sprintf("{ config.system.build.toplevel = import %s/builder/fixtures/nix/system.nix { }; }\n", fixtures.Root())
+	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	res := runPacker(t, "install_nix_file", template("inst", fmt.Sprintf(`
+  nix_file             = %q
+  partition_table_type = "legacy"
+  additional_space     = "16M"
+  accelerator          = "tcg"
+  output_directory     = %q`, file, out)))
+	res.mustSucceed(t)
+	if !strings.Contains(res.log, "Building the system "+file+" -A config.system.build.toplevel") {
+		t.Error("the build did not say it built the system from nix_file")
+	}
+	checkFilesystems(t, filepath.Join(out, "nixos.img"), "legacy")
+}
+
+// QEMU dying mid-install fails the build within seconds, showing the
+// installer's last console lines, and leaves no output behind.
+func TestAccInstallQEMUDies(t *testing.T) {
+	system := fixtures.Build(t, "system-bios")[0]
+	dir := t.TempDir()
+	// A QEMU that is killed 6 s after it starts: the installer is then
+	// booting or running the agent's requests.
+	wrapper := filepath.Join(dir, "qemu-dies")
+	script := "#!/bin/sh\n(sleep 6; kill -9 $$) &\nexec qemu-system-x86_64 \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	start := time.Now()
+	res := runPacker(t, "install_qemu_dies", template("inst", fmt.Sprintf(`
+  system               = %q
+  partition_table_type = "legacy"
+  additional_space     = "16M"
+  accelerator          = "tcg"
+  qemu_binary          = %q
+  output_directory     = %q`, system, wrapper, out)))
+	if res.exit == 0 {
+		t.Fatal("the build succeeded although QEMU was killed")
+	}
+	if took := time.Since(start); took > 60*time.Second {
+		t.Errorf("the build took %s to notice QEMU died", took)
+	}
+	if !strings.Contains(res.log, "last console lines") {
+		t.Errorf("the error does not show the installer's console:\n%s", tail(res.log, 3000))
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("output directory left behind: %v", err)
+	}
 }

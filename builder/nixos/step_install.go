@@ -29,7 +29,15 @@ type stepInstall struct {
 	dir    string
 	vm     qemu.VM
 	client *guest.Client
+	vars   string // the EFI variable store being written, until it is final
 }
+
+// guestClockMin is the earliest time the installer VM's clock starts at
+// (2000-01-01): firmware takes two-digit RTC years as 20xx.
+const guestClockMin = 946684800
+
+// EFIVarsFile is the name of the EFI variable store touch_efi_vars keeps.
+const EFIVarsFile = "efi-vars.fd"
 
 const (
 	guestRoot     = "/mnt"
@@ -70,10 +78,19 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		Console:     console,
 		WorkDir:     dir,
 	}
+	if c.TouchEFIVars {
+		s.vars = filepath.Join(c.OutputDir, "."+EFIVarsFile+".partial")
+		if err := qemu.CopyVars(c.EFIFirmwareVars, s.vars); err != nil {
+			return halt(state, fmt.Errorf("efi_firmware_vars: %w", err))
+		}
+		vmc.EFI = &qemu.EFI{Code: c.EFIFirmwareCode, Vars: s.vars}
+	}
 	if *c.Deterministic {
 		// The guest's clock starts at source_date_epoch, so what the guest
-		// writes carries times near it rather than today's.
-		vmc.ExtraArgs = []string{"-rtc", "base=" + time.Unix(p.epoch, 0).UTC().Format("2006-01-02T15:04:05") + ",clock=vm"}
+		// writes carries times near it rather than today's. Not before
+		// 2000: OVMF reads an RTC year of 70 as 2070.
+		clock := time.Unix(max(p.epoch, guestClockMin), 0).UTC()
+		vmc.ExtraArgs = []string{"-rtc", "base=" + clock.Format("2006-01-02T15:04:05") + ",clock=vm"}
 	}
 	runCtx, cancel := context.WithTimeout(ctx, c.InstallTimeout)
 	defer cancel()
@@ -138,6 +155,15 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		return halt(state, fmt.Errorf("the installer VM did not power off cleanly: %w", err))
 	}
 	s.vm = nil
+	if s.vars != "" {
+		final := filepath.Join(c.OutputDir, EFIVarsFile)
+		if err := os.Rename(s.vars, final); err != nil {
+			return halt(state, err)
+		}
+		s.vars = ""
+		state.Put("efi_vars", final)
+		ui.Say("EFI variables: " + final)
+	}
 	ui.Say(fmt.Sprintf("Installed in %s", time.Since(start).Round(100*time.Millisecond)))
 	return multistep.ActionContinue
 }
@@ -167,7 +193,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 			return err
 		}
 	}
-	if err := cl.BindSystem(ctx, guest.BindSystemRequest{Root: guestRoot, Tmp: true}); err != nil {
+	if err := cl.BindSystem(ctx, guest.BindSystemRequest{Root: guestRoot, Tmp: true, EFIVars: c.TouchEFIVars}); err != nil {
 		return err
 	}
 
@@ -250,6 +276,9 @@ func (s *stepInstall) Cleanup(multistep.StateBag) {
 	}
 	if s.dir != "" {
 		os.RemoveAll(s.dir)
+	}
+	if s.vars != "" {
+		os.Remove(s.vars)
 	}
 }
 
