@@ -123,21 +123,45 @@ func TestAccOutputDirectoryExists(t *testing.T) {
 // Ctrl-C while the closure streams into the image: packer stops, and no
 // plugin process, partial image or output directory is left behind.
 func TestAccInterrupt(t *testing.T) {
-	if os.Getenv(acctest.TestEnvVar) == "" {
-		t.Skipf("acceptance test: set %s=1 (make testacc)", acctest.TestEnvVar)
-	}
 	roots := fixtures.Build(t, "large4g")
-	dir := t.TempDir()
-	out := filepath.Join(dir, "out")
-	tmplPath := filepath.Join(dir, "interrupt.pkr.hcl")
-	tmpl := template("store", fmt.Sprintf(`
+	out := filepath.Join(t.TempDir(), "out")
+	interruptBuild(t, out, "Writing the ext4 filesystem", 500*time.Millisecond, template("store", fmt.Sprintf(`
   only_nix_store   = true
   store_paths      = %s
   additional_space = "0"
-  output_directory = %q`, hclList(roots), out))
+  output_directory = %q`, hclList(roots), out)))
+}
+
+// Ctrl-C at each install-mode step leaves no QEMU process, socket, temp
+// directory or output behind.
+func TestAccInstallInterrupt(t *testing.T) {
+	system := fixtures.Build(t, "system-bios")[0]
+	for _, at := range []string{"Registering", "Booting the installer VM", "Installer VM up", "Activating the system"} {
+		t.Run(strings.ReplaceAll(at, " ", "_"), func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "out")
+			interruptBuild(t, out, at, 0, template("inst", fmt.Sprintf(`
+  system               = %q
+  partition_table_type = "legacy"
+  additional_space     = "16M"
+  accelerator          = "tcg"
+  output_directory     = %q`, system, out)))
+		})
+	}
+}
+
+// interruptBuild runs packer build, sends Ctrl-C once a line containing
+// trigger appears (plus delay), and checks that nothing is left behind.
+func interruptBuild(t *testing.T, out, trigger string, delay time.Duration, tmpl string) {
+	t.Helper()
+	if os.Getenv(acctest.TestEnvVar) == "" {
+		t.Skipf("acceptance test: set %s=1 (make testacc)", acctest.TestEnvVar)
+	}
+	dir := t.TempDir()
+	tmplPath := filepath.Join(dir, "interrupt.pkr.hcl")
 	if err := os.WriteFile(tmplPath, []byte(tmpl), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	before := tempDebris(t)
 	cmd := exec.Command("packer", "build", tmplPath)
 	cmd.Dir = dir
 	// A terminal's Ctrl-C signals the whole foreground process group: packer,
@@ -153,21 +177,26 @@ func TestAccInterrupt(t *testing.T) {
 	}
 	var log strings.Builder
 	sc := bufio.NewScanner(stdout)
+	seen := false
 	for sc.Scan() {
 		log.WriteString(sc.Text() + "\n")
-		if strings.Contains(sc.Text(), "Writing the ext4 filesystem") {
+		if strings.Contains(sc.Text(), trigger) {
+			seen = true
 			break
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // well into the 4 GiB copy
+	if !seen {
+		cmd.Wait()
+		t.Fatalf("the build never printed %q:\n%s", trigger, log.String())
+	}
+	time.Sleep(delay)
 	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
 	for sc.Scan() {
 		log.WriteString(sc.Text() + "\n")
 	}
-	err = cmd.Wait()
-	if err == nil {
+	if err := cmd.Wait(); err == nil {
 		t.Fatalf("packer build succeeded despite the interrupt:\n%s", log.String())
 	}
 	if !strings.Contains(log.String(), "cancel") && !strings.Contains(log.String(), "Interrupt") {
@@ -177,7 +206,22 @@ func TestAccInterrupt(t *testing.T) {
 		ents, _ := os.ReadDir(out)
 		t.Errorf("output directory left behind after Ctrl-C (%v): %v", err, ents)
 	}
-	if procs, _ := exec.Command("pgrep", "-f", "packer-plugin-nixos_v").Output(); len(procs) > 0 {
-		t.Errorf("plugin processes left running: %s", procs)
+	for _, prog := range []string{"packer-plugin-nixos_v", "qemu-system-x86_64"} {
+		if procs, _ := exec.Command("pgrep", "-f", prog).Output(); len(procs) > 0 {
+			t.Errorf("%s processes left running: %s", prog, procs)
+		}
 	}
+	if after := tempDebris(t); len(after) > len(before) {
+		t.Errorf("temporary files left behind: %v (before: %v)", after, before)
+	}
+}
+
+// tempDebris lists the plugin's temporary directories and sockets.
+func tempDebris(t *testing.T) []string {
+	var all []string
+	for _, pat := range []string{"packer-nixos-*", "qemu-*"} {
+		m, _ := filepath.Glob(filepath.Join(os.TempDir(), pat))
+		all = append(all, m...)
+	}
+	return all
 }
