@@ -26,6 +26,8 @@ import (
 // switch-to-configuration boot. The closure is already on the disk; the VM
 // only runs the target's own tools.
 type stepInstall struct {
+	phases []string // "name duration", for the summary line
+	mark   time.Time
 	dir    string
 	vm     qemu.VM
 	client *guest.Client
@@ -53,6 +55,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	raw := state.Get("raw_image").(string)
 	start := time.Now()
 
+	s.mark = start
 	dir, err := os.MkdirTemp("", "packer-nixos-vm-")
 	if err != nil {
 		return halt(state, err)
@@ -148,6 +151,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		}
 	}
 
+	s.phase("boot")
 	if err := s.install(runCtx, ui, c, p); err != nil {
 		return halt(state, s.vmError("installing", err))
 	}
@@ -155,6 +159,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		return halt(state, fmt.Errorf("the installer VM did not power off cleanly: %w", err))
 	}
 	s.vm = nil
+	s.phase("shutdown")
 	if s.vars != "" {
 		final := filepath.Join(c.OutputDir, EFIVarsFile)
 		if err := os.Rename(s.vars, final); err != nil {
@@ -164,7 +169,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		state.Put("efi_vars", final)
 		ui.Say("EFI variables: " + final)
 	}
-	ui.Say(fmt.Sprintf("Installed in %s", time.Since(start).Round(100*time.Millisecond)))
+	ui.Say(fmt.Sprintf("Installed in %s (%s)", time.Since(start).Round(100*time.Millisecond), strings.Join(s.phases, ", ")))
 	return multistep.ActionContinue
 }
 
@@ -208,6 +213,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	if err != nil {
 		return fmt.Errorf("activate: %w", err)
 	}
+	s.phase("activation")
 	if status != 0 {
 		// nixos-enter goes on too: activation in a chroot, with no systemd
 		// running, commonly fails some of its snippets.
@@ -227,6 +233,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	if status != 0 {
 		return fmt.Errorf("%s exited with status %d", sctx, status)
 	}
+	s.phase("boot loader")
 	// Every image would share one machine identity otherwise.
 	if err := cl.Remove(ctx, guestRoot+"/etc/machine-id", false); err != nil && !isNotExist(err) {
 		return err
@@ -239,6 +246,13 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	}
 	ui.Say("Powering the installer VM off...")
 	return cl.Poweroff(ctx)
+}
+
+// phase records how long the phase that ends now took.
+func (s *stepInstall) phase(name string) {
+	now := time.Now()
+	s.phases = append(s.phases, fmt.Sprintf("%s %s", name, now.Sub(s.mark).Round(100*time.Millisecond)))
+	s.mark = now
 }
 
 func isNotExist(err error) bool {
