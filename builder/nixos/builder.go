@@ -71,6 +71,7 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 			&stepPlan{},
 			&stepWriteImage{},
 			&stepInstall{},
+			&stepNormalize{},
 			&stepConvert{},
 		}
 	}

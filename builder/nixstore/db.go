@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -34,6 +36,9 @@ func (d DBWriter) Write(ctx context.Context, root string, infos []PathInfo, regT
 	if err := runQuiet(c); err != nil {
 		return fmt.Errorf("nix-store --load-db into %s: %w", root, err)
 	}
+	if err := rebaseLinks(root); err != nil {
+		return err
+	}
 	// VACUUM rewrites the file from scratch, so its pages no longer carry
 	// the history of the load.
 	sql := fmt.Sprintf("UPDATE ValidPaths SET registrationTime = %d; VACUUM;", regTime)
@@ -60,4 +65,31 @@ func or(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// rebaseLinks makes the symlinks nix-store left under root that point into
+// root (gcroots/profiles -> <root>/nix/var/nix/profiles) point where they
+// will be in the system: relative to "/", not to the host's temporary root.
+func rebaseLinks(root string) error {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return err
+	}
+	return filepath.WalkDir(abs, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.Type()&fs.ModeSymlink == 0 {
+			return err
+		}
+		target, err := os.Readlink(p)
+		if err != nil {
+			return err
+		}
+		rel, ok := strings.CutPrefix(target, abs+"/")
+		if !ok {
+			return nil
+		}
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+		return os.Symlink("/"+rel, p)
+	})
 }

@@ -43,6 +43,10 @@ func TestDBWriter(t *testing.T) {
 		t.Error("a different registration time gave the same database")
 	}
 
+	// Links nix-store made into the temporary root point into the system's.
+	if target, err := os.Readlink(filepath.Join(root, "nix/var/nix/gcroots/profiles")); err != nil || target != "/nix/var/nix/profiles" {
+		t.Errorf("gcroots/profiles -> %q (%v), want /nix/var/nix/profiles", target, err)
+	}
 	out, err := exec.Command("sqlite3", filepath.Join(root, DBPath), "SELECT DISTINCT registrationTime FROM ValidPaths; SELECT count(*) FROM ValidPaths;").Output()
 	if err != nil {
 		t.Fatal(err)
