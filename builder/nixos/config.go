@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -72,6 +73,13 @@ type Config struct {
 	// Install mode: the QEMU system emulator. Defaults to
 	// `qemu-system-x86_64`.
 	QemuBinary string `mapstructure:"qemu_binary" required:"false"`
+	// Install mode: a kernel (bzImage) to boot the installer VM with, instead
+	// of the system's own `kernel`.
+	InstallerKernel string `mapstructure:"installer_kernel" required:"false"`
+	// Install mode: the modules of `installer_kernel`: a
+	// `lib/modules/<version>` directory, or a directory holding one
+	// (a kernel-modules store path). Defaults to the system's.
+	InstallerModules string `mapstructure:"installer_modules" required:"false"`
 	// Install mode, GPT layouts only: boot the installer VM with OVMF and a
 	// writable copy of its variable store, so the boot loader installation
 	// can register its boot entry; the variables are kept as `efi-vars.fd`
@@ -272,7 +280,8 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 		for key, set := range map[string]bool{"flake": c.Flake != "", "nix_file": c.NixFile != "", "attribute": c.Attribute != "",
 			"install_bootloader": c.InstallBootloader != nil, "mem_size": c.MemSize != 0, "accelerator": c.Accelerator != "",
 			"kvm_probe_timeout": c.KVMProbeTimeout != 0, "install_timeout": c.InstallTimeout != 0, "qemu_binary": c.QemuBinary != "",
-			"touch_efi_vars": c.TouchEFIVars, "efi_firmware_code": c.EFIFirmwareCode != "", "efi_firmware_vars": c.EFIFirmwareVars != ""} {
+			"touch_efi_vars": c.TouchEFIVars, "efi_firmware_code": c.EFIFirmwareCode != "", "efi_firmware_vars": c.EFIFirmwareVars != "",
+			"installer_kernel": c.InstallerKernel != "", "installer_modules": c.InstallerModules != ""} {
 			if set {
 				bad("%s: only for install mode; a store-only image (only_nix_store = true) has no system to install", key)
 			}
@@ -393,6 +402,19 @@ func (c *Config) prepareInstall(bad func(string, ...interface{})) {
 		bad("qemu_binary: %s not found: install mode runs a small QEMU VM; install Debian's qemu-system-x86 or set qemu_binary", c.QemuBinary)
 	}
 	c.prepareEFI(bad)
+	if c.InstallerKernel != "" {
+		if fi, err := os.Stat(c.InstallerKernel); err != nil || !fi.Mode().IsRegular() {
+			bad("installer_kernel: %s is not a kernel image file (%v)", c.InstallerKernel, err)
+		}
+	}
+	if c.InstallerModules != "" {
+		if c.InstallerKernel == "" {
+			bad("installer_modules: only with installer_kernel (the system's kernel comes with its own modules)")
+		}
+		if _, err := ModulesDir(c.InstallerModules); err != nil {
+			bad("installer_modules: %v", err)
+		}
+	}
 	if !installModeReady {
 		bad("only_nix_store: install mode (false) is not available in this version yet; set only_nix_store = true for a store-only image")
 	}
@@ -428,4 +450,21 @@ func (c *Config) prepareEFI(bad func(string, ...interface{})) {
 			bad("%s: %s is not a readable firmware file (%v)", key, path, err)
 		}
 	}
+}
+
+// ModulesDir finds the lib/modules/<version> directory (the one holding
+// modules.dep) at dir: dir itself, dir/<version>, or dir/lib/modules/<version>.
+func ModulesDir(dir string) (string, error) {
+	for _, pat := range []string{"", "*", "lib/modules/*"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pat, "modules.dep"))
+		switch len(m) {
+		case 0:
+			continue
+		case 1:
+			return filepath.Dir(m[0]), nil
+		default:
+			return "", fmt.Errorf("%s holds modules for %d kernels; name one lib/modules/<version> directory", dir, len(m))
+		}
+	}
+	return "", fmt.Errorf("%s holds no kernel modules (no modules.dep in it, in */ or in lib/modules/*/)", dir)
 }

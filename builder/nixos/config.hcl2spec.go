@@ -30,6 +30,8 @@ type FlatConfig struct {
 	KVMProbeTimeout     *string           `mapstructure:"kvm_probe_timeout" required:"false" cty:"kvm_probe_timeout" hcl:"kvm_probe_timeout"`
 	InstallTimeout      *string           `mapstructure:"install_timeout" required:"false" cty:"install_timeout" hcl:"install_timeout"`
 	QemuBinary          *string           `mapstructure:"qemu_binary" required:"false" cty:"qemu_binary" hcl:"qemu_binary"`
+	InstallerKernel     *string           `mapstructure:"installer_kernel" required:"false" cty:"installer_kernel" hcl:"installer_kernel"`
+	InstallerModules    *string           `mapstructure:"installer_modules" required:"false" cty:"installer_modules" hcl:"installer_modules"`
 	TouchEFIVars        *bool             `mapstructure:"touch_efi_vars" required:"false" cty:"touch_efi_vars" hcl:"touch_efi_vars"`
 	EFIFirmwareCode     *string           `mapstructure:"efi_firmware_code" required:"false" cty:"efi_firmware_code" hcl:"efi_firmware_code"`
 	EFIFirmwareVars     *string           `mapstructure:"efi_firmware_vars" required:"false" cty:"efi_firmware_vars" hcl:"efi_firmware_vars"`
@@ -82,6 +84,8 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"kvm_probe_timeout":          &hcldec.AttrSpec{Name: "kvm_probe_timeout", Type: cty.String, Required: false},
 		"install_timeout":            &hcldec.AttrSpec{Name: "install_timeout", Type: cty.String, Required: false},
 		"qemu_binary":                &hcldec.AttrSpec{Name: "qemu_binary", Type: cty.String, Required: false},
+		"installer_kernel":           &hcldec.AttrSpec{Name: "installer_kernel", Type: cty.String, Required: false},
+		"installer_modules":          &hcldec.AttrSpec{Name: "installer_modules", Type: cty.String, Required: false},
 		"touch_efi_vars":             &hcldec.AttrSpec{Name: "touch_efi_vars", Type: cty.Bool, Required: false},
 		"efi_firmware_code":          &hcldec.AttrSpec{Name: "efi_firmware_code", Type: cty.String, Required: false},
 		"efi_firmware_vars":          &hcldec.AttrSpec{Name: "efi_firmware_vars", Type: cty.String, Required: false},

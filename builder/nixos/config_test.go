@@ -142,6 +142,9 @@ func TestPrepareInstallErrors(t *testing.T) {
 		{map[string]interface{}{"system": "/nix/store/x-a", "partition_table_type": "efi", "touch_efi_vars": true,
 			"efi_firmware_code": "/nonexistent/OVMF_CODE.fd", "efi_firmware_vars": "/usr/share/OVMF/OVMF_VARS.fd"}, "efi_firmware_code: /nonexistent/OVMF_CODE.fd is not a readable firmware file"},
 		{map[string]interface{}{"system": "/nix/store/x-a", "efi_firmware_vars": "/x"}, "efi_firmware_code: only used with touch_efi_vars = true"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "installer_kernel": "/nonexistent/bzImage"}, "installer_kernel: /nonexistent/bzImage is not a kernel image file"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "installer_modules": "/lib/modules"}, "installer_modules: only with installer_kernel"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "installer_kernel": "/proc/self/exe", "installer_modules": "/etc"}, "installer_modules: /etc holds no kernel modules"},
 	}
 	for _, tc := range cases {
 		if _, err := prepare(t, tc.raw); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/kmod"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
 )
 
@@ -328,5 +329,32 @@ func TestAccInstallReproducible(t *testing.T) {
 	}
 	if other := build("install_repro_epoch", "  source_date_epoch = 1700000000"); other == first {
 		t.Error("a different source_date_epoch gave the same image")
+	}
+}
+
+// installer_kernel and installer_modules: the installer VM boots another
+// kernel (the host's) than the one the image will boot.
+func TestAccInstallOtherInstallerKernel(t *testing.T) {
+	system := fixtures.Build(t, "system-bios")[0]
+	kernel, modules, err := kmod.HostKernel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	res := runPacker(t, "install_other_kernel", template("inst", fmt.Sprintf(`
+  system               = %q
+  partition_table_type = "legacy"
+  additional_space     = "16M"
+  accelerator          = "tcg"
+  installer_kernel     = %q
+  installer_modules    = %q
+  output_directory     = %q`, system, kernel, modules, out)))
+	res.mustSucceed(t)
+	if !strings.Contains(res.log, "Installer kernel: "+kernel) {
+		t.Error("the build did not say it booted the installer kernel")
+	}
+	line := bootImage(t, filepath.Join(out, "nixos.img"), system, "bios")
+	if !strings.Contains(line, "alice=yes") {
+		t.Errorf("booted system's report: %s", line)
 	}
 }

@@ -42,6 +42,15 @@ func (s *stepResolveSystem) Run(ctx context.Context, state multistep.StateBag) m
 		return halt(state, fmt.Errorf("%s: %w", key, err))
 	}
 	ui.Say(fmt.Sprintf("System: %s (kernel %s)", system, t.kernelVersion))
+	if c.InstallerKernel != "" {
+		// The installer VM boots this kernel instead; the system's own
+		// kernel is still what the image boots.
+		t.kernel, t.modulesDir = c.InstallerKernel, ""
+		if c.InstallerModules != "" {
+			t.modulesDir, _ = ModulesDir(c.InstallerModules)
+		}
+		ui.Say(fmt.Sprintf("Installer kernel: %s", c.InstallerKernel))
+	}
 	state.Put("system", t)
 	return multistep.ActionContinue
 }
@@ -66,15 +75,13 @@ func inspectToplevel(path string) (*toplevel, error) {
 		}
 	}
 	t.kernel = filepath.Join(path, "kernel")
-	mods, _ := filepath.Glob(filepath.Join(path, "kernel-modules", "lib", "modules", "*", "modules.dep"))
-	switch len(mods) {
-	case 0:
-		t.kernelVersion = "with everything built in"
-	case 1:
-		t.modulesDir = filepath.Dir(mods[0])
-		t.kernelVersion = filepath.Base(t.modulesDir)
-	default:
-		return nil, fmt.Errorf("%s has modules for %d kernels; want one", path, len(mods))
+	t.kernelVersion = "with everything built in"
+	if _, err := os.Stat(filepath.Join(path, "kernel-modules")); err == nil {
+		dir, err := ModulesDir(filepath.Join(path, "kernel-modules"))
+		if err != nil {
+			return nil, err
+		}
+		t.modulesDir, t.kernelVersion = dir, filepath.Base(dir)
 	}
 	return t, nil
 }
