@@ -65,6 +65,7 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 		// system and installs its boot loader.
 		steps = []multistep.Step{
 			&stepResolveSystem{},
+			&stepChannel{},
 			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
 			&stepClosure{},
 			&stepNixState{},

@@ -52,6 +52,16 @@ type Config struct {
 	// The attribute of `nix_file` to build. Defaults to
 	// `config.system.build.toplevel`.
 	Attribute string `mapstructure:"attribute" required:"false"`
+	// Install mode: a nixpkgs source directory (or store path) to install as
+	// root's `nixos` channel, as make-disk-image's `copyChannel` does with the
+	// nixpkgs it was built from. It is added to the store as
+	// `<store>-nixos-channel/nixos` and becomes
+	// /nix/var/nix/profiles/per-user/root/channels.
+	Channel string `mapstructure:"channel" required:"false"`
+	// Install mode: install `channel` (make-disk-image's `copyChannel`).
+	// Defaults to `true` when `channel` is set; `true` without `channel` is
+	// an error, since the plugin has no nixpkgs of its own.
+	CopyChannel *bool `mapstructure:"copy_channel" required:"false"`
 	// Install mode: run `switch-to-configuration boot` with
 	// `NIXOS_INSTALL_BOOTLOADER=1`, so the boot manager itself is installed,
 	// not only its entries. Defaults to `true`.
@@ -281,7 +291,8 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 			"install_bootloader": c.InstallBootloader != nil, "mem_size": c.MemSize != 0, "accelerator": c.Accelerator != "",
 			"kvm_probe_timeout": c.KVMProbeTimeout != 0, "install_timeout": c.InstallTimeout != 0, "qemu_binary": c.QemuBinary != "",
 			"touch_efi_vars": c.TouchEFIVars, "efi_firmware_code": c.EFIFirmwareCode != "", "efi_firmware_vars": c.EFIFirmwareVars != "",
-			"installer_kernel": c.InstallerKernel != "", "installer_modules": c.InstallerModules != ""} {
+			"installer_kernel": c.InstallerKernel != "", "installer_modules": c.InstallerModules != "",
+			"channel": c.Channel != "", "copy_channel": c.CopyChannel != nil} {
 			if set {
 				bad("%s: only for install mode; a store-only image (only_nix_store = true) has no system to install", key)
 			}
@@ -369,6 +380,18 @@ func (c *Config) prepareInstall(bad func(string, ...interface{})) {
 	if c.InstallBootloader == nil {
 		t := true
 		c.InstallBootloader = &t
+	}
+	if c.CopyChannel == nil {
+		v := c.Channel != ""
+		c.CopyChannel = &v
+	}
+	if *c.CopyChannel && c.Channel == "" {
+		bad("copy_channel: needs channel, a nixpkgs source directory; the plugin has no nixpkgs of its own to copy")
+	}
+	if c.Channel != "" {
+		if fi, err := os.Stat(c.Channel); err != nil || !fi.IsDir() {
+			bad("channel: %s is not a directory holding a nixpkgs source (%v)", c.Channel, err)
+		}
 	}
 	if c.MemSize == 0 {
 		c.MemSize = 256

@@ -24,6 +24,8 @@ type FlatConfig struct {
 	Flake               *string           `mapstructure:"flake" required:"false" cty:"flake" hcl:"flake"`
 	NixFile             *string           `mapstructure:"nix_file" required:"false" cty:"nix_file" hcl:"nix_file"`
 	Attribute           *string           `mapstructure:"attribute" required:"false" cty:"attribute" hcl:"attribute"`
+	Channel             *string           `mapstructure:"channel" required:"false" cty:"channel" hcl:"channel"`
+	CopyChannel         *bool             `mapstructure:"copy_channel" required:"false" cty:"copy_channel" hcl:"copy_channel"`
 	InstallBootloader   *bool             `mapstructure:"install_bootloader" required:"false" cty:"install_bootloader" hcl:"install_bootloader"`
 	MemSize             *int              `mapstructure:"mem_size" required:"false" cty:"mem_size" hcl:"mem_size"`
 	Accelerator         *string           `mapstructure:"accelerator" required:"false" cty:"accelerator" hcl:"accelerator"`
@@ -78,6 +80,8 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"flake":                      &hcldec.AttrSpec{Name: "flake", Type: cty.String, Required: false},
 		"nix_file":                   &hcldec.AttrSpec{Name: "nix_file", Type: cty.String, Required: false},
 		"attribute":                  &hcldec.AttrSpec{Name: "attribute", Type: cty.String, Required: false},
+		"channel":                    &hcldec.AttrSpec{Name: "channel", Type: cty.String, Required: false},
+		"copy_channel":               &hcldec.AttrSpec{Name: "copy_channel", Type: cty.Bool, Required: false},
 		"install_bootloader":         &hcldec.AttrSpec{Name: "install_bootloader", Type: cty.Bool, Required: false},
 		"mem_size":                   &hcldec.AttrSpec{Name: "mem_size", Type: cty.Number, Required: false},
 		"accelerator":                &hcldec.AttrSpec{Name: "accelerator", Type: cty.String, Required: false},

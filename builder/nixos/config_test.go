@@ -144,6 +144,8 @@ func TestPrepareInstallErrors(t *testing.T) {
 		{map[string]interface{}{"system": "/nix/store/x-a", "efi_firmware_vars": "/x"}, "efi_firmware_code: only used with touch_efi_vars = true"},
 		{map[string]interface{}{"system": "/nix/store/x-a", "installer_kernel": "/nonexistent/bzImage"}, "installer_kernel: /nonexistent/bzImage is not a kernel image file"},
 		{map[string]interface{}{"system": "/nix/store/x-a", "installer_modules": "/lib/modules"}, "installer_modules: only with installer_kernel"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "copy_channel": true}, "copy_channel: needs channel"},
+		{map[string]interface{}{"system": "/nix/store/x-a", "channel": "/nonexistent/nixpkgs"}, "channel: /nonexistent/nixpkgs is not a directory"},
 		{map[string]interface{}{"system": "/nix/store/x-a", "installer_kernel": "/proc/self/exe", "installer_modules": "/etc"}, "installer_modules: /etc holds no kernel modules"},
 	}
 	for _, tc := range cases {

@@ -15,6 +15,8 @@ type NixBuilder interface {
 	BuildFlake(ctx context.Context, ref, name string) (string, error)
 	// BuildFile builds attribute attr of the Nix file.
 	BuildFile(ctx context.Context, file, attr string) (string, error)
+	// AddToStore adds a directory to the store (nix-store --add).
+	AddToStore(ctx context.Context, dir string) (string, error)
 }
 
 // NixDriver runs nix and nix-build.
@@ -61,4 +63,12 @@ func runNix(ctx context.Context, bin string, args ...string) ([]byte, error) {
 		return nil, fmt.Errorf("%s %s: %v\n%s", bin, strings.Join(args, " "), err, msg)
 	}
 	return out, nil
+}
+
+func (NixDriver) AddToStore(ctx context.Context, dir string) (string, error) {
+	out, err := runNix(ctx, "nix-store", "--add", dir)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(out)), nil
 }

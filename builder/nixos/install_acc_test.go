@@ -358,3 +358,58 @@ func TestAccInstallOtherInstallerKernel(t *testing.T) {
 		t.Errorf("booted system's report: %s", line)
 	}
 }
+
+// channel: the nixpkgs source becomes root's nixos channel, registered in
+// the image's Nix database, as nixos-install --channel leaves it.
+func TestAccInstallChannel(t *testing.T) {
+	system := fixtures.Build(t, "system-bios")[0]
+	dir := t.TempDir()
+	src := filepath.Join(dir, "nixpkgs")
+	if err := os.MkdirAll(filepath.Join(src, "lib"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	content := "{ }: \"the test channel\"\n"
+	if err := os.WriteFile(filepath.Join(src, "default.nix"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	res := runPacker(t, "install_channel", template("inst", fmt.Sprintf(`
+  system               = %q
+  channel              = %q
+  partition_table_type = "legacy"
+  additional_space     = "16M"
+  accelerator          = "tcg"
+  output_directory     = %q`, system, src, out)))
+	res.mustSucceed(t)
+	img := filepath.Join(out, "nixos.img")
+	fs := imagecheck.FS{Image: img, Offset: imagecheck.Partitions(t, img)[0].Start}
+	link := func(p string) string {
+		t.Helper()
+		st := imagecheck.Debugfs(t, fs, "stat "+p)
+		i := strings.Index(st, "Fast link dest: ")
+		if i < 0 {
+			t.Fatalf("%s is not a fast symlink:\n%s", p, st)
+		}
+		return strings.Trim(strings.TrimSpace(strings.SplitN(st[i+len("Fast link dest: "):], "\n", 2)[0]), `"`)
+	}
+	profiles := "/nix/var/nix/profiles/per-user/root"
+	if got := link(profiles + "/channels"); got != "channels-1-link" {
+		t.Errorf("channels -> %q", got)
+	}
+	channel := link(profiles + "/channels-1-link")
+	if !strings.HasSuffix(channel, "-nixos-channel") {
+		t.Fatalf("channels-1-link -> %q, want a store path named nixos-channel", channel)
+	}
+	if got := imagecheck.Debugfs(t, fs, "cat "+channel+"/nixos/default.nix"); got != content {
+		t.Errorf("the channel's default.nix holds %q, want %q", got, content)
+	}
+	if got := link("/root/.nix-defexpr/channels"); got != profiles+"/channels" {
+		t.Errorf("~root/.nix-defexpr/channels -> %q", got)
+	}
+	db := filepath.Join(dir, "db.sqlite")
+	imagecheck.Debugfs(t, fs, "dump /nix/var/nix/db/db.sqlite "+db)
+	n, err := exec.Command("sqlite3", db, "SELECT count(*) FROM ValidPaths WHERE path = '"+channel+"'").Output()
+	if err != nil || strings.TrimSpace(string(n)) != "1" {
+		t.Errorf("the channel is not registered in the image's Nix database: %q %v", n, err)
+	}
+}

@@ -23,6 +23,9 @@ func (s *stepClosure) Run(ctx context.Context, state multistep.StateBag) multist
 	if t, ok := state.GetOk("system"); ok {
 		roots = append([]string{t.(*toplevel).path}, c.AdditionalPaths...)
 	}
+	if ch, ok := state.GetOk("channel"); ok {
+		roots = append(roots, ch.(string))
+	}
 	for _, r := range roots {
 		if err := store.Check(r); err != nil {
 			return halt(state, fmt.Errorf("store_paths: %w", err))

@@ -46,6 +46,19 @@ func (s *stepNixState) Run(ctx context.Context, state multistep.StateBag) multis
 	if err := os.Symlink("system-1-link", filepath.Join(profiles, "system")); err != nil {
 		return halt(state, err)
 	}
+	if ch, ok := state.GetOk("channel"); ok {
+		// What nixos-install's nix-env --set leaves for root's channels.
+		root := filepath.Join(profiles, "per-user", "root")
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return halt(state, err)
+		}
+		if err := os.Symlink(ch.(string), filepath.Join(root, "channels-1-link")); err != nil {
+			return halt(state, err)
+		}
+		if err := os.Symlink("channels-1-link", filepath.Join(root, "channels")); err != nil {
+			return halt(state, err)
+		}
+	}
 	state.Put("nix_state_dir", dir)
 	return multistep.ActionContinue
 }

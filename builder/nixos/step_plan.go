@@ -56,7 +56,7 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 		p.tree = &storeTree{treeBase: base, registration: reg.Bytes()}
 	} else {
 		p.tree = &installTree{treeBase: base, stateDir: state.Get("nix_state_dir").(string),
-			mountDirs: mountDirs(c.layout), ownerNixbld: nixbldGID}
+			mountDirs: mountDirs(c.layout), ownerNixbld: nixbldGID, channel: *c.CopyChannel}
 	}
 
 	ui.Say("Measuring the closure...")

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"path"
 	"path/filepath"
+	"strings"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/ext4"
@@ -76,6 +77,7 @@ type installTree struct {
 	stateDir    string // holds nix/var/nix
 	mountDirs   []string
 	ownerNixbld uint32
+	channel     bool // root's channels profile exists: link ~root/.nix-defexpr/channels
 }
 
 func (s *installTree) ownBytes() int64 { return 0 }
@@ -101,6 +103,11 @@ func (s *installTree) walk(ctx context.Context, t treecopy.Target, setRoot func(
 				return cp.Stats, err
 			}
 			if err := s.copyClosure(ctx, cp, "nix/store"); err != nil {
+				return cp.Stats, err
+			}
+		case d.name == "root/.nix-defexpr/channels":
+			h := s.dir(d.name, 0o777)
+			if err := t.Symlink(h, "/nix/var/nix/profiles/per-user/root/channels"); err != nil {
 				return cp.Stats, err
 			}
 		case d.name == "nix/var":
@@ -129,9 +136,13 @@ func (s *installTree) skeleton() []skelEntry {
 	for _, e := range []skelEntry{
 		{"boot", 0o755}, {"dev", 0o755}, {"efi", 0o755}, {"etc", 0o755}, {"etc/NIXOS", 0o644},
 		{"nix", 0o755}, {"nix/store", 0o1775}, {"nix/var", 0}, {"proc", 0o755},
-		{"root", 0o700}, {"sys", 0o755}, {"tmp", 0o1777},
+		{"root", 0o700}, {"root/.nix-defexpr", 0o700}, {"root/.nix-defexpr/channels", 0},
+		{"sys", 0o755}, {"tmp", 0o1777},
 	} {
 		if e.name == "efi" && !contains(s.mountDirs, "efi") {
+			continue
+		}
+		if strings.HasPrefix(e.name, "root/") && !s.channel {
 			continue
 		}
 		out = append(out, e)
