@@ -413,3 +413,43 @@ func TestAccInstallChannel(t *testing.T) {
 		t.Errorf("the channel is not registered in the image's Nix database: %q %v", n, err)
 	}
 }
+
+// flake: the system is built from a flake's nixosConfigurations, as
+// `nixos-rebuild --flake` would, then installed.
+func TestAccInstallFromFlake(t *testing.T) {
+	fixtures.Build(t, "system-bios") // its parts, so nix build only assembles
+	dir := filepath.Join(t.TempDir(), "flake")
+	if out, err := exec.Command("cp", "-r", filepath.Join(fixtures.Root(), "builder/fixtures/nix"), dir).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	// Flakes evaluate purely: no builtins.currentSystem, no /lib/modules.
+	if out, err := exec.Command("sh", "-c", `sed -i 's/builtins.currentSystem/"x86_64-linux"/' "$0"/*.nix`, dir).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	_, modules, err := kmod.HostKernel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	flake := fmt.Sprintf(`{
+  outputs = { self }: {
+    nixosConfigurations.machine.config.system.build.toplevel =
+      import ./system.nix { kernelVersion = %q; };
+  };
+}
+`, filepath.Base(modules))
+	if err := os.WriteFile(filepath.Join(dir, "flake.nix"), []byte(flake), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	res := runPacker(t, "install_flake", template("inst", fmt.Sprintf(`
+  flake                = "path:%s#machine"
+  partition_table_type = "legacy"
+  additional_space     = "16M"
+  accelerator          = "tcg"
+  output_directory     = %q`, dir, out)))
+	res.mustSucceed(t)
+	if !strings.Contains(res.log, "Building the system path:"+dir+"#machine") {
+		t.Error("the build did not say it built the system from the flake")
+	}
+	checkFilesystems(t, filepath.Join(out, "nixos.img"), "legacy")
+}
