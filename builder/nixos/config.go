@@ -78,7 +78,8 @@ type Config struct {
 	// falling back to TCG. Defaults to `20s`.
 	KVMProbeTimeout time.Duration `mapstructure:"kvm_probe_timeout" required:"false"`
 	// Install mode: how long the installer VM may take, from boot to power
-	// off. Defaults to `10m`.
+	// off, under KVM; under TCG, which emulates every instruction, it gets
+	// five times as long. Defaults to `10m`.
 	InstallTimeout time.Duration `mapstructure:"install_timeout" required:"false"`
 	// Install mode: the QEMU system emulator. Defaults to
 	// `qemu-system-x86_64`.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -33,6 +34,10 @@ type stepInstall struct {
 	client *guest.Client
 	vars   string // the EFI variable store being written, until it is final
 }
+
+// tcgSlowdown scales install_timeout under TCG, which emulates every
+// instruction.
+const tcgSlowdown = 5
 
 // guestClockMin is the earliest time the installer VM's clock starts at
 // (2000-01-01): firmware takes two-digit RTC years as 20xx.
@@ -95,8 +100,18 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		clock := time.Unix(max(p.epoch, guestClockMin), 0).UTC()
 		vmc.ExtraArgs = []string{"-rtc", "base=" + clock.Format("2006-01-02T15:04:05") + ",clock=vm"}
 	}
-	runCtx, cancel := context.WithTimeout(ctx, c.InstallTimeout)
+	// The VM lives within runCtx; install_timeout starts once the
+	// accelerator is known, since TCG gets more of it.
+	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var timedOut atomic.Bool
+	startBudget := func(accel qemu.Accel) {
+		budget := c.InstallTimeout
+		if accel == qemu.TCG {
+			budget *= tcgSlowdown
+		}
+		time.AfterFunc(budget, func() { timedOut.Store(true); cancel() })
+	}
 
 	ready := func(ctx context.Context) error {
 		cl, err := guest.Dial(ctx, sock)
@@ -122,6 +137,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		if err != nil {
 			return halt(state, fmt.Errorf("starting the installer VM: %w", err))
 		}
+		startBudget(probe.Accel)
 		if probe.Accel == qemu.KVM {
 			s.vm = probe.VM
 		} else {
@@ -132,6 +148,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	if s.vm == nil {
 		if c.Accelerator != "auto" {
 			ui.Say(fmt.Sprintf("Booting the installer VM (%s, %d MiB)...", vmc.Accel, c.MemSize))
+			startBudget(vmc.Accel)
 		}
 		if s.vm, err = driver.Start(runCtx, vmc); err != nil {
 			return halt(state, fmt.Errorf("starting the installer VM: %w", err))
@@ -153,6 +170,9 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 
 	s.phase("boot")
 	if err := s.install(runCtx, ui, c, p); err != nil {
+		if timedOut.Load() {
+			err = fmt.Errorf("install_timeout (%s, ×%d under TCG) ran out: %w", c.InstallTimeout, tcgSlowdown, err)
+		}
 		return halt(state, s.vmError("installing", err))
 	}
 	if err := s.vm.Wait(); err != nil {
