@@ -105,12 +105,18 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var timedOut atomic.Bool
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	startBudget := func(accel qemu.Accel) {
 		budget := c.InstallTimeout
 		if accel == qemu.TCG {
 			budget *= tcgSlowdown
 		}
-		time.AfterFunc(budget, func() { timedOut.Store(true); cancel() })
+		timer = time.AfterFunc(budget, func() { timedOut.Store(true); cancel() })
 	}
 
 	ready := func(ctx context.Context) error {
