@@ -11,5 +11,13 @@ hello=$(nix-build --no-out-link "$here/hello.nix")
 ln -sfn "$hello" /nix/var/nix/gcroots/packer-plugin-nixos/example-hello
 
 "$packer" build -force -var "store_paths=[\"$hello\"]" "$here/store-only.pkr.hcl"
+
+# Install mode needs a NixOS system. With no nixpkgs on this machine, the
+# example installs the project's test system: a NixOS-like toplevel made of
+# Debian's kernel, systemd-boot and busybox (builder/fixtures).
+system=$(bash "$here/../builder/fixtures/build.sh" system-efi)
+"$packer" build -force -var "system=$system" "$here/install.pkr.hcl"
+
 echo
-echo "Image: $here/output-store/nixos.qcow2"
+echo "Store-only image: $here/output-store/nixos.qcow2"
+echo "Installed image:  $here/output-install/nixos.qcow2 (EFI variables: $here/output-install/efi-vars.fd)"
