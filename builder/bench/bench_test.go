@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -52,5 +53,46 @@ func TestGenTree(t *testing.T) {
 	// root, flat/, parts/, two part directories, and the files
 	if flat != 600 || st.entries != 2400+5 {
 		t.Errorf("flat %d entries %d", flat, st.entries)
+	}
+}
+
+func TestParseInstall(t *testing.T) {
+	out := []byte(`==> nixos-image.bench: Wrote 12 store paths: 720 files, 78 directories, 548 symlinks, 0 hard links, 76.8 MiB into a 102.0 MiB image in 371ms
+==> nixos-image.bench: installer: [agent] exec ["/nix/var/nix/profiles/system/activate"] in /mnt: exit status 0 (138ms)
+==> nixos-image.bench: Installed in 1m8.8s (boot 6.8s, activation 200ms, boot loader 1m1.6s, shutdown 0s)
+`)
+	run, err := parseInstall(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]time.Duration{"boot": 6800 * time.Millisecond, "activation": 200 * time.Millisecond,
+		"boot loader": 61600 * time.Millisecond, "shutdown": 0}
+	if run.write != 371*time.Millisecond || run.guest != 68800*time.Millisecond {
+		t.Errorf("write %v guest %v", run.write, run.guest)
+	}
+	for k, v := range want {
+		if run.phases[k] != v {
+			t.Errorf("%s: %v, want %v", k, run.phases[k], v)
+		}
+	}
+	if _, err := parseInstall(out[:100]); err == nil {
+		t.Error("no Installed line: no error")
+	}
+}
+
+func TestProcStatSelf(t *testing.T) {
+	comm, ppid, ok := procStat(os.Getpid())
+	if !ok || ppid != os.Getppid() || comm == "" {
+		t.Errorf("procStat(self) = %q, %d, %v; ppid is %d", comm, ppid, ok, os.Getppid())
+	}
+	if hwm, ok := vmHWM(os.Getpid()); !ok || hwm <= 0 {
+		t.Errorf("vmHWM(self) = %d, %v", hwm, ok)
+	}
+}
+
+func TestMedianRun(t *testing.T) {
+	r := &installRow{runs: []installRun{{guest: 3, write: 1}, {guest: 1, write: 2}, {guest: 2, write: 3}, {guest: 4}}}
+	if got := r.medianRun(); got.guest != 2 || got.write != 3 {
+		t.Errorf("medianRun = %+v", got)
 	}
 }

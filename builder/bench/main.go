@@ -4,6 +4,12 @@
 // Every contender, ours included, runs as a separate child process so that
 // its peak RSS (the child's rusage Maxrss) is its own. Go contenders are this
 // binary re-executed with the hidden subcommand in child.go.
+//
+// The install section (install.go, -install, on by default, about a minute
+// and a half) builds the test systems with the real `packer build` and the
+// plugin built from this tree, and reports the install mode's phase times
+// and the installer VM's peak RSS. `go run ./builder/bench -fixtures=` runs
+// it alone; -install=false leaves it out.
 package main
 
 import (
@@ -34,6 +40,8 @@ type config struct {
 	keep     bool
 	fsck     bool
 	only     map[string]bool
+	install  bool
+	packer   string // the packer binary the install section runs
 }
 
 func main() {
@@ -53,6 +61,8 @@ func main() {
 	flag.StringVar(&c.tmp, "tmp", "", "scratch directory for staged trees and images (default: the system temp dir)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the scratch directory")
 	flag.BoolVar(&c.fsck, "fsck", true, "check each writer's last image with e2fsck -fn (untimed)")
+	flag.BoolVar(&c.install, "install", true, "also time install mode: packer build of "+strings.Join(installFixtures, " and ")+" in a TCG VM")
+	flag.StringVar(&c.packer, "packer", defaultPacker(), "packer binary for -install")
 	flag.Parse()
 	if c.runs < 1 {
 		fatalf("-runs must be at least 1")
@@ -92,8 +102,17 @@ func main() {
 		return
 	}
 
-	c.fixtures = strings.Split(*fixList, ",")
-	fmt.Fprintf(os.Stdout, "# ext4 image writers, %s\n\n", machine())
+	if *fixList != "" {
+		c.fixtures = strings.Split(*fixList, ",")
+	}
+	title := "ext4 image writers"
+	switch {
+	case len(c.fixtures) == 0 && c.install:
+		title = "install mode"
+	case c.install:
+		title += " and install mode"
+	}
+	fmt.Fprintf(os.Stdout, "# %s, %s\n\n", title, machine())
 	var verdicts []string
 	for _, name := range c.fixtures {
 		res, err := benchFixture(ctx, c, name)
@@ -102,6 +121,11 @@ func main() {
 		}
 		printTable(os.Stdout, res)
 		verdicts = append(verdicts, targets(res)...)
+	}
+	if c.install {
+		rows := benchInstall(ctx, c)
+		printInstallTable(os.Stdout, c, rows)
+		verdicts = append(verdicts, installTargets(rows)...)
 	}
 	if len(verdicts) > 0 {
 		fmt.Fprintf(os.Stdout, "### Targets\n\n| target | measured | met |\n|---|---|---|\n")
@@ -114,6 +138,15 @@ func main() {
 
 // closure resolves a fixture to its sorted store paths, building it if needed.
 func closure(name string) ([]string, error) {
+	roots, err := fixtureRoots(name)
+	if err != nil {
+		return nil, err
+	}
+	return closureOf(roots)
+}
+
+// fixtureRoots builds a fixture if needed and returns its root store paths.
+func fixtureRoots(name string) ([]string, error) {
 	script := filepath.Join(fixtures.Root(), "builder", "fixtures", "build.sh")
 	cmd := exec.Command("bash", script, name)
 	cmd.Stderr = os.Stderr
@@ -125,7 +158,11 @@ func closure(name string) ([]string, error) {
 	if len(roots) == 0 {
 		return nil, fmt.Errorf("%s %s printed no store path", script, name)
 	}
-	out, err = exec.Command("nix-store", append([]string{"-qR"}, roots...)...).Output()
+	return roots, nil
+}
+
+func closureOf(roots []string) ([]string, error) {
+	out, err := exec.Command("nix-store", append([]string{"-qR"}, roots...)...).Output()
 	if err != nil {
 		return nil, fmt.Errorf("nix-store -qR: %w", err)
 	}
