@@ -32,9 +32,15 @@ poweroff)
 exit)
 	exit 3 ;;
 acpi)
+	fd=3
 	for e in /sys/class/input/event*; do
 		grep -q "Power Button" $e/device/name || continue
-		(head -c 1 /dev/${e##*/} >/dev/null; echo TEST-POWER-BUTTON; poweroff -f) &
+		d=/dev/input/${e##*/}
+		while [ ! -c $d ]; do sleep 0.1; done
+		# Opened before READY, so a press is queued even if head is late.
+		eval "exec $fd<$d"
+		(head -c 1 <&$fd >/dev/null && echo TEST-POWER-BUTTON && poweroff -f) &
+		fd=$((fd+1))
 	done
 	echo TEST-ACPI-READY ;;
 agent)
@@ -56,8 +62,8 @@ while :; do sleep 1; done
 var guestModules = []string{
 	"kernel/drivers/acpi/button.ko",
 	"kernel/drivers/input/evdev.ko",
-	"kernel/drivers/virtio/virtio.ko",
 	"kernel/drivers/virtio/virtio_ring.ko",
+	"kernel/drivers/virtio/virtio.ko",
 	"kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
 	"kernel/drivers/virtio/virtio_pci_modern_dev.ko",
 	"kernel/drivers/virtio/virtio_pci.ko",

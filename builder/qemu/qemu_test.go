@@ -85,7 +85,7 @@ func TestShutdownACPI(t *testing.T) {
 	}
 	start := time.Now()
 	if err := v.Shutdown(ctxTimeout(t, 30*time.Second)); err != nil {
-		t.Fatalf("Shutdown: %v", err)
+		t.Fatalf("Shutdown: %v\nWait: %v\nconsole:\n%s", err, v.Wait(), console.String())
 	}
 	t.Logf("ACPI shutdown took %s", time.Since(start).Round(time.Millisecond))
 	if err := v.Wait(); err != nil {
@@ -238,6 +238,13 @@ func TestAgentSocket(t *testing.T) {
 		t.Fatalf("%v; console:\n%s", err, console.String())
 	}
 	t.Logf("hello over virtio-serial after %s", time.Since(start).Round(time.Millisecond))
+	if st, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(v.PID()), "status")); err == nil {
+		for _, l := range strings.Split(string(st), "\n") {
+			if strings.HasPrefix(l, "VmHWM:") {
+				t.Logf("QEMU peak RSS (256 MiB guest, TCG): %s", strings.TrimSpace(strings.TrimPrefix(l, "VmHWM:")))
+			}
+		}
+	}
 	if err := v.Quit(); err != nil {
 		t.Error(err)
 	}

@@ -30,6 +30,9 @@ const (
 	qmpHandshake = 30 * time.Second
 	// quitGrace is how long Quit waits for an answer and then for the exit.
 	quitGrace = 5 * time.Second
+	// exitGrace is how long a QEMU whose QMP connection broke may take to
+	// exit by itself before it is killed.
+	exitGrace = time.Second
 )
 
 // ErrShutdownTimeout is wrapped by Shutdown's error when the guest did not
@@ -141,6 +144,14 @@ func (driver) Start(ctx context.Context, c VMConfig) (VM, error) {
 		_, err = v.run(ctx, "cont", nil)
 	}
 	if err != nil {
+		if ctx.Err() == nil {
+			// A broken QMP connection usually means QEMU is exiting on its
+			// own: let it, so the error carries its real status.
+			select {
+			case <-v.exited:
+			case <-time.After(exitGrace):
+			}
+		}
 		v.kill(err)
 		<-v.done
 		return nil, v.startError(err)
@@ -154,7 +165,7 @@ func (v *vm) startError(err error) error {
 	var ee *ExitError
 	if errors.As(v.err, &ee) {
 		if ee.Cause == errUnexpectedExit {
-			ee.Cause = fmt.Errorf("exited during startup (%v)", err)
+			ee.Cause = errors.New("exited during startup")
 		}
 		return ee
 	}
@@ -352,23 +363,33 @@ func (v *vm) connect(ctx context.Context) error {
 		case <-time.After(qmpRetry):
 		}
 	}
-	// go-qemu's handshake has no deadline; if QEMU hangs, killing it closes
-	// the socket and ends the handshake.
+	// go-qemu's handshake has no deadline: on failure we close our end,
+	// which ends it whatever state QEMU is in.
 	hs := make(chan error, 1)
 	go func() { hs <- mon.Connect() }()
 	timer := time.NewTimer(qmpHandshake)
 	defer timer.Stop()
 	var err error
+	finished := false // whether hs has been received from
 	select {
 	case err = <-hs:
+		finished = true
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-timer.C:
 		err = errors.New("QMP handshake timed out")
+	case <-v.exited:
+		err = errors.New("exited during the QMP handshake")
 	}
-	if err != nil {
-		v.kill(err)
-		<-hs
+	if err != nil { // Start decides whether QEMU must be killed
+		if !finished {
+			select {
+			case <-hs:
+			default:
+				mon.Disconnect() // closing our end ends the blocked handshake
+				<-hs
+			}
+		}
 		mon.Disconnect()
 		if errors.Is(err, io.EOF) {
 			err = errors.New("exited during the QMP handshake")
@@ -498,12 +519,17 @@ func (v *vm) Quit() error {
 
 func (v *vm) Shutdown(ctx context.Context) error {
 	_, err := v.run(ctx, "system_powerdown", nil)
-	if err == nil {
-		select {
-		case <-v.done:
-			return nil
-		case <-ctx.Done():
-		}
+	wait := ctx
+	if err != nil {
+		// A broken connection means QEMU is going away: don't kill it.
+		var cancel context.CancelFunc
+		wait, cancel = context.WithTimeout(context.Background(), exitGrace)
+		defer cancel()
+	}
+	select {
+	case <-v.done:
+		return nil
+	case <-wait.Done():
 	}
 	select {
 	case <-v.exited:
