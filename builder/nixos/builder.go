@@ -72,6 +72,8 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 			&stepPlan{},
 			&stepWriteImage{},
 			&stepInstall{},
+			new(commonsteps.StepProvision),
+			&stepFinishInstall{},
 			&stepNormalize{},
 			&stepConvert{},
 		}

@@ -136,15 +136,24 @@ func TestAccInterrupt(t *testing.T) {
 // directory or output behind.
 func TestAccInstallInterrupt(t *testing.T) {
 	system := fixtures.Build(t, "system-bios")[0]
-	for _, at := range []string{"Registering", "Booting the installer VM", "Installer VM up", "Activating the system"} {
+	// The last trigger is a provisioner's output while it sleeps: Ctrl-C
+	// must also stop a command running in the guest.
+	for _, at := range []string{"Registering", "Booting the installer VM", "Installer VM up", "provisioner-sleeping"} {
 		t.Run(strings.ReplaceAll(at, " ", "_"), func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out")
-			interruptBuild(t, out, at, 0, template("inst", fmt.Sprintf(`
+			tmpl := strings.Replace(template("inst", fmt.Sprintf(`
   system               = %q
   partition_table_type = "legacy"
   additional_space     = "16M"
   accelerator          = "tcg"
-  output_directory     = %q`, system, out)))
+  output_directory     = %q`, system, out)), `  sources = ["source.nixos-image.inst"]
+`, `  sources = ["source.nixos-image.inst"]
+  provisioner "shell" {
+    inline_shebang = "/run/current-system/sw/bin/sh -e"
+    inline         = ["echo provisioner-sleeping", "sleep 120"]
+  }
+`, 1)
+			interruptBuild(t, out, at, 0, tmpl)
 		})
 	}
 }

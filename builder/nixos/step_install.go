@@ -29,10 +29,17 @@ import (
 type stepInstall struct {
 	phases []string // "name duration", for the summary line
 	mark   time.Time
-	dir    string
-	vm     qemu.VM
-	client *guest.Client
-	vars   string // the EFI variable store being written, until it is final
+	start  time.Time
+
+	ctx       context.Context // the VM's life
+	cancel    context.CancelFunc
+	stopWatch func()
+	timer     *time.Timer
+	timedOut  atomic.Bool
+	dir       string
+	vm        qemu.VM
+	client    *guest.Client
+	vars      string // the EFI variable store being written, until it is final
 }
 
 // tcgSlowdown scales install_timeout under TCG, which emulates every
@@ -102,21 +109,18 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	// The VM lives within runCtx; install_timeout starts once the
 	// accelerator is known, since TCG gets more of it.
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var timedOut atomic.Bool
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	// It outlives Run: the VM stays up while the provisioners run, until
+	// stepFinishInstall powers it off (or Cleanup kills it).
+	runCtx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	stop := context.AfterFunc(ctx, cancel) // Packer's cancellation still reaches the VM
+	s.stopWatch = func() { stop() }
 	startBudget := func(accel qemu.Accel) {
 		budget := c.InstallTimeout
 		if accel == qemu.TCG {
 			budget *= tcgSlowdown
 		}
-		timer = time.AfterFunc(budget, func() { timedOut.Store(true); cancel() })
+		s.timer = time.AfterFunc(budget, func() { s.timedOut.Store(true); cancel() })
 	}
 
 	ready := func(ctx context.Context) error {
@@ -175,11 +179,36 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 
 	s.phase("boot")
+	s.ctx, s.start = runCtx, start
 	if err := s.install(runCtx, ui, c, p); err != nil {
-		if timedOut.Load() {
-			err = fmt.Errorf("install_timeout (%s, ×%d under TCG) ran out: %w", c.InstallTimeout, tcgSlowdown, err)
-		}
-		return halt(state, s.vmError("installing", err))
+		return halt(state, s.vmError("installing", s.timeoutError(c, err)))
+	}
+	// Packer's provisioners run next, in the installed system.
+	state.Put("communicator", &guestComm{ctx: runCtx, client: s.client})
+	state.Put("installer", s)
+	return multistep.ActionContinue
+}
+
+// timeoutError says so when install_timeout ended the installer.
+func (s *stepInstall) timeoutError(c *Config, err error) error {
+	if s.timedOut.Load() {
+		return fmt.Errorf("install_timeout (%s, ×%d under TCG) ran out: %w", c.InstallTimeout, tcgSlowdown, err)
+	}
+	return err
+}
+
+// stepFinishInstall ends the installer VM after the provisioners: it
+// removes /etc/machine-id, unmounts, syncs and powers off, and keeps the
+// EFI variables.
+type stepFinishInstall struct{}
+
+func (f *stepFinishInstall) Run(_ context.Context, state multistep.StateBag) multistep.StepAction {
+	c := state.Get("config").(*Config)
+	ui := state.Get("ui").(packersdk.Ui)
+	s := state.Get("installer").(*stepInstall)
+	s.phase("provisioners")
+	if err := s.finish(s.ctx, ui); err != nil {
+		return halt(state, s.vmError("finishing the installation", s.timeoutError(c, err)))
 	}
 	if err := s.vm.Wait(); err != nil {
 		return halt(state, fmt.Errorf("the installer VM did not power off cleanly: %w", err))
@@ -195,12 +224,13 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		state.Put("efi_vars", final)
 		ui.Say("EFI variables: " + final)
 	}
-	ui.Say(fmt.Sprintf("Installed in %s (%s)", time.Since(start).Round(100*time.Millisecond), strings.Join(s.phases, ", ")))
+	ui.Say(fmt.Sprintf("Installed in %s (%s)", time.Since(s.start).Round(100*time.Millisecond), strings.Join(s.phases, ", ")))
 	return multistep.ActionContinue
 }
 
-// install mounts the target, activates it, installs the boot loader and
-// powers the VM off.
+func (f *stepFinishInstall) Cleanup(multistep.StateBag) {}
+
+// install mounts the target, activates it and installs the boot loader.
 func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p *plan) error {
 	cl := s.client
 	rootDev := "/dev/vda"
@@ -260,6 +290,12 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 		return fmt.Errorf("%s exited with status %d", sctx, status)
 	}
 	s.phase("boot loader")
+	return nil
+}
+
+// finish leaves the image as nixos-install does and powers the VM off.
+func (s *stepInstall) finish(ctx context.Context, ui packersdk.Ui) error {
+	cl := s.client
 	// Every image would share one machine identity otherwise.
 	if err := cl.Remove(ctx, guestRoot+"/etc/machine-id", false); err != nil && !isNotExist(err) {
 		return err
@@ -313,6 +349,15 @@ func (s *stepInstall) Cleanup(multistep.StateBag) {
 	}
 	if s.vm != nil {
 		s.vm.Kill()
+	}
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	if s.stopWatch != nil {
+		s.stopWatch()
+	}
+	if s.cancel != nil {
+		s.cancel()
 	}
 	if s.dir != "" {
 		os.RemoveAll(s.dir)

@@ -1,0 +1,230 @@
+package nixos
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
+)
+
+// guestComm is the communicator of install mode: Packer's provisioners reach
+// the installed system through the installer VM's agent, with no SSH.
+// Commands run chrooted into the installed system, as nixos-enter runs
+// them; paths are the installed system's.
+type guestComm struct {
+	ctx    context.Context // the installer VM's life
+	client *guest.Client
+}
+
+var _ packersdk.Communicator = (*guestComm)(nil)
+
+// commandEnv is the environment of provisioner commands: the installed
+// system's tools first.
+var commandEnv = []string{
+	"PATH=/run/wrappers/bin:/run/current-system/sw/bin:" + systemProfile + "/sw/bin:/bin:/usr/bin",
+	"HOME=/root", "LANG=C.UTF-8", "USER=root",
+}
+
+func (g *guestComm) Start(ctx context.Context, cmd *packersdk.RemoteCmd) error {
+	stdout, stderr := cmd.Stdout, cmd.Stderr
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	req := guest.ExecRequest{Argv: []string{"sh", "-c", cmd.Command}, Env: commandEnv, Chroot: guestRoot, Stdin: cmd.Stdin}
+	go func() {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stop := context.AfterFunc(g.ctx, cancel)
+		defer stop()
+		status, err := g.client.Exec(ctx, req, stdout, stderr)
+		if err != nil {
+			fmt.Fprintf(stderr, "nixos-image: running the command in the installer VM: %v\n", err)
+			status = packersdk.CmdDisconnect
+		}
+		cmd.SetExited(status)
+	}()
+	return nil
+}
+
+// Upload writes a file into the installed system, keeping the mode the
+// FileInfo carries (0644 without one).
+func (g *guestComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
+	mode := fs.FileMode(0o644)
+	var size int64 = -1
+	if fi != nil && *fi != nil {
+		mode, size = (*fi).Mode().Perm()|(*fi).Mode()&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky), (*fi).Size()
+	}
+	if size < 0 {
+		// The agent needs the size up front: spool the stream once.
+		tmp, err := os.CreateTemp("", "packer-nixos-upload-")
+		if err != nil {
+			return err
+		}
+		defer os.Remove(tmp.Name())
+		defer tmp.Close()
+		if size, err = io.Copy(tmp, r); err != nil {
+			return err
+		}
+		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		r = tmp
+	}
+	if err := g.mkdirAll(path.Dir(dst)); err != nil {
+		return err
+	}
+	return g.client.Upload(g.ctx, g.guestPath(dst), mode, 0, 0, r, size)
+}
+
+// UploadDir copies src into dst like rsync: the directory itself, or its
+// contents when src ends in "/".
+func (g *guestComm) UploadDir(dst, src string, exclude []string) error {
+	base := dst
+	if !strings.HasSuffix(src, "/") {
+		base = path.Join(dst, filepath.Base(src))
+	}
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		for _, ex := range exclude {
+			if ok, _ := filepath.Match(ex, rel); ok {
+				if d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+		}
+		target := path.Join(base, filepath.ToSlash(rel))
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			return g.run(fmt.Sprintf("mkdir -p %s && chmod %o %s", shellQuote(target), fi.Mode().Perm(), shellQuote(target)))
+		case fi.Mode()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return g.run(fmt.Sprintf("ln -sfn %s %s", shellQuote(link), shellQuote(target)))
+		case fi.Mode().IsRegular():
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return g.Upload(target, f, &fi)
+		}
+		return fmt.Errorf("%s: cannot upload a %s", p, fi.Mode().Type())
+	})
+}
+
+func (g *guestComm) Download(src string, w io.Writer) error {
+	_, err := g.client.Download(g.ctx, g.guestPath(src), w)
+	return err
+}
+
+// DownloadDir copies src out of the installed system with its own tar.
+func (g *guestComm) DownloadDir(src, dst string, exclude []string) error {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		var stderr strings.Builder
+		status, err := g.client.Exec(g.ctx, guest.ExecRequest{
+			Argv: []string{"sh", "-c", "cd " + shellQuote(src) + " && tar -cf - ."}, Env: commandEnv, Chroot: guestRoot,
+		}, pw, &stderr)
+		if err == nil && status != 0 {
+			err = fmt.Errorf("tar in the installed system exited with %d: %s", status, strings.TrimSpace(stderr.String()))
+		}
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	tr := tar.NewReader(pr)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			pr.CloseWithError(err)
+			<-done
+			return err
+		}
+		name := filepath.Clean(h.Name)
+		if name == "." || strings.HasPrefix(name, "..") {
+			continue
+		}
+		skip := false
+		for _, ex := range exclude {
+			if ok, _ := filepath.Match(ex, name); ok {
+				skip = true
+			}
+		}
+		if skip {
+			continue
+		}
+		local := filepath.Join(dst, name)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(local, fs.FileMode(h.Mode).Perm()|0o700)
+		case tar.TypeSymlink:
+			err = os.Symlink(h.Linkname, local)
+		case tar.TypeReg:
+			var f *os.File
+			if f, err = os.OpenFile(local, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, fs.FileMode(h.Mode).Perm()); err == nil {
+				_, err = io.Copy(f, tr)
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+			}
+		}
+		if err != nil {
+			pr.CloseWithError(err)
+			<-done
+			return err
+		}
+	}
+	return <-done
+}
+
+func (g *guestComm) run(script string) error {
+	var out strings.Builder
+	status, err := g.client.Exec(g.ctx, guest.ExecRequest{Argv: []string{"sh", "-c", script}, Env: commandEnv, Chroot: guestRoot}, &out, &out)
+	if err == nil && status != 0 {
+		err = fmt.Errorf("%s: exit status %d: %s", script, status, strings.TrimSpace(out.String()))
+	}
+	return err
+}
+
+func (g *guestComm) mkdirAll(dir string) error {
+	if dir == "/" || dir == "." {
+		return nil
+	}
+	return g.run("mkdir -p " + shellQuote(dir))
+}
+
+// guestPath maps a path of the installed system to the agent's view.
+func (g *guestComm) guestPath(p string) string {
+	return path.Join(guestRoot, path.Clean("/"+p))
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
