@@ -35,7 +35,10 @@ func TestAccInstallLayouts(t *testing.T) {
 		{"legacy", "legacy", "system-bios", "bios", ""},
 		{"legacy_gpt", "legacy+gpt", "system-bios", "bios", ""},
 		{"efi", "efi", "system-efi", "efi", ""},
-		{"hybrid", "hybrid", "system-efi", "efi", ""},
+		{"efixbootldr", "efixbootldr", "system-efi", "efi", ""},
+		// GRUB in the BIOS boot partition and systemd-boot in the ESP: the
+		// same disk boots under both firmwares.
+		{"hybrid", "hybrid", "system-hybrid", "bios+efi", ""},
 		// No partition table, nothing to install a boot loader into: the
 		// image is booted with the system's kernel and initrd.
 		{"none", "none", "system-bios", "kernel", "  install_bootloader = false"},
@@ -63,19 +66,21 @@ func TestAccInstallLayouts(t *testing.T) {
 			}
 			checkFilesystems(t, img, tc.layout)
 
-			line := bootImage(t, img, system, tc.firmware)
-			for _, want := range []string{
-				"system=" + system,
-				"marker=fixture-marker-v1",
-				"alice=yes",
-				"root=LABEL=nixos",
-			} {
-				if !strings.Contains(line, want) {
-					t.Errorf("booted system's report lacks %q:\n%s", want, line)
+			for _, firmware := range strings.Split(tc.firmware, "+") {
+				line := bootImage(t, img, system, firmware)
+				for _, want := range []string{
+					"system=" + system,
+					"marker=fixture-marker-v1",
+					"alice=yes",
+					"root=LABEL=nixos",
+				} {
+					if !strings.Contains(line, want) {
+						t.Errorf("booted system's report (%s) lacks %q:\n%s", firmware, want, line)
+					}
 				}
-			}
-			if tc.firmware != "kernel" && !strings.Contains(line, "firmware="+tc.firmware) {
-				t.Errorf("booted through the wrong firmware, want %s:\n%s", tc.firmware, line)
+				if firmware != "kernel" && !strings.Contains(line, "firmware="+firmware) {
+					t.Errorf("booted through the wrong firmware, want %s:\n%s", firmware, line)
+				}
 			}
 		})
 	}
