@@ -180,7 +180,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 
 	s.phase("boot")
 	s.ctx, s.start = runCtx, start
-	if err := s.install(runCtx, ui, c, p); err != nil {
+	if err := s.install(runCtx, ui, c, p, system); err != nil {
 		return halt(state, s.vmError("installing", s.timeoutError(c, err)))
 	}
 	// Packer's provisioners run next, in the installed system.
@@ -231,7 +231,7 @@ func (f *stepFinishInstall) Run(_ context.Context, state multistep.StateBag) mul
 func (f *stepFinishInstall) Cleanup(multistep.StateBag) {}
 
 // install mounts the target, activates it and installs the boot loader.
-func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p *plan) error {
+func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p *plan, system *toplevel) error {
 	cl := s.client
 	rootDev := "/dev/vda"
 	if p.layout.Type != disklayout.None {
@@ -265,16 +265,30 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	out := newLineWriter(func(line string) { ui.Message("  " + line) })
 	defer out.Flush()
 	ui.Say("Activating the system...")
-	status, err := cl.Exec(ctx, guest.ExecRequest{Argv: []string{systemProfile + "/activate"}, Env: env, Chroot: guestRoot}, out, out)
+	// As nixos-enter runs it: IN_NIXOS_ENTER tells activation snippets
+	// they are not on a booted system.
+	actEnv := append([]string{"IN_NIXOS_ENTER=1", "LOCALE_ARCHIVE=" + systemProfile + "/sw/lib/locale/locale-archive"}, env...)
+	status, err := cl.Exec(ctx, guest.ExecRequest{Argv: []string{systemProfile + "/activate"}, Env: actEnv, Chroot: guestRoot}, out, out)
 	if err != nil {
 		return fmt.Errorf("activate: %w", err)
 	}
-	s.phase("activation")
 	if status != 0 {
 		// nixos-enter goes on too: activation in a chroot, with no systemd
 		// running, commonly fails some of its snippets.
 		ui.Error(fmt.Sprintf("Activation exited with status %d; continuing, as nixos-enter does", status))
 	}
+	// nixos-enter then lets systemd-tmpfiles create what the system's
+	// tmpfiles.d asks for (/var, /tmp contents...), where the system has it.
+	if tmpfiles := filepath.Join(system.path, "sw/bin/systemd-tmpfiles"); fileExists(tmpfiles) {
+		status, err := cl.Exec(ctx, guest.ExecRequest{Argv: []string{systemProfile + "/sw/bin/systemd-tmpfiles", "--create", "--remove", "-E"}, Env: env, Chroot: guestRoot}, out, out)
+		if err != nil {
+			return fmt.Errorf("systemd-tmpfiles: %w", err)
+		}
+		if status != 0 {
+			ui.Message(fmt.Sprintf("systemd-tmpfiles exited with status %d; continuing, as nixos-enter does", status))
+		}
+	}
+	s.phase("activation")
 	sctx := "switch-to-configuration boot"
 	if *c.InstallBootloader {
 		env = append(env, "NIXOS_INSTALL_BOOTLOADER=1")
@@ -435,4 +449,9 @@ func (w *lineWriter) Flush() {
 		w.emit(strings.TrimRight(w.buf.String(), "\r\n"))
 		w.buf.Reset()
 	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
