@@ -24,16 +24,7 @@ func requireTool(t testing.TB, name string) { t.Helper(); imagecheck.RequireTool
 // newImage creates a sparse file of size bytes.
 func newImage(t testing.TB, size int64) (string, *os.File) {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "fs.img")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return p, f
+	return imagecheck.SparseFile(t, "fs.img", size)
 }
 
 // fsck and debugfs check a whole-file image with builder/imagecheck's oracles.

@@ -253,3 +253,19 @@ func listDirs(t testing.TB, fs FS, inos []uint32) [][]entry {
 	}
 	return res
 }
+
+// SparseFile creates a sparse file of size bytes named name in a test
+// temporary directory, closed when the test ends.
+func SparseFile(t testing.TB, name string, size int64) (string, *os.File) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return p, f
+}
