@@ -11,6 +11,7 @@ import (
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixos"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/provisioner/contents"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/version"
 )
 
@@ -21,6 +22,7 @@ func main() {
 	}
 	pps := plugin.NewSet()
 	pps.RegisterBuilder("image", new(nixos.Builder))
+	pps.RegisterProvisioner("contents", new(contents.Provisioner))
 	pps.SetVersion(version.PluginVersion)
 	if err := pps.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, err.Error())

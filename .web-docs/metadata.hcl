@@ -8,4 +8,9 @@ integration {
     name = "nixos-image"
     slug = "image"
   }
+  component {
+    type = "provisioner"
+    name = "nixos-contents"
+    slug = "contents"
+  }
 }

@@ -29,6 +29,11 @@ integration {
     name = "nixos-image"
     slug = "image"
   }
+  component {
+    type = "provisioner"
+    name = "nixos-contents"
+    slug = "contents"
+  }
 }
 HCL
 echo "web docs written to $out for $name ($root)"
