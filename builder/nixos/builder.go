@@ -55,6 +55,9 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 		steps = []multistep.Step{
 			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
 			&stepClosure{},
+			// Provisioners' uploads are staged, then written with the closure.
+			&stepStoreComm{},
+			new(commonsteps.StepProvision),
 			&stepPlan{},
 			&stepWriteImage{},
 			&stepConvert{},

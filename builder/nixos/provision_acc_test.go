@@ -67,3 +67,55 @@ func TestAccInstallStockProvisioners(t *testing.T) {
 		t.Errorf("/etc/motd: %+v, want mode 0640", st)
 	}
 }
+
+// Store-only mode: Packer's file provisioner uploads into the image being
+// built (staged, then written with the closure), keeping the file's mode;
+// the shell provisioner is refused with a clear error.
+func TestAccStoreOnlyProvisioners(t *testing.T) {
+	roots := fixtures.Build(t, "small")
+	dir := t.TempDir()
+	local := filepath.Join(dir, "tool")
+	if err := os.WriteFile(local, []byte("#!/bin/sh\necho tool\n"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(local, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	build := func(name, provisioners string) (packerResult, string) {
+		out := filepath.Join(t.TempDir(), "out")
+		tmpl := strings.Replace(template("store", fmt.Sprintf(`
+  only_nix_store   = true
+  store_paths      = %s
+  additional_space = "8M"
+  output_directory = %q`, hclList(roots), out)), `  sources = ["source.nixos-image.store"]
+`, `  sources = ["source.nixos-image.store"]
+`+provisioners, 1)
+		return runPacker(t, name, tmpl), out
+	}
+	res, out := build("store_file", fmt.Sprintf(`
+  provisioner "file" {
+    source      = %q
+    destination = "/extra/bin/tool"
+  }
+`, local))
+	res.mustSucceed(t)
+	img := filepath.Join(out, "nixos.img")
+	fs := imagecheck.FS{Image: img, Offset: imagecheck.Partitions(t, img)[0].Start}
+	imagecheck.Fsck(t, fs)
+	if got := imagecheck.Debugfs(t, fs, "cat /extra/bin/tool"); got != "#!/bin/sh\necho tool\n" {
+		t.Errorf("/extra/bin/tool holds %q", got)
+	}
+	st := imagecheck.Stat(t, fs, []string{"/extra/bin/tool"})
+	if len(st) != 1 || st[0].Mode&0o7777 != 0o750 || st[0].Uid != 0 || st[0].Gid != 0 {
+		t.Errorf("/extra/bin/tool: %+v, want mode 0750 owned by 0:0", st)
+	}
+
+	res, _ = build("store_shell", `
+  provisioner "shell" {
+    inline = ["true"]
+  }
+`)
+	if res.exit == 0 || !strings.Contains(res.log, "store-only images have no system to run commands in; use install mode") {
+		t.Errorf("the shell provisioner in store-only mode: exit %d, want the store-only error:\n%s", res.exit, tail(res.log, 3000))
+	}
+}

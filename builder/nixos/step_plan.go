@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -53,7 +55,14 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 		if err := nixstore.WriteRegistration(&reg, closure); err != nil {
 			return halt(state, err)
 		}
-		p.tree = &storeTree{treeBase: base, registration: reg.Bytes()}
+		st := &storeTree{treeBase: base, registration: reg.Bytes()}
+		if dir, ok := state.GetOk("uploads_dir"); ok {
+			st.uploads = dir.(string)
+			if err := checkUploads(st.uploads, closure); err != nil {
+				return halt(state, err)
+			}
+		}
+		p.tree = st
 	} else {
 		p.tree = &installTree{treeBase: base, stateDir: state.Get("nix_state_dir").(string),
 			mountDirs: mountDirs(c.layout), ownerNixbld: nixbldGID, channel: *c.CopyChannel}
@@ -158,4 +167,23 @@ func hashSeed(uuid [16]byte) [16]byte {
 	var s [16]byte
 	copy(s[:], sum[:])
 	return s
+}
+
+// checkUploads refuses provisioner uploads that would replace a store path
+// or the registration at the store filesystem's root.
+func checkUploads(dir string, closure []nixstore.PathInfo) error {
+	taken := map[string]bool{nixstore.StoreImageRegistrationPath: true, "lost+found": true}
+	for _, info := range closure {
+		taken[filepath.Base(info.Path)] = true
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if taken[e.Name()] {
+			return fmt.Errorf("a provisioner uploaded /%s, which the store image already holds (a store path, the registration or lost+found)", e.Name())
+		}
+	}
+	return nil
 }

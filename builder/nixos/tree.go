@@ -3,6 +3,7 @@ package nixos
 import (
 	"context"
 	"io/fs"
+	"os"
 	"path"
 	"path/filepath"
 	"strings"
@@ -51,6 +52,7 @@ func (b treeBase) copyClosure(ctx context.Context, cp *treecopy.Copier, dir stri
 type storeTree struct {
 	treeBase
 	registration []byte
+	uploads      string // staged provisioner uploads, written at the root too
 }
 
 func (s *storeTree) ownBytes() int64 { return int64(len(s.registration)) }
@@ -62,6 +64,17 @@ func (s *storeTree) walk(ctx context.Context, t treecopy.Target, setRoot func(ex
 	cp := &treecopy.Copier{T: t, Opts: s.opts}
 	if err := s.copyClosure(ctx, cp, ""); err != nil {
 		return cp.Stats, err
+	}
+	if s.uploads != "" {
+		ents, err := os.ReadDir(s.uploads)
+		if err != nil {
+			return cp.Stats, err
+		}
+		for _, e := range ents {
+			if err := cp.Copy(ctx, filepath.Join(s.uploads, e.Name()), e.Name()); err != nil {
+				return cp.Stats, err
+			}
+		}
 	}
 	h := s.root
 	h.Name, h.Mode, h.Size = nixstore.StoreImageRegistrationPath, 0o444, int64(len(s.registration))

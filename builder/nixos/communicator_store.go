@@ -1,0 +1,200 @@
+package nixos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+)
+
+// storeComm is the communicator of store-only mode. There is no system to
+// run commands in; uploads are staged on the host and the engine writes
+// them into the image with the closure, so the build stays host-only and
+// deterministic. Paths are relative to the store filesystem's root (what is
+// mounted on /nix/store).
+type storeComm struct {
+	dir string // staging directory: the uploads, as they will be in the image
+}
+
+var _ packersdk.Communicator = (*storeComm)(nil)
+
+var errNoCommands = errors.New("store-only images have no system to run commands in; use install mode (only_nix_store = false)")
+
+// Start fails every command at once, saying why on its stderr. (Returning
+// the error instead would have Packer's shell provisioner retry it for its
+// start_retry_timeout, five minutes by default.)
+func (s *storeComm) Start(_ context.Context, cmd *packersdk.RemoteCmd) error {
+	if cmd.Stderr != nil {
+		fmt.Fprintf(cmd.Stderr, "nixos-image: %v\n", errNoCommands)
+	}
+	cmd.SetExited(127)
+	return nil
+}
+
+// staged maps an image path to the staging directory, refusing paths that
+// would leave it.
+func (s *storeComm) staged(p string) (string, error) {
+	clean := path.Clean("/" + p)
+	if clean == "/" {
+		return "", fmt.Errorf("%q: not a file path in the image", p)
+	}
+	return filepath.Join(s.dir, filepath.FromSlash(clean)), nil
+}
+
+// Upload stages a file, keeping the mode its FileInfo carries (0644
+// without one); owners are root's, as everything in the store.
+func (s *storeComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
+	local, err := s.staged(dst)
+	if err != nil {
+		return err
+	}
+	mode := fs.FileMode(0o644)
+	if fi != nil && *fi != nil {
+		mode = (*fi).Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	}
+	if err := os.MkdirAll(filepath.Dir(local), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(local, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Chmod(local, mode) // after writing: the umask does not apply, and setuid survives
+}
+
+// UploadDir stages src like rsync: the directory itself, or its contents
+// when src ends in "/".
+func (s *storeComm) UploadDir(dst, src string, exclude []string) error {
+	base := dst
+	if !strings.HasSuffix(src, "/") {
+		base = path.Join(dst, filepath.Base(src))
+	}
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		for _, ex := range exclude {
+			if ok, _ := filepath.Match(ex, rel); ok {
+				if d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+		}
+		target, err := s.staged(path.Join(base, filepath.ToSlash(rel)))
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			if err := os.MkdirAll(target, 0o755); err != nil {
+				return err
+			}
+			return os.Chmod(target, fi.Mode().Perm())
+		case fi.Mode()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			os.Remove(target)
+			return os.Symlink(link, target)
+		case fi.Mode().IsRegular():
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			rel := strings.TrimPrefix(target, s.dir)
+			return s.Upload(filepath.ToSlash(rel), f, &fi)
+		}
+		return fmt.Errorf("%s: cannot upload a %s", p, fi.Mode().Type())
+	})
+}
+
+// Download reads back a file uploaded in this build.
+func (s *storeComm) Download(src string, w io.Writer) error {
+	local, err := s.staged(src)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(local)
+	if err != nil {
+		return fmt.Errorf("%s: only files uploaded in this build can be read back from a store-only image: %w", src, err)
+	}
+	defer f.Close()
+	_, err = io.Copy(w, f)
+	return err
+}
+
+// DownloadDir copies back a directory uploaded in this build.
+func (s *storeComm) DownloadDir(src, dst string, exclude []string) error {
+	local, err := s.staged(src)
+	if err != nil {
+		return err
+	}
+	return filepath.WalkDir(local, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(local, p)
+		for _, ex := range exclude {
+			if ok, _ := filepath.Match(ex, rel); ok {
+				if d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+		}
+		out := filepath.Join(dst, rel)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(out, fi.Mode().Perm()|0o700)
+		case fi.Mode()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(link, out)
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		o, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, fi.Mode().Perm())
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(o, in)
+		if cerr := o.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	})
+}
