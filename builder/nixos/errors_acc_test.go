@@ -215,10 +215,13 @@ func interruptBuild(t *testing.T, out, trigger string, delay time.Duration, tmpl
 		ents, _ := os.ReadDir(out)
 		t.Errorf("output directory left behind after Ctrl-C (%v): %v", err, ents)
 	}
-	for _, prog := range []string{"packer-plugin-nixos_v", "qemu-system-x86_64"} {
-		if procs, _ := exec.Command("pgrep", "-f", prog).Output(); len(procs) > 0 {
-			t.Errorf("%s processes left running: %s", prog, procs)
-		}
+	// This build's processes only: packer's process group (the plugin), and
+	// QEMU, which runs in a group of its own, by the image path it was given.
+	if procs, _ := exec.Command("pgrep", "-g", fmt.Sprint(cmd.Process.Pid)).Output(); len(procs) > 0 {
+		t.Errorf("processes of the build left running: %s", procs)
+	}
+	if procs, _ := exec.Command("pgrep", "-f", "qemu-system.*"+regexp.QuoteMeta(out)).Output(); len(procs) > 0 {
+		t.Errorf("QEMU processes left running: %s", procs)
 	}
 	if after := tempDebris(t); len(after) > len(before) {
 		t.Errorf("temporary files left behind: %v (before: %v)", after, before)
