@@ -92,6 +92,30 @@ func (g *guestComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
 // UploadDir copies src into dst like rsync: the directory itself, or its
 // contents when src ends in "/".
 func (g *guestComm) UploadDir(dst, src string, exclude []string) error {
+	return uploadWalk(dst, src, exclude, func(local, target string, fi fs.FileInfo) error {
+		switch {
+		case fi.IsDir():
+			return g.run(fmt.Sprintf("mkdir -p %s && chmod %o %s", shellQuote(target), fi.Mode().Perm(), shellQuote(target)))
+		case fi.Mode()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(local)
+			if err != nil {
+				return err
+			}
+			return g.run(fmt.Sprintf("ln -sfn %s %s", shellQuote(link), shellQuote(target)))
+		}
+		f, err := os.Open(local)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return g.Upload(target, f, &fi)
+	})
+}
+
+// uploadWalk walks src as UploadDir copies it: rsync's trailing-slash rule,
+// exclude patterns matched against paths relative to src. fn gets each
+// directory, symlink and regular file with its path in the image.
+func uploadWalk(dst, src string, exclude []string, fn func(local, target string, fi fs.FileInfo) error) error {
 	base := dst
 	if !strings.HasSuffix(src, "/") {
 		base = path.Join(dst, filepath.Base(src))
@@ -112,29 +136,14 @@ func (g *guestComm) UploadDir(dst, src string, exclude []string) error {
 				return nil
 			}
 		}
-		target := path.Join(base, filepath.ToSlash(rel))
 		fi, err := d.Info()
 		if err != nil {
 			return err
 		}
-		switch {
-		case d.IsDir():
-			return g.run(fmt.Sprintf("mkdir -p %s && chmod %o %s", shellQuote(target), fi.Mode().Perm(), shellQuote(target)))
-		case fi.Mode()&fs.ModeSymlink != 0:
-			link, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			return g.run(fmt.Sprintf("ln -sfn %s %s", shellQuote(link), shellQuote(target)))
-		case fi.Mode().IsRegular():
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			return g.Upload(target, f, &fi)
+		if !fi.IsDir() && fi.Mode()&fs.ModeSymlink == 0 && !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s: cannot upload a %s", p, fi.Mode().Type())
 		}
-		return fmt.Errorf("%s: cannot upload a %s", p, fi.Mode().Type())
+		return fn(p, path.Join(base, filepath.ToSlash(rel)), fi)
 	})
 }
 

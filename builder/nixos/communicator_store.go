@@ -9,7 +9,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strings"
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 )
@@ -79,57 +78,31 @@ func (s *storeComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
 // UploadDir stages src like rsync: the directory itself, or its contents
 // when src ends in "/".
 func (s *storeComm) UploadDir(dst, src string, exclude []string) error {
-	base := dst
-	if !strings.HasSuffix(src, "/") {
-		base = path.Join(dst, filepath.Base(src))
-	}
-	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, p)
-		if err != nil {
-			return err
-		}
-		for _, ex := range exclude {
-			if ok, _ := filepath.Match(ex, rel); ok {
-				if d.IsDir() {
-					return filepath.SkipDir
-				}
-				return nil
-			}
-		}
-		target, err := s.staged(path.Join(base, filepath.ToSlash(rel)))
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
+	return uploadWalk(dst, src, exclude, func(local, target string, fi fs.FileInfo) error {
+		staged, err := s.staged(target)
 		if err != nil {
 			return err
 		}
 		switch {
-		case d.IsDir():
-			if err := os.MkdirAll(target, 0o755); err != nil {
+		case fi.IsDir():
+			if err := os.MkdirAll(staged, 0o755); err != nil {
 				return err
 			}
-			return os.Chmod(target, fi.Mode().Perm())
+			return os.Chmod(staged, fi.Mode().Perm())
 		case fi.Mode()&fs.ModeSymlink != 0:
-			link, err := os.Readlink(p)
+			link, err := os.Readlink(local)
 			if err != nil {
 				return err
 			}
-			os.Remove(target)
-			return os.Symlink(link, target)
-		case fi.Mode().IsRegular():
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			rel := strings.TrimPrefix(target, s.dir)
-			return s.Upload(filepath.ToSlash(rel), f, &fi)
+			os.Remove(staged)
+			return os.Symlink(link, staged)
 		}
-		return fmt.Errorf("%s: cannot upload a %s", p, fi.Mode().Type())
+		f, err := os.Open(local)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return s.Upload(target, f, &fi)
 	})
 }
 

@@ -25,6 +25,13 @@ func TestAccInstallStockProvisioners(t *testing.T) {
 	if err := os.Chmod(local, 0o640); err != nil {
 		t.Fatal(err)
 	}
+	tree := filepath.Join(dir, "site")
+	if err := os.MkdirAll(filepath.Join(tree, "www"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "www", "index.html"), []byte("<p>hi</p>\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out := filepath.Join(dir, "out")
 	tmpl := strings.Replace(template("inst", fmt.Sprintf(`
   system               = %q
@@ -39,6 +46,11 @@ func TestAccInstallStockProvisioners(t *testing.T) {
     destination = "/etc/motd"
   }
 
+  provisioner "file" {
+    source      = %q
+    destination = "/srv"
+  }
+
   provisioner "shell" {
     # The test system has no /bin/sh (real NixOS activation makes one).
     inline_shebang = "/run/current-system/sw/bin/sh -e"
@@ -47,7 +59,7 @@ func TestAccInstallStockProvisioners(t *testing.T) {
       "echo written-by-shell > /etc/shell-marker",
     ]
   }
-`, local), 1)
+`, local, tree), 1)
 	res := runPacker(t, "install_provisioners", tmpl)
 	res.mustSucceed(t)
 	if !strings.Contains(res.log, "shell-saw-fixture-marker-v1-and-uploaded_by_the_file_provisioner") {
@@ -61,6 +73,9 @@ func TestAccInstallStockProvisioners(t *testing.T) {
 	}
 	if got := imagecheck.Debugfs(t, fs, "cat /etc/motd"); got != "uploaded by the file provisioner\n" {
 		t.Errorf("/etc/motd holds %q", got)
+	}
+	if got := imagecheck.Debugfs(t, fs, "cat /srv/site/www/index.html"); got != "<p>hi</p>\n" {
+		t.Errorf("/srv/site/www/index.html (a directory upload) holds %q", got)
 	}
 	st := imagecheck.Stat(t, fs, []string{"/etc/motd"})
 	if len(st) != 1 || st[0].Mode&0o7777 != 0o640 {
@@ -92,12 +107,23 @@ func TestAccStoreOnlyProvisioners(t *testing.T) {
 `+provisioners, 1)
 		return runPacker(t, name, tmpl), out
 	}
+	tree := filepath.Join(dir, "tree")
+	if err := os.MkdirAll(filepath.Join(tree, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "sub", "data"), []byte("data\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	res, out := build("store_file", fmt.Sprintf(`
   provisioner "file" {
     source      = %q
     destination = "/extra/bin/tool"
   }
-`, local))
+  provisioner "file" {
+    source      = %q
+    destination = "/extra"
+  }
+`, local, tree))
 	res.mustSucceed(t)
 	img := filepath.Join(out, "nixos.img")
 	fs := imagecheck.FS{Image: img, Offset: imagecheck.Partitions(t, img)[0].Start}
@@ -105,9 +131,12 @@ func TestAccStoreOnlyProvisioners(t *testing.T) {
 	if got := imagecheck.Debugfs(t, fs, "cat /extra/bin/tool"); got != "#!/bin/sh\necho tool\n" {
 		t.Errorf("/extra/bin/tool holds %q", got)
 	}
-	st := imagecheck.Stat(t, fs, []string{"/extra/bin/tool"})
-	if len(st) != 1 || st[0].Mode&0o7777 != 0o750 || st[0].Uid != 0 || st[0].Gid != 0 {
-		t.Errorf("/extra/bin/tool: %+v, want mode 0750 owned by 0:0", st)
+	st := imagecheck.Stat(t, fs, []string{"/extra/bin/tool", "/extra/tree/sub/data"})
+	if len(st) != 2 || st[0].Mode&0o7777 != 0o750 || st[0].Uid != 0 || st[0].Gid != 0 || st[1].Mode&0o7777 != 0o600 {
+		t.Errorf("/extra/bin/tool, /extra/tree/sub/data: %+v, want modes 0750 and 0600 owned by 0:0", st)
+	}
+	if got := imagecheck.Debugfs(t, fs, "cat /extra/tree/sub/data"); got != "data\n" {
+		t.Errorf("/extra/tree/sub/data (a directory upload) holds %q", got)
 	}
 
 	res, _ = build("store_shell", `
