@@ -8,13 +8,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/packer-plugin-sdk/acctest"
-
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
 )
 
@@ -48,50 +46,13 @@ func hclList(paths []string) string {
 	return "[" + strings.Join(q, ", ") + "]"
 }
 
-// packerResult is what one real `packer build` left behind.
-type packerResult struct {
-	exit int
-	log  string // the PACKER_LOG file: the UI output and the plugin's log
-}
-
-// runPacker builds a template with the real packer binary through the SDK's
-// acctest harness and returns its exit status and log, for checks that need
-// both (failures are expected results here, not harness errors).
-func runPacker(t *testing.T, name, tmpl string, extraArgs ...string) packerResult {
+// runPacker builds a nixos-image template with the real packer binary.
+func runPacker(t *testing.T, name, tmpl string, extraArgs ...string) acc.Result {
 	t.Helper()
-	if os.Getenv(acctest.TestEnvVar) == "" {
-		t.Skipf("acceptance test: set %s=1 (make testacc)", acctest.TestEnvVar)
-	}
-	var res packerResult
-	acctest.TestPlugin(t, &acctest.PluginTestCase{
-		Name:           name,
-		Type:           "nixos-image",
-		Template:       tmpl,
-		BuildExtraArgs: extraArgs,
-		Check: func(cmd *exec.Cmd, logfile string) error {
-			res.exit = cmd.ProcessState.ExitCode()
-			b, err := os.ReadFile(logfile)
-			res.log = string(b)
-			return err
-		},
-	})
-	return res
+	return acc.Run(t, name, "nixos-image", tmpl, extraArgs...)
 }
 
-// mustSucceed fails the test with the build's log unless it succeeded.
-func (r packerResult) mustSucceed(t *testing.T) {
-	t.Helper()
-	if r.exit != 0 {
-		t.Fatalf("packer build exited %d:\n%s", r.exit, tail(r.log, 6000))
-	}
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
-}
+func tail(s string, n int) string { return acc.Tail(s, n) }
 
 func closureOf(t *testing.T, roots []string) []string {
 	t.Helper()

@@ -58,7 +58,7 @@ func TestAccStoreOnlyLayouts(t *testing.T) {
   hybrid_mbr           = %v
   additional_space     = "16M"
   output_directory     = %q`, hclList(roots), l.layout, l.mbr != nil, out)))
-			res.mustSucceed(t)
+			res.MustSucceed(t)
 			if got := dirEntries(t, out); len(got) != 1 || got[0] != "nixos.img" {
 				t.Fatalf("output directory holds %v, want only nixos.img", got)
 			}
@@ -135,7 +135,7 @@ func TestAccStoreOnlyBigClosure(t *testing.T) {
   partition_table_type = "efi"
   additional_space     = "0"
   output_directory     = %q`, hclList(roots), out)))
-	res.mustSucceed(t)
+	res.MustSucceed(t)
 	img := filepath.Join(out, "nixos.img")
 	parts := imagecheck.Partitions(t, img)
 	root := parts[len(parts)-1]
@@ -176,7 +176,7 @@ func TestAccReproducible(t *testing.T) {
   partition_table_type = "efi"
   additional_space     = "8M"
   output_directory     = %q
-%s`, hclList(roots), out, extra))).mustSucceed(t)
+%s`, hclList(roots), out, extra))).MustSucceed(t)
 		return sha256File(t, filepath.Join(out, "nixos.img"))
 	}
 	first := build("repro_1", "")
@@ -198,7 +198,7 @@ func TestAccReproducible(t *testing.T) {
   store_paths          = %s
   partition_table_type = "efi"
   additional_space     = "8M"
-  output_directory     = %q`, hclList(more), out))).mustSucceed(t)
+  output_directory     = %q`, hclList(more), out))).MustSucceed(t)
 	if sha256File(t, filepath.Join(out, "nixos.img")) == first {
 		t.Error("a different closure gave the same image")
 	}
@@ -216,7 +216,7 @@ func TestAccQcow2(t *testing.T) {
   partition_table_type = "legacy+gpt"
   additional_space     = "8M"
   format               = %q
-  output_directory     = %q`, hclList(roots), format, out))).mustSucceed(t)
+  output_directory     = %q`, hclList(roots), format, out))).MustSucceed(t)
 		return out
 	}
 	raw := filepath.Join(build("fmt_raw", "raw"), "nixos.img")

@@ -35,7 +35,7 @@ func TestAccBadKeys(t *testing.T) {
   format               = "vmdk"
   image_name           = "a/b"
   output_directory     = %q`, out)))
-	if res.exit == 0 {
+	if res.Exit == 0 {
 		t.Fatal("packer build succeeded with bad keys")
 	}
 	for _, want := range []string{
@@ -52,7 +52,7 @@ func TestAccBadKeys(t *testing.T) {
 		`format: "vmdk" is not allowed here; allowed: raw, qcow2`,
 		`image_name: "a/b" must be a plain file name`,
 	} {
-		if !strings.Contains(res.log, want) {
+		if !strings.Contains(res.Log, want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
@@ -71,8 +71,8 @@ func TestAccBadInputs(t *testing.T) {
   only_nix_store   = true
   store_paths      = [%q]
   output_directory = %q`, missing, out)))
-	if res.exit == 0 || !strings.Contains(res.log, "store_paths: ") || !strings.Contains(res.log, missing) {
-		t.Errorf("a missing store path: exit %d, want an error naming store_paths and the path:\n%s", res.exit, tail(res.log, 3000))
+	if res.Exit == 0 || !strings.Contains(res.Log, "store_paths: ") || !strings.Contains(res.Log, missing) {
+		t.Errorf("a missing store path: exit %d, want an error naming store_paths and the path:\n%s", res.Exit, tail(res.Log, 3000))
 	}
 
 	res = runPacker(t, "too_small", template("store", fmt.Sprintf(`
@@ -81,9 +81,9 @@ func TestAccBadInputs(t *testing.T) {
   partition_table_type = "efi"
   disk_size            = "100M"
   output_directory     = %q`, hclList(roots), out)))
-	m := regexp.MustCompile(`disk_size: 100M is too small for this closure: the image needs at least [0-9]+ MiB`).FindString(res.log)
-	if res.exit == 0 || m == "" {
-		t.Errorf("disk_size too small: exit %d, message %q; want an error naming disk_size, the size given and the size needed:\n%s", res.exit, m, tail(res.log, 3000))
+	m := regexp.MustCompile(`disk_size: 100M is too small for this closure: the image needs at least [0-9]+ MiB`).FindString(res.Log)
+	if res.Exit == 0 || m == "" {
+		t.Errorf("disk_size too small: exit %d, message %q; want an error naming disk_size, the size given and the size needed:\n%s", res.Exit, m, tail(res.Log, 3000))
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Errorf("output directory left behind by a failed build: %v", err)
@@ -108,13 +108,13 @@ func TestAccOutputDirectoryExists(t *testing.T) {
   additional_space = "8M"
   output_directory = %q`, hclList(roots), out))
 	res := runPacker(t, "outdir_exists", tmpl)
-	if res.exit == 0 || !strings.Contains(res.log, "Output directory exists") {
-		t.Fatalf("exit %d; want a refusal naming the existing output directory:\n%s", res.exit, tail(res.log, 3000))
+	if res.Exit == 0 || !strings.Contains(res.Log, "Output directory exists") {
+		t.Fatalf("exit %d; want a refusal naming the existing output directory:\n%s", res.Exit, tail(res.Log, 3000))
 	}
 	if b, err := os.ReadFile(keep); err != nil || string(b) != "mine" {
 		t.Fatalf("the user's file was touched: %q, %v", b, err)
 	}
-	runPacker(t, "outdir_force", tmpl, "-force").mustSucceed(t)
+	runPacker(t, "outdir_force", tmpl, "-force").MustSucceed(t)
 	if got := dirEntries(t, out); len(got) != 1 || got[0] != "nixos.img" {
 		t.Fatalf("after -force the output directory holds %v", got)
 	}

@@ -54,9 +54,9 @@ func TestAccInstallLayouts(t *testing.T) {
   accelerator          = "tcg"
   output_directory     = %q
 %s`, system, tc.layout, out, tc.extra)))
-			res.mustSucceed(t)
+			res.MustSucceed(t)
 			for _, want := range []string{"Activating the system", "switch-to-configuration boot", "installer: [agent]", "Powering the installer VM off"} {
-				if !strings.Contains(res.log, want) {
+				if !strings.Contains(res.Log, want) {
 					t.Errorf("the build output lacks %q", want)
 				}
 			}
@@ -97,7 +97,7 @@ func TestAccInstallBigClosureSmallMemory(t *testing.T) {
   additional_space     = "16M"
   mem_size             = 256
   accelerator          = "tcg"
-  output_directory     = %q`, system, out))).mustSucceed(t)
+  output_directory     = %q`, system, out))).MustSucceed(t)
 	img := filepath.Join(out, "nixos.img")
 	checkFilesystems(t, img, "legacy")
 	line := bootImage(t, img, system, "bios")
@@ -113,8 +113,8 @@ func TestAccInstallNotASystem(t *testing.T) {
 	res := runPacker(t, "install_not_system", template("inst", fmt.Sprintf(`
   system           = %q
   output_directory = %q`, roots[0], out)))
-	if res.exit == 0 || !strings.Contains(res.log, "system: "+roots[0]+" is not a NixOS system") {
-		t.Fatalf("exit %d; want an error naming system and the path:\n%s", res.exit, tail(res.log, 3000))
+	if res.Exit == 0 || !strings.Contains(res.Log, "system: "+roots[0]+" is not a NixOS system") {
+		t.Fatalf("exit %d; want an error naming system and the path:\n%s", res.Exit, tail(res.Log, 3000))
 	}
 	if dirEntries(t, filepath.Dir(out)) != nil {
 		t.Error("an output directory was created for a refused system")
@@ -228,7 +228,7 @@ func TestAccInstallTouchEFIVars(t *testing.T) {
   additional_space     = "16M"
   accelerator          = "tcg"
   output_directory     = %q`, system, out)))
-	res.mustSucceed(t)
+	res.MustSucceed(t)
 	if got := dirEntries(t, out); strings.Join(got, " ") != "efi-vars.fd nixos.img" {
 		t.Fatalf("output directory holds %v, want efi-vars.fd and nixos.img", got)
 	}
@@ -266,8 +266,8 @@ func TestAccInstallFromNixFile(t *testing.T) {
   additional_space     = "16M"
   accelerator          = "tcg"
   output_directory     = %q`, file, out)))
-	res.mustSucceed(t)
-	if !strings.Contains(res.log, "Building the system "+file+" -A config.system.build.toplevel") {
+	res.MustSucceed(t)
+	if !strings.Contains(res.Log, "Building the system "+file+" -A config.system.build.toplevel") {
 		t.Error("the build did not say it built the system from nix_file")
 	}
 	checkFilesystems(t, filepath.Join(out, "nixos.img"), "legacy")
@@ -294,14 +294,14 @@ func TestAccInstallQEMUDies(t *testing.T) {
   accelerator          = "tcg"
   qemu_binary          = %q
   output_directory     = %q`, system, wrapper, out)))
-	if res.exit == 0 {
+	if res.Exit == 0 {
 		t.Fatal("the build succeeded although QEMU was killed")
 	}
 	if took := time.Since(start); took > 60*time.Second {
 		t.Errorf("the build took %s to notice QEMU died", took)
 	}
-	if !strings.Contains(res.log, "last console lines") {
-		t.Errorf("the error does not show the installer's console:\n%s", tail(res.log, 3000))
+	if !strings.Contains(res.Log, "last console lines") {
+		t.Errorf("the error does not show the installer's console:\n%s", tail(res.Log, 3000))
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Errorf("output directory left behind: %v", err)
@@ -322,7 +322,7 @@ func TestAccInstallReproducible(t *testing.T) {
   additional_space     = "16M"
   accelerator          = "tcg"
   output_directory     = %q
-%s`, system, out, extra))).mustSucceed(t)
+%s`, system, out, extra))).MustSucceed(t)
 		img := filepath.Join(out, "nixos.img")
 		checkFilesystems(t, img, "legacy")
 		return sha256File(t, img)
@@ -354,8 +354,8 @@ func TestAccInstallOtherInstallerKernel(t *testing.T) {
   installer_kernel     = %q
   installer_modules    = %q
   output_directory     = %q`, system, kernel, modules, out)))
-	res.mustSucceed(t)
-	if !strings.Contains(res.log, "Installer kernel: "+kernel) {
+	res.MustSucceed(t)
+	if !strings.Contains(res.Log, "Installer kernel: "+kernel) {
 		t.Error("the build did not say it booted the installer kernel")
 	}
 	line := bootImage(t, filepath.Join(out, "nixos.img"), system, "bios")
@@ -385,7 +385,7 @@ func TestAccInstallChannel(t *testing.T) {
   additional_space     = "16M"
   accelerator          = "tcg"
   output_directory     = %q`, system, src, out)))
-	res.mustSucceed(t)
+	res.MustSucceed(t)
 	img := filepath.Join(out, "nixos.img")
 	fs := imagecheck.FS{Image: img, Offset: imagecheck.Partitions(t, img)[0].Start}
 	link := func(p string) string {
@@ -452,8 +452,8 @@ func TestAccInstallFromFlake(t *testing.T) {
   additional_space     = "16M"
   accelerator          = "tcg"
   output_directory     = %q`, dir, out)))
-	res.mustSucceed(t)
-	if !strings.Contains(res.log, "Building the system path:"+dir+"#machine") {
+	res.MustSucceed(t)
+	if !strings.Contains(res.Log, "Building the system path:"+dir+"#machine") {
 		t.Error("the build did not say it built the system from the flake")
 	}
 	checkFilesystems(t, filepath.Join(out, "nixos.img"), "legacy")

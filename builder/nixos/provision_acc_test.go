@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
@@ -61,9 +62,9 @@ func TestAccInstallStockProvisioners(t *testing.T) {
   }
 `, local, tree), 1)
 	res := runPacker(t, "install_provisioners", tmpl)
-	res.mustSucceed(t)
-	if !strings.Contains(res.log, "shell-saw-fixture-marker-v1-and-uploaded_by_the_file_provisioner") {
-		t.Errorf("the shell provisioner's output is not in the log:\n%s", tail(res.log, 4000))
+	res.MustSucceed(t)
+	if !strings.Contains(res.Log, "shell-saw-fixture-marker-v1-and-uploaded_by_the_file_provisioner") {
+		t.Errorf("the shell provisioner's output is not in the log:\n%s", tail(res.Log, 4000))
 	}
 	img := filepath.Join(out, "nixos.img")
 	fs := imagecheck.FS{Image: img, Offset: imagecheck.Partitions(t, img)[0].Start}
@@ -96,7 +97,7 @@ func TestAccStoreOnlyProvisioners(t *testing.T) {
 	if err := os.Chmod(local, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	build := func(name, provisioners string) (packerResult, string) {
+	build := func(name, provisioners string) (acc.Result, string) {
 		out := filepath.Join(t.TempDir(), "out")
 		tmpl := strings.Replace(template("store", fmt.Sprintf(`
   only_nix_store   = true
@@ -124,7 +125,7 @@ func TestAccStoreOnlyProvisioners(t *testing.T) {
     destination = "/extra"
   }
 `, local, tree))
-	res.mustSucceed(t)
+	res.MustSucceed(t)
 	img := filepath.Join(out, "nixos.img")
 	fs := imagecheck.FS{Image: img, Offset: imagecheck.Partitions(t, img)[0].Start}
 	imagecheck.Fsck(t, fs)
@@ -144,7 +145,7 @@ func TestAccStoreOnlyProvisioners(t *testing.T) {
     inline = ["true"]
   }
 `)
-	if res.exit == 0 || !strings.Contains(res.log, "store-only images have no system to run commands in; use install mode") {
-		t.Errorf("the shell provisioner in store-only mode: exit %d, want the store-only error:\n%s", res.exit, tail(res.log, 3000))
+	if res.Exit == 0 || !strings.Contains(res.Log, "store-only images have no system to run commands in; use install mode") {
+		t.Errorf("the shell provisioner in store-only mode: exit %d, want the store-only error:\n%s", res.Exit, tail(res.Log, 3000))
 	}
 }

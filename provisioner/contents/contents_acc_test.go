@@ -3,13 +3,11 @@ package contents
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/packer-plugin-sdk/acctest"
-
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
@@ -41,37 +39,12 @@ build {
 `, system, out, provisioners)
 }
 
-type accResult struct {
-	exit int
-	log  string
-}
-
-func runPacker(t *testing.T, name, tmpl string) accResult {
+func runPacker(t *testing.T, name, tmpl string) acc.Result {
 	t.Helper()
-	if os.Getenv(acctest.TestEnvVar) == "" {
-		t.Skipf("acceptance test: set %s=1", acctest.TestEnvVar)
-	}
-	var res accResult
-	acctest.TestPlugin(t, &acctest.PluginTestCase{
-		Name:     name,
-		Type:     "nixos-contents",
-		Template: tmpl,
-		Check: func(cmd *exec.Cmd, logfile string) error {
-			res.exit = cmd.ProcessState.ExitCode()
-			b, err := os.ReadFile(logfile)
-			res.log = string(b)
-			return err
-		},
-	})
-	return res
+	return acc.Run(t, name, "nixos-contents", tmpl)
 }
 
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
-}
+func tail(s string, n int) string { return acc.Tail(s, n) }
 
 func write(t *testing.T, p, data string, mode os.FileMode) {
 	t.Helper()
@@ -130,11 +103,11 @@ func TestAccContents(t *testing.T) {
   }
 `, filepath.Join(dir, "configuration.nix"), filepath.Join(dir, "motd"), filepath.Join(dir, "tree"), filepath.Join(dir, "conf", "*.conf"))
 	res := runPacker(t, "contents", accTemplate(system, out, prov))
-	if res.exit != 0 {
-		t.Fatalf("packer build exited %d:\n%s", res.exit, tail(res.log, 6000))
+	if res.Exit != 0 {
+		t.Fatalf("packer build exited %d:\n%s", res.Exit, tail(res.Log, 6000))
 	}
 	for _, w := range []string{"Copying " + filepath.Join(dir, "motd") + " to /etc/motd", "Writing /etc/greeting (inline, 6 bytes)"} {
-		if !strings.Contains(res.log, w) {
+		if !strings.Contains(res.Log, w) {
 			t.Errorf("log lacks %q", w)
 		}
 	}
@@ -207,11 +180,11 @@ func TestAccContentsUnknownUser(t *testing.T) {
   }
 `
 	res := runPacker(t, "contents_unknown_user", accTemplate(system, out, prov))
-	if res.exit == 0 {
-		t.Fatalf("packer build succeeded; want a failure naming user mallory:\n%s", tail(res.log, 4000))
+	if res.Exit == 0 {
+		t.Fatalf("packer build succeeded; want a failure naming user mallory:\n%s", tail(res.Log, 4000))
 	}
-	if want := `user: "mallory" is not in the image's /etc/passwd`; !strings.Contains(res.log, want) {
-		t.Errorf("the log lacks %q:\n%s", want, tail(res.log, 4000))
+	if want := `user: "mallory" is not in the image's /etc/passwd`; !strings.Contains(res.Log, want) {
+		t.Errorf("the log lacks %q:\n%s", want, tail(res.Log, 4000))
 	}
 }
 
@@ -234,10 +207,10 @@ func TestAccContentsStoreSymlink(t *testing.T) {
   }
 `, system)
 	res := runPacker(t, "contents_store_symlink", accTemplate(system, out, prov))
-	if res.exit == 0 {
-		t.Fatalf("packer build succeeded; want a refusal of /etc/into-store:\n%s", tail(res.log, 4000))
+	if res.Exit == 0 {
+		t.Fatalf("packer build succeeded; want a refusal of /etc/into-store:\n%s", tail(res.Log, 4000))
 	}
-	if want := "/etc/into-store resolves to " + system + " in the image, inside the read-only Nix store"; !strings.Contains(res.log, want) {
-		t.Errorf("the log lacks %q:\n%s", want, tail(res.log, 4000))
+	if want := "/etc/into-store resolves to " + system + " in the image, inside the read-only Nix store"; !strings.Contains(res.Log, want) {
+		t.Errorf("the log lacks %q:\n%s", want, tail(res.Log, 4000))
 	}
 }

@@ -1,0 +1,58 @@
+// Package acc is test support for acceptance tests: it runs a template
+// through the real packer binary with the SDK's acctest harness and hands
+// back the exit status and log, since failing builds are expected results in
+// many tests, not harness errors.
+package acc
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/hashicorp/packer-plugin-sdk/acctest"
+)
+
+// Result is what one `packer build` left behind.
+type Result struct {
+	Exit int
+	Log  string // the PACKER_LOG file: the UI output and the plugins' logs
+}
+
+// Run builds tmpl (component type typ, for the harness) with the packer on
+// PATH; the test is skipped unless PACKER_ACC is set (make testacc).
+func Run(t *testing.T, name, typ, tmpl string, extraArgs ...string) Result {
+	t.Helper()
+	if os.Getenv(acctest.TestEnvVar) == "" {
+		t.Skipf("acceptance test: set %s=1 (make testacc)", acctest.TestEnvVar)
+	}
+	var res Result
+	acctest.TestPlugin(t, &acctest.PluginTestCase{
+		Name:           name,
+		Type:           typ,
+		Template:       tmpl,
+		BuildExtraArgs: extraArgs,
+		Check: func(cmd *exec.Cmd, logfile string) error {
+			res.Exit = cmd.ProcessState.ExitCode()
+			b, err := os.ReadFile(logfile)
+			res.Log = string(b)
+			return err
+		},
+	})
+	return res
+}
+
+// MustSucceed fails the test with the build's log unless it succeeded.
+func (r Result) MustSucceed(t *testing.T) {
+	t.Helper()
+	if r.Exit != 0 {
+		t.Fatalf("packer build exited %d:\n%s", r.Exit, Tail(r.Log, 6000))
+	}
+}
+
+// Tail keeps the last n bytes of s, for error messages.
+func Tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
