@@ -21,7 +21,7 @@ import (
 const (
 	consoleLines   = 256 // console ring size
 	stderrLines    = 40
-	errorTailLines = 40 // console lines quoted in an ExitError
+	errorTailLines = 80 // console lines quoted in an ExitError: a whole kernel panic report fits
 	eventBuffer    = 64
 	qmpDialTimeout = time.Second
 	qmpRetry       = 20 * time.Millisecond
