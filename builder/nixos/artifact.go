@@ -38,6 +38,10 @@ func newArtifact(state multistep.StateBag) *Artifact {
 		"ImageFormat":    a.format,
 		"DiskSize":       fmt.Sprint(a.diskBytes >> 20),
 		"StorePathCount": fmt.Sprint(a.paths),
+		"ImageMode":      imageModeInstall,
+	}
+	if c.OnlyNixStore {
+		a.generated["ImageMode"] = imageModeStoreOnly
 	}
 	return a
 }

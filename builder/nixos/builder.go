@@ -36,7 +36,14 @@ func (b *Builder) Prepare(raws ...interface{}) ([]string, []string, error) {
 
 // generatedData are the variables later provisioners and post-processors can
 // read as build.<Name>.
-var generatedData = []string{"ImagePath", "ImageFormat", "DiskSize", "StorePathCount"}
+var generatedData = []string{"ImagePath", "ImageFormat", "DiskSize", "StorePathCount", "ImageMode"}
+
+// ImageMode values, for provisioners (nixos-contents) and templates
+// (build.ImageMode).
+const (
+	imageModeStoreOnly = "store-only"
+	imageModeInstall   = "install"
+)
 
 func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook) (packersdk.Artifact, error) {
 	state := new(multistep.BasicStateBag)

@@ -9,8 +9,12 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
 // storeComm is the communicator of store-only mode. There is no system to
@@ -20,6 +24,10 @@ import (
 // mounted on /nix/store).
 type storeComm struct {
 	dir string // staging directory: the uploads, as they will be in the image
+	// owners are the uid/gid that stagemeta operations gave, by image path
+	// without its leading slash (as the tree walk names entries); the rest
+	// is root's.
+	owners map[string][2]uint32
 }
 
 var _ packersdk.Communicator = (*storeComm)(nil)
@@ -37,12 +45,35 @@ func (s *storeComm) Start(_ context.Context, cmd *packersdk.RemoteCmd) error {
 	return nil
 }
 
-// staged maps an image path to the staging directory, refusing paths that
-// would leave it.
+// staged maps an image path to the staging directory. It refuses paths
+// that would leave it, and paths through a staged symbolic link, which
+// would have the write land on the host; a link at the path itself is
+// removed, as a new upload replaces it.
 func (s *storeComm) staged(p string) (string, error) {
 	clean := path.Clean("/" + p)
 	if clean == "/" {
 		return "", fmt.Errorf("%q: not a file path in the image", p)
+	}
+	parts := strings.Split(clean[1:], "/")
+	local := s.dir
+	for i, part := range parts {
+		local = filepath.Join(local, part)
+		fi, err := os.Lstat(local)
+		if errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			continue
+		}
+		if i < len(parts)-1 {
+			return "", fmt.Errorf("%s: /%s is a symbolic link in the image; refusing to write through it", clean, path.Join(parts[:i+1]...))
+		}
+		if err := os.Remove(local); err != nil {
+			return "", err
+		}
 	}
 	return filepath.Join(s.dir, filepath.FromSlash(clean)), nil
 }
@@ -50,6 +81,9 @@ func (s *storeComm) staged(p string) (string, error) {
 // Upload stages a file, keeping the mode its FileInfo carries (0644
 // without one); owners are root's, as everything in the store.
 func (s *storeComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
+	if dst == stagemeta.Path {
+		return s.apply(r)
+	}
 	local, err := s.staged(dst)
 	if err != nil {
 		return err
@@ -73,6 +107,64 @@ func (s *storeComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
 		return err
 	}
 	return os.Chmod(local, mode) // after writing: the umask does not apply, and setuid survives
+}
+
+// apply carries out the stagemeta operations of nixos-contents.
+func (s *storeComm) apply(r io.Reader) error {
+	b, err := io.ReadAll(io.LimitReader(r, 64<<20))
+	if err != nil {
+		return err
+	}
+	ops, err := stagemeta.Decode(b)
+	if err != nil {
+		return err
+	}
+	for _, op := range ops {
+		local, err := s.staged(op.Path)
+		if err != nil {
+			return err
+		}
+		if op.Mkdir {
+			if err := os.MkdirAll(local, 0o755); err != nil {
+				return err
+			}
+		}
+		if op.Mode != nil {
+			if err := os.Chmod(local, unixmode.FileMode(*op.Mode)); err != nil {
+				return err
+			}
+		}
+		if op.Owner != nil {
+			if err := s.chown(local, op.Path, *op.Owner); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// chown records owner for the staged path and everything under it.
+func (s *storeComm) chown(local, image string, owner [2]uint32) error {
+	if s.owners == nil {
+		s.owners = map[string][2]uint32{}
+	}
+	return filepath.WalkDir(local, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(local, p)
+		if err != nil {
+			return err
+		}
+		s.owners[strings.TrimPrefix(path.Join(image, filepath.ToSlash(rel)), "/")] = owner
+		return nil
+	})
+}
+
+// ownerOf is treecopy's hook for the owners chown gave.
+func (s *storeComm) ownerOf(name string) (uid, gid uint32, ok bool) {
+	o, ok := s.owners[name]
+	return o[0], o[1], ok
 }
 
 // UploadDir stages src like rsync: the directory itself, or its contents

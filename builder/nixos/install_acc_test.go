@@ -1,11 +1,8 @@
 package nixos
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,14 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/kmod"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
 )
-
-// bootMarker is the line the test systems' init prints once booted.
-const bootMarker = "NIXOS-FIXTURE-BOOTED "
 
 // Install mode with each layout: the installer VM activates the system and
 // installs its boot loader; then the image boots from that boot loader
@@ -67,7 +61,7 @@ func TestAccInstallLayouts(t *testing.T) {
 			checkFilesystems(t, img, tc.layout)
 
 			for _, firmware := range strings.Split(tc.firmware, "+") {
-				line := bootImage(t, img, system, firmware)
+				line := acc.BootImage(t, img, system, firmware)
 				for _, want := range []string{
 					"system=" + system,
 					"marker=fixture-marker-v1",
@@ -100,7 +94,7 @@ func TestAccInstallBigClosureSmallMemory(t *testing.T) {
   output_directory     = %q`, system, out))).MustSucceed(t)
 	img := filepath.Join(out, "nixos.img")
 	checkFilesystems(t, img, "legacy")
-	line := bootImage(t, img, system, "bios")
+	line := acc.BootImage(t, img, system, "bios")
 	if !strings.Contains(line, "marker=fixture-marker-v1") {
 		t.Errorf("booted system's report: %s", line)
 	}
@@ -154,66 +148,6 @@ func fsckVfatAt(t *testing.T, img string, start, size int64) ([]byte, error) {
 		err = fmt.Errorf("boot sector and its backup differ")
 	}
 	return out, err
-}
-
-// bootImage boots img (a snapshot: the image is not changed) through
-// firmware ("bios": SeaBIOS, "efi": OVMF, "kernel": the system's own
-// kernel and initrd given to QEMU) and returns the booted system's report.
-func bootImage(t *testing.T, img, system, firmware string) string {
-	t.Helper()
-	cfg := qemu.VMConfig{
-		Accel:   qemu.TCG,
-		MemMiB:  256,
-		Disks:   []qemu.Disk{{Path: img, Format: "raw", Snapshot: true}},
-		WorkDir: t.TempDir(),
-	}
-	switch firmware {
-	case "efi":
-		code, vars, err := qemu.FindOVMF()
-		if err != nil {
-			t.Fatal(err)
-		}
-		copyVars := filepath.Join(t.TempDir(), "vars.fd")
-		if err := qemu.CopyVars(vars, copyVars); err != nil {
-			t.Fatal(err)
-		}
-		cfg.EFI = &qemu.EFI{Code: code, Vars: copyVars}
-	case "kernel":
-		cfg.Kernel = filepath.Join(system, "kernel")
-		cfg.Initrd = filepath.Join(system, "initrd")
-		params := mustRead(t, filepath.Join(system, "kernel-params"))
-		cfg.Append = "init=" + system + "/init " + strings.TrimSpace(params)
-	}
-	pr, pw := io.Pipe()
-	cfg.Console = pw
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	vm, err := qemu.New().Start(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Kill()
-	go func() { vm.Wait(); pw.Close() }()
-	sc := bufio.NewScanner(pr)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		if i := strings.Index(line, bootMarker); i >= 0 {
-			go io.Copy(io.Discard, pr)
-			return line[i:]
-		}
-	}
-	t.Fatalf("the image did not boot to its marker (%s):\n%s", firmware, strings.Join(vm.ConsoleTail(40), "\n"))
-	return ""
-}
-
-func mustRead(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 // touch_efi_vars: the installer VM runs under OVMF with a writable copy of
@@ -358,7 +292,7 @@ func TestAccInstallOtherInstallerKernel(t *testing.T) {
 	if !strings.Contains(res.Log, "Installer kernel: "+kernel) {
 		t.Error("the build did not say it booted the installer kernel")
 	}
-	line := bootImage(t, filepath.Join(out, "nixos.img"), system, "bios")
+	line := acc.BootImage(t, filepath.Join(out, "nixos.img"), system, "bios")
 	if !strings.Contains(line, "alice=yes") {
 		t.Errorf("booted system's report: %s", line)
 	}

@@ -185,6 +185,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	// Packer's provisioners run next, in the installed system.
 	state.Put("communicator", &guestComm{ctx: runCtx, client: s.client})
+	state.Put("generated_data", map[string]interface{}{"ImageMode": imageModeInstall})
 	state.Put("installer", s)
 	return multistep.ActionContinue
 }

@@ -56,8 +56,9 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 			return halt(state, err)
 		}
 		st := &storeTree{treeBase: base, registration: reg.Bytes()}
-		if dir, ok := state.GetOk("uploads_dir"); ok {
-			st.uploads = dir.(string)
+		if comm, ok := state.GetOk("store_comm"); ok {
+			st.uploads = comm.(*storeComm).dir
+			st.uploadOwner = comm.(*storeComm).ownerOf
 			if err := checkUploads(st.uploads, closure); err != nil {
 				return halt(state, err)
 			}

@@ -17,8 +17,12 @@ func (s *stepStoreComm) Run(_ context.Context, state multistep.StateBag) multist
 		return halt(state, err)
 	}
 	s.dir = dir
-	state.Put("communicator", &storeComm{dir: dir})
-	state.Put("uploads_dir", dir)
+	comm := &storeComm{dir: dir}
+	state.Put("communicator", comm)
+	state.Put("store_comm", comm)
+	// Provisioners see the mode in their generated data: nixos-contents
+	// works through staging operations here, through commands otherwise.
+	state.Put("generated_data", map[string]interface{}{"ImageMode": imageModeStoreOnly})
 	return multistep.ActionContinue
 }
 

@@ -2,7 +2,6 @@ package nixos
 
 import (
 	"context"
-	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/ext4"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/treecopy"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
 // tree is what goes into the root filesystem. It is walked twice, into the
@@ -33,7 +33,7 @@ type treeBase struct {
 
 func (b treeBase) dir(name string, mode uint32) ext4.Header {
 	h := b.root
-	h.Name, h.Mode = name, modeBits(mode)
+	h.Name, h.Mode = name, unixmode.FileMode(mode)
 	return h
 }
 
@@ -53,6 +53,7 @@ type storeTree struct {
 	treeBase
 	registration []byte
 	uploads      string // staged provisioner uploads, written at the root too
+	uploadOwner  func(name string) (uid, gid uint32, ok bool)
 }
 
 func (s *storeTree) ownBytes() int64 { return int64(len(s.registration)) }
@@ -70,6 +71,9 @@ func (s *storeTree) walk(ctx context.Context, t treecopy.Target, setRoot func(ex
 		if err != nil {
 			return cp.Stats, err
 		}
+		// The same copier, so hard links and counts carry over; only the
+		// owners nixos-contents gave differ from the store's.
+		cp.Opts.OwnerOf = s.uploadOwner
 		for _, e := range ents {
 			if err := cp.Copy(ctx, filepath.Join(s.uploads, e.Name()), e.Name()); err != nil {
 				return cp.Stats, err
@@ -183,20 +187,4 @@ func mountDirs(t disklayout.Type) []string {
 		return []string{"efi", "boot"}
 	}
 	return []string{"boot"}
-}
-
-// modeBits converts st_mode permission bits (with setuid, setgid, sticky)
-// to an fs.FileMode.
-func modeBits(m uint32) fs.FileMode {
-	mode := fs.FileMode(m & 0o777)
-	if m&0o4000 != 0 {
-		mode |= fs.ModeSetuid
-	}
-	if m&0o2000 != 0 {
-		mode |= fs.ModeSetgid
-	}
-	if m&0o1000 != 0 {
-		mode |= fs.ModeSticky
-	}
-	return mode
 }

@@ -32,6 +32,9 @@ type Options struct {
 	// Owner, when set, replaces every file's uid and gid (the Nix store is
 	// root's whatever the host's numbering).
 	Owner *[2]uint32
+	// OwnerOf, when set, overrides Owner for the entries it knows (by their
+	// image name, as given to Target).
+	OwnerOf func(name string) (uid, gid uint32, ok bool)
 	// MaxMtime, when set, clamps every time stamp to at most this value, as
 	// SOURCE_DATE_EPOCH asks of reproducible builds.
 	MaxMtime *int64
@@ -98,6 +101,11 @@ func (c *Copier) add(p, name string) error {
 	}
 	if c.Opts.Owner != nil {
 		h.Uid, h.Gid = c.Opts.Owner[0], c.Opts.Owner[1]
+	}
+	if c.Opts.OwnerOf != nil {
+		if uid, gid, ok := c.Opts.OwnerOf(name); ok {
+			h.Uid, h.Gid = uid, gid
+		}
 	}
 	if c.Opts.MaxMtime != nil && h.Mtime > *c.Opts.MaxMtime {
 		h.Mtime = *c.Opts.MaxMtime

@@ -19,3 +19,19 @@ func Perm(m fs.FileMode) uint32 {
 	}
 	return v
 }
+
+// FileMode is the inverse of Perm: st_mode permission and special bits as
+// an fs.FileMode.
+func FileMode(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode
+}

@@ -20,3 +20,11 @@ func TestPerm(t *testing.T) {
 		}
 	}
 }
+
+func TestFileModeInvertsPerm(t *testing.T) {
+	for m := uint32(0); m <= 0o7777; m++ {
+		if got := Perm(FileMode(m)); got != m {
+			t.Fatalf("Perm(FileMode(%o)) = %o", m, got)
+		}
+	}
+}

@@ -1,10 +1,13 @@
 package contents
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
 // fixture makes files/motd, files/a.conf, files/b.conf and files/dir/x.
@@ -76,8 +79,8 @@ func TestPrepareModes(t *testing.T) {
 		if got := c.Contents[0].mode; got != want {
 			t.Errorf("%s: %v, want %v", s, got, want)
 		}
-		if got := octal(want); strings.TrimLeft(got, "0") != strings.TrimLeft(s, "0") {
-			t.Errorf("octal(%v) = %s, want %s", want, got, s)
+		if got := fmt.Sprintf("%04o", unixmode.Perm(want)); strings.TrimLeft(got, "0") != strings.TrimLeft(s, "0") {
+			t.Errorf("chmod argument for %v = %s, want %s", want, got, s)
 		}
 	}
 }

@@ -100,6 +100,13 @@ func TestAccContents(t *testing.T) {
       target = "/etc/conf.d"
       mode   = "0600"
     }
+    content {
+      inline = "read by the booted system's init\n"
+      target = "/etc/probe"
+      mode   = "0640"
+      user   = "alice"
+      group  = "users"
+    }
   }
 `, filepath.Join(dir, "configuration.nix"), filepath.Join(dir, "motd"), filepath.Join(dir, "tree"), filepath.Join(dir, "conf", "*.conf"))
 	res := runPacker(t, "contents", accTemplate(system, out, prov))
@@ -160,6 +167,173 @@ func TestAccContents(t *testing.T) {
 	}
 	if got := imagecheck.Debugfs(t, fs, "ls -l /etc/conf.d"); strings.Contains(got, "c.txt") {
 		t.Errorf("/etc/conf.d holds c.txt, which the glob does not match:\n%s", got)
+	}
+
+	// The same through the real kernel: the installed system boots and its
+	// init reports /etc/probe's mode and owner with stat.
+	line := acc.BootImage(t, img, system, "bios")
+	t.Logf("booted: %s", line)
+	if !strings.Contains(line, " probe=640:1000:100 ") {
+		t.Errorf("the booted system reports %q; want probe=640:1000:100 (mode 0640, alice:users)", line)
+	}
+}
+
+// storeTemplate is a store-only nixos-image build of the closure of roots
+// with the given provisioner blocks.
+func storeTemplate(roots []string, out, provisioners string) string {
+	return fmt.Sprintf(`packer {
+  required_plugins {
+    nixos = {
+      source  = "github.com/packer-plugin-nixos/nixos"
+      version = ">= 0.1.0"
+    }
+  }
+}
+
+source "nixos-image" "store" {
+  only_nix_store   = true
+  store_paths      = [%s]
+  output_directory = %q
+}
+
+build {
+  sources = ["source.nixos-image.store"]
+%s
+}
+`, quoteList(roots), out, provisioners)
+}
+
+func quoteList(l []string) string {
+	q := make([]string, len(l))
+	for i, s := range l {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
+// In store-only mode the contents land relative to the store filesystem's
+// root, with their modes and numeric owners, written by the host alone.
+func TestAccContentsStoreOnly(t *testing.T) {
+	roots := fixtures.Build(t, "small")
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "tree", "top"), "top\n", 0o600)
+	write(t, filepath.Join(dir, "tree", "sub", "exe"), "#!/bin/sh\n", 0o755)
+	if err := os.Chmod(filepath.Join(dir, "tree", "sub"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(dir, "conf", "a.conf"), "a\n", 0o644)
+	write(t, filepath.Join(dir, "conf", "b.conf"), "b\n", 0o644)
+	out := filepath.Join(dir, "out")
+	prov := fmt.Sprintf(`
+  provisioner "nixos-contents" {
+    content {
+      inline = "hello\n"
+      target = "/etc/greeting"
+      mode   = "0640"
+      user   = "0"
+      group  = "30000"
+    }
+    content {
+      source = %q
+      target = "/srv/tree"
+      user   = "1000"
+      group  = "100"
+    }
+    content {
+      source = %q
+      target = "/conf.d"
+      mode   = "2750"
+    }
+  }
+`, filepath.Join(dir, "tree"), filepath.Join(dir, "conf", "*.conf"))
+	res := runPacker(t, "contents_store_only", storeTemplate(roots, out, prov))
+	res.MustSucceed(t)
+
+	img := filepath.Join(out, "nixos.img")
+	fs := imagecheck.FS{Image: img, Offset: imagecheck.Partitions(t, img)[0].Start}
+	imagecheck.Fsck(t, fs)
+	for p, want := range map[string]string{
+		"/etc/greeting":     "hello\n",
+		"/srv/tree/top":     "top\n",
+		"/srv/tree/sub/exe": "#!/bin/sh\n",
+		"/conf.d/a.conf":    "a\n",
+		"/conf.d/b.conf":    "b\n",
+	} {
+		if got := imagecheck.Debugfs(t, fs, "cat "+p); got != want {
+			t.Errorf("%s holds %q, want %q", p, got, want)
+		}
+	}
+	type want struct {
+		path     string
+		mode     uint32
+		uid, gid uint32
+	}
+	wants := []want{
+		{"/etc", 0o755, 0, 0}, // made for the file: root's
+		{"/etc/greeting", 0o640, 0, 30000},
+		{"/srv/tree", 0o755, 1000, 100},
+		{"/srv/tree/top", 0o600, 1000, 100},
+		{"/srv/tree/sub", 0o750, 1000, 100},
+		{"/srv/tree/sub/exe", 0o755, 1000, 100},
+		{"/conf.d/a.conf", 0o2750, 0, 0},
+		{"/conf.d/b.conf", 0o2750, 0, 0},
+	}
+	paths := make([]string, len(wants))
+	for i, w := range wants {
+		paths[i] = w.path
+	}
+	for i, st := range imagecheck.Stat(t, fs, paths) {
+		w := wants[i]
+		if st.Mode&0o7777 != w.mode || st.Uid != w.uid || st.Gid != w.gid {
+			t.Errorf("%s: mode %04o uid %d gid %d; want mode %04o uid %d gid %d",
+				w.path, st.Mode&0o7777, st.Uid, st.Gid, w.mode, w.uid, w.gid)
+		}
+	}
+	// The store itself stays root's.
+	if st := imagecheck.Stat(t, fs, []string{"/" + filepath.Base(roots[0])})[0]; st.Uid != 0 || st.Gid != 0 {
+		t.Errorf("%s: uid %d gid %d; want root's", roots[0], st.Uid, st.Gid)
+	}
+}
+
+// Store-only images have no /etc/passwd and no /etc/nixos: names and
+// config_file are refused before anything is written, naming the key.
+func TestAccContentsStoreOnlyErrors(t *testing.T) {
+	roots := fixtures.Build(t, "small")
+	for name, tc := range map[string]struct{ prov, want string }{
+		"user_name": {`
+  provisioner "nixos-contents" {
+    content {
+      inline = "x\n"
+      target = "/x"
+      user   = "alice"
+      group  = "100"
+    }
+  }`, `content[0] (inline): user "alice": a store-only image (only_nix_store = true) has no /etc/passwd or /etc/group to look names up in; give a numeric id`},
+		"config_file": {`
+  provisioner "nixos-contents" {
+    config_file = "%s"
+  }`, `config_file: a store-only image (only_nix_store = true) has no /etc/nixos`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			conf := filepath.Join(dir, "configuration.nix")
+			write(t, conf, "{ ... }: { }\n", 0o644)
+			prov := tc.prov
+			if strings.Contains(prov, "%s") {
+				prov = fmt.Sprintf(prov, conf)
+			}
+			out := filepath.Join(dir, "out")
+			res := runPacker(t, "contents_store_only_"+name, storeTemplate(roots, out, prov))
+			if res.Exit == 0 {
+				t.Fatalf("packer build succeeded; want %q", tc.want)
+			}
+			if !strings.Contains(res.Log, tc.want) {
+				t.Errorf("the log lacks %q:\n%s", tc.want, tail(res.Log, 4000))
+			}
+			if _, err := os.Stat(filepath.Join(out, "nixos.img")); err == nil {
+				t.Errorf("a failed build left %s", filepath.Join(out, "nixos.img"))
+			}
+		})
 	}
 }
 

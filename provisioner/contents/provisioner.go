@@ -16,6 +16,9 @@ import (
 
 	"github.com/hashicorp/hcl/v2/hcldec"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
 // Provisioner is nixos-contents.
@@ -33,9 +36,16 @@ func (p *Provisioner) ConfigSpec() hcldec.ObjectSpec { return p.config.FlatMapst
 
 func (p *Provisioner) Prepare(raws ...interface{}) error { return p.config.Prepare(raws...) }
 
-// Provision copies every content into the installed system through comm.
-func (p *Provisioner) Provision(ctx context.Context, ui packersdk.Ui, comm packersdk.Communicator, _ map[string]interface{}) error {
-	r := &run{ctx: ctx, ui: ui, comm: comm}
+// Provision copies every content into the image through comm: into the
+// installed system, or in a store-only nixos-image build (which says so in
+// its generated data) into the store filesystem's root.
+func (p *Provisioner) Provision(ctx context.Context, ui packersdk.Ui, comm packersdk.Communicator, generated map[string]interface{}) error {
+	r := &run{ctx: ctx, ui: ui, comm: comm, store: generated["ImageMode"] == "store-only"}
+	if r.store {
+		if err := p.checkStoreOnly(); err != nil {
+			return err
+		}
+	}
 	if p.config.ConfigFile != "" {
 		ui.Say(fmt.Sprintf("Installing %s as %s", p.config.ConfigFile, ConfigFileTarget))
 		ct := &Content{Source: p.config.ConfigFile, Target: ConfigFileTarget, mode: 0o644, hasMode: true,
@@ -58,18 +68,40 @@ func (p *Provisioner) Provision(ctx context.Context, ui packersdk.Ui, comm packe
 	return nil
 }
 
+// checkStoreOnly refuses, before anything is written, what a store-only
+// image cannot have.
+func (p *Provisioner) checkStoreOnly() error {
+	if p.config.ConfigFile != "" {
+		return fmt.Errorf("config_file: a store-only image (only_nix_store = true) has no /etc/nixos, as make-disk-image forbids configFile with onlyNixStore; use install mode")
+	}
+	for _, ct := range p.config.Contents {
+		for _, v := range []struct{ key, val string }{{"user", ct.User}, {"group", ct.Group}} {
+			if v.val == "" {
+				continue
+			}
+			if _, err := strconv.ParseUint(v.val, 10, 32); err != nil {
+				return fmt.Errorf("%s: %s %q: a store-only image (only_nix_store = true) has no /etc/passwd or /etc/group to look names up in; give a numeric id", ct.name, v.key, v.val)
+			}
+		}
+	}
+	return nil
+}
+
 // run is one Provision call.
 type run struct {
 	ctx  context.Context
 	ui   packersdk.Ui
 	comm packersdk.Communicator
+	// store: the communicator stages a store-only image; directories,
+	// modes and owners go as stagemeta operations instead of commands.
+	store bool
 	// The image's /etc/passwd and /etc/group, read once when needed.
 	passwd, group map[string]string
 }
 
 // errNoCommands is what a communicator that cannot run commands leads to.
 func errNoCommands(what string, err error) error {
-	return fmt.Errorf("running %s in the image: %v: nixos-contents needs install mode (a communicator that runs commands) for user/group, directories and its symlink check", what, err)
+	return fmt.Errorf("running %s in the image: %v: nixos-contents needs a communicator that runs commands (install mode), or a store-only nixos-image build, for user/group, directories and its symlink check", what, err)
 }
 
 // sh runs command in the image; its output goes to the UI only when it fails.
@@ -176,7 +208,7 @@ func (r *run) content(ct *Content) error {
 			}
 		}
 		if uid != "" {
-			if err := r.shUI(fmt.Sprintf("chown -R %s:%s %s", uid, gid, shellQuote(it.target))); err != nil {
+			if err := r.chown(it.target, uid, gid); err != nil {
 				return err
 			}
 		}
@@ -187,6 +219,12 @@ func (r *run) content(ct *Content) error {
 // checkDirs refuses directories whose existing part resolves into the Nix
 // store: a symlink there would have the write land in a store path.
 func (r *run) checkDirs(dirs []string) error {
+	if r.store {
+		// No system links into a store-only image's store; the staging
+		// area refuses writes through links it holds, and the build
+		// refuses uploads that clash with a store path.
+		return nil
+	}
 	var script strings.Builder
 	for _, d := range dirs {
 		// The deepest existing ancestor, resolved (busybox's readlink has no -m).
@@ -311,14 +349,13 @@ func (r *run) dir(ct *Content, src, target string) error {
 		return err
 	}
 
-	// One command makes every directory; their modes are set after the
-	// files are in, deepest first, so a mode without x bits cannot get in
-	// the way.
-	var script strings.Builder
-	for _, d := range dirs {
-		fmt.Fprintf(&script, "mkdir -p %s\n", shellQuote(path.Join(target, filepath.ToSlash(d.rel))))
+	// Every directory is made first; their modes are set after the files
+	// are in, deepest first, so a mode without x bits cannot get in the way.
+	made := make([]string, len(dirs))
+	for i, d := range dirs {
+		made[i] = path.Join(target, filepath.ToSlash(d.rel))
 	}
-	if err := r.shUI(script.String()); err != nil {
+	if err := r.mkdirs(made); err != nil {
 		return err
 	}
 
@@ -333,16 +370,74 @@ func (r *run) dir(ct *Content, src, target string) error {
 		}
 	}
 
-	script.Reset()
+	var modes []pathMode
 	for i := len(dirs) - 1; i >= 0; i-- {
 		d := dirs[i]
 		mode := d.fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 		if ct.hasMode {
 			mode = ct.mode
 		}
-		fmt.Fprintf(&script, "chmod %s %s\n", octal(mode), shellQuote(path.Join(target, filepath.ToSlash(d.rel))))
+		modes = append(modes, pathMode{made[i], mode})
+	}
+	return r.chmods(modes)
+}
+
+type pathMode struct {
+	path string
+	mode os.FileMode
+}
+
+// mkdirs makes directories (with parents) in the image.
+func (r *run) mkdirs(dirs []string) error {
+	if r.store {
+		ops := make([]stagemeta.Op, len(dirs))
+		for i, d := range dirs {
+			ops[i] = stagemeta.Op{Path: d, Mkdir: true}
+		}
+		return r.meta(ops)
+	}
+	var script strings.Builder
+	for _, d := range dirs {
+		fmt.Fprintf(&script, "mkdir -p %s\n", shellQuote(d))
 	}
 	return r.shUI(script.String())
+}
+
+// chmods sets modes, in order.
+func (r *run) chmods(modes []pathMode) error {
+	if r.store {
+		ops := make([]stagemeta.Op, len(modes))
+		for i, m := range modes {
+			bits := unixmode.Perm(m.mode)
+			ops[i] = stagemeta.Op{Path: m.path, Mode: &bits}
+		}
+		return r.meta(ops)
+	}
+	var script strings.Builder
+	for _, m := range modes {
+		fmt.Fprintf(&script, "chmod %04o %s\n", unixmode.Perm(m.mode), shellQuote(m.path))
+	}
+	return r.shUI(script.String())
+}
+
+// chown gives target and everything under it to uid:gid (numbers).
+func (r *run) chown(target, uid, gid string) error {
+	if r.store {
+		u, _ := strconv.ParseUint(uid, 10, 32) // numeric: checkStoreOnly saw to it
+		g, _ := strconv.ParseUint(gid, 10, 32)
+		return r.meta([]stagemeta.Op{{Path: target, Owner: &[2]uint32{uint32(u), uint32(g)}}})
+	}
+	return r.shUI(fmt.Sprintf("chown -R %s:%s %s", uid, gid, shellQuote(target)))
+}
+
+// meta hands operations to the store-only communicator.
+func (r *run) meta(ops []stagemeta.Op) error {
+	doc := stagemeta.Encode(ops)
+	fi := fileInfo{name: path.Base(stagemeta.Path), size: int64(len(doc)), mode: 0o600}
+	if err := r.upload(stagemeta.Path, bytes.NewReader(doc), fi); err != nil {
+		return fmt.Errorf("staging directories, modes and owners: %w", err)
+	}
+	return nil
 }
 
 // progress is one progress bar over the bytes of many uploads.
@@ -379,19 +474,6 @@ func (zeros) Read(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func octal(m os.FileMode) string {
-	n := uint32(m.Perm())
-	if m&os.ModeSetuid != 0 {
-		n |= 0o4000
-	}
-	if m&os.ModeSetgid != 0 {
-		n |= 0o2000
-	}
-	if m&os.ModeSticky != 0 {
-		n |= 0o1000
-	}
-	return fmt.Sprintf("%04o", n)
-}
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
