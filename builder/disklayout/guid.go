@@ -28,16 +28,19 @@ func (g guidSource) hash(role string) [20]byte {
 	return sum
 }
 
-// derive returns the version 5 UUID named role+seed, upper case as sgdisk
-// prints GUIDs.
-func (g guidSource) derive(role string) string {
+// uuid returns the version 5 UUID named role+seed, in RFC 4122 (big-endian)
+// byte order.
+func (g guidSource) uuid(role string) [16]byte {
 	sum := g.hash(role)
 	var u [16]byte
 	copy(u[:], sum[:16])
 	u[6] = u[6]&0x0f | 0x50 // version 5
 	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
-	return formatGUID(u)
+	return u
 }
+
+// derive returns uuid(role), upper case as sgdisk prints GUIDs.
+func (g guidSource) derive(role string) string { return formatGUID(g.uuid(role)) }
 
 // pick validates given, or derives from role when given is empty.
 func (g guidSource) pick(what, given, role string) (string, error) {
