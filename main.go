@@ -11,6 +11,8 @@ import (
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixos"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/post-processor/convert"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/post-processor/reproducible"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/provisioner/contents"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/version"
 )
@@ -23,6 +25,8 @@ func main() {
 	pps := plugin.NewSet()
 	pps.RegisterBuilder("image", new(nixos.Builder))
 	pps.RegisterProvisioner("contents", new(contents.Provisioner))
+	pps.RegisterPostProcessor("convert", new(convert.PostProcessor))
+	pps.RegisterPostProcessor("reproducible", new(reproducible.PostProcessor))
 	pps.SetVersion(version.PluginVersion)
 	if err := pps.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, err.Error())

@@ -15,7 +15,8 @@ import (
 type Artifact struct {
 	path      string
 	efiVars   string // touch_efi_vars' variable store, or ""
-	format    string
+	format    string // as the user named it (qcow2-compressed)
+	diskType  string // qemu-img's name (qcow2)
 	diskBytes int64
 	paths     int
 	generated map[string]interface{}
@@ -26,7 +27,8 @@ func newArtifact(state multistep.StateBag) *Artifact {
 	p := state.Get("plan").(*plan)
 	a := &Artifact{
 		path:      state.Get("image_path").(string),
-		format:    c.Format,
+		format:    c.format.Name,
+		diskType:  c.format.Qemu,
 		diskBytes: p.layout.DiskSize,
 		paths:     len(state.Get("closure").([]nixstore.PathInfo)),
 	}
@@ -66,7 +68,7 @@ func (a *Artifact) State(name string) interface{} {
 	case "diskName":
 		return filepath.Base(a.path) // vagrant matches it against Files()' base names
 	case "diskType":
-		return a.format
+		return a.diskType
 	case "diskSize":
 		return fmt.Sprintf("%dM", (a.diskBytes+1<<20-1)>>20) // vagrant parses qemu size strings
 	case "domainType":

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep/commonsteps"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/convert"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
 )
@@ -51,7 +52,7 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 	state.Put("hook", hook)
 	state.Put("ui", ui)
 	state.Put("store", &nixstore.Store{Dir: "/nix/store"})
-	state.Put("qemu-img", QemuImgDriver{})
+	state.Put("qemu-img", convert.Driver{})
 	state.Put("nix", NixDriver{})
 	state.Put("qemu", qemu.New())
 

@@ -18,8 +18,10 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/convert"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/reproduce"
 )
 
 // DefaultRootGUID is make-disk-image's rootGPUID and rootFSUID default.
@@ -145,9 +147,14 @@ type Config struct {
 	// to the `SOURCE_DATE_EPOCH` environment variable, else 1 (the Nix store's
 	// own time stamp).
 	SourceDateEpoch *int64 `mapstructure:"source_date_epoch" required:"false"`
-	// Output format: `raw` (file `<image_name>.img`) or `qcow2`. Defaults to
-	// `raw`. Other formats come with the `nixos-convert` post-processor.
+	// Output format: `raw` (file `<image_name>.img`), `qcow2`,
+	// `qcow2-compressed`, `vdi`, `vpc` (`.vhd`), `vhdx` or `vmdk`, converted
+	// by qemu-img as the `nixos-convert` post-processor does. Defaults to
+	// `raw`.
 	Format string `mapstructure:"format" required:"false"`
+	// qcow2 compression: `zlib` or `zstd` (implies `qcow2-compressed`).
+	// Defaults to zlib for `qcow2-compressed`.
+	Compression string `mapstructure:"compression" required:"false"`
 	// Base name of the image file. Defaults to `nixos`.
 	ImageName string `mapstructure:"image_name" required:"false"`
 	// Directory for the image. Defaults to `output-<build name>`. It must not
@@ -158,13 +165,13 @@ type Config struct {
 
 	// Parsed forms, filled by Prepare.
 	diskSizeBytes   int64 // 0 = auto
+	format          convert.Spec
 	additionalBytes int64
 	bootBytes       int64
 	layout          disklayout.Type
 	epoch           int64
 }
 
-var formatExt = map[string]string{"raw": "img", "qcow2": "qcow2"}
 
 // Prepare decodes and validates the configuration. Every problem is reported
 // at once, each naming its key and what is allowed.
@@ -256,23 +263,16 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 			bad("root_partition_guid: %q is not a GUID like %s", c.RootPartitionGUID, DefaultRootGUID)
 		}
 	}
-	if c.SourceDateEpoch != nil {
-		c.epoch = *c.SourceDateEpoch
-	} else if env := os.Getenv("SOURCE_DATE_EPOCH"); env != "" {
-		if c.epoch, err = strconv.ParseInt(env, 10, 64); err != nil {
-			bad("source_date_epoch: the SOURCE_DATE_EPOCH environment variable %q is not a whole number of seconds", env)
-		}
-	} else {
-		c.epoch = 1
-	}
-	if c.epoch < 0 || c.epoch > 1<<32-1 {
-		bad("source_date_epoch: %d is outside 0..4294967295", c.epoch)
+	if c.epoch, err = reproduce.Epoch(c.SourceDateEpoch); err != nil {
+		bad("%v", err)
 	}
 	if c.Format == "" {
 		c.Format = "raw"
 	}
-	if _, ok := formatExt[c.Format]; !ok {
-		bad("format: %q is not allowed here; allowed: raw, qcow2 (use the nixos-convert post-processor for vdi, vpc, vhdx, vmdk and compressed qcow2)", c.Format)
+	if spec, err := convert.Parse(c.Format, c.Compression); err != nil {
+		bad("%v", err)
+	} else {
+		c.format = spec
 	}
 	if c.ImageName == "" {
 		c.ImageName = "nixos"
@@ -308,7 +308,7 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 }
 
 // ImageFile is the file name of the finished image.
-func (c *Config) ImageFile() string { return c.ImageName + "." + formatExt[c.Format] }
+func (c *Config) ImageFile() string { return c.ImageName + "." + c.format.Ext }
 
 // Roots are all the store paths whose closures the image holds.
 func (c *Config) Roots() []string {

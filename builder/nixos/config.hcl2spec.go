@@ -50,6 +50,7 @@ type FlatConfig struct {
 	Deterministic       *bool             `mapstructure:"deterministic" required:"false" cty:"deterministic" hcl:"deterministic"`
 	SourceDateEpoch     *int64            `mapstructure:"source_date_epoch" required:"false" cty:"source_date_epoch" hcl:"source_date_epoch"`
 	Format              *string           `mapstructure:"format" required:"false" cty:"format" hcl:"format"`
+	Compression         *string           `mapstructure:"compression" required:"false" cty:"compression" hcl:"compression"`
 	ImageName           *string           `mapstructure:"image_name" required:"false" cty:"image_name" hcl:"image_name"`
 	OutputDir           *string           `mapstructure:"output_directory" required:"false" cty:"output_directory" hcl:"output_directory"`
 }
@@ -106,6 +107,7 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"deterministic":              &hcldec.AttrSpec{Name: "deterministic", Type: cty.Bool, Required: false},
 		"source_date_epoch":          &hcldec.AttrSpec{Name: "source_date_epoch", Type: cty.Number, Required: false},
 		"format":                     &hcldec.AttrSpec{Name: "format", Type: cty.String, Required: false},
+		"compression":                &hcldec.AttrSpec{Name: "compression", Type: cty.String, Required: false},
 		"image_name":                 &hcldec.AttrSpec{Name: "image_name", Type: cty.String, Required: false},
 		"output_directory":           &hcldec.AttrSpec{Name: "output_directory", Type: cty.String, Required: false},
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
 // stepInstall boots the installer VM on the system's own kernel with the
@@ -208,6 +210,11 @@ func (f *stepFinishInstall) Run(_ context.Context, state multistep.StateBag) mul
 	ui := state.Get("ui").(packersdk.Ui)
 	s := state.Get("installer").(*stepInstall)
 	s.phase("provisioners")
+	if *c.Deterministic {
+		if err := s.deterministicFiles(s.ctx, ui); err != nil {
+			return halt(state, s.vmError("making the installed files deterministic", s.timeoutError(c, err)))
+		}
+	}
 	if err := s.finish(s.ctx, ui); err != nil {
 		return halt(state, s.vmError("finishing the installation", s.timeoutError(c, err)))
 	}
@@ -306,6 +313,61 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	}
 	s.phase("boot loader")
 	return nil
+}
+
+// deterministicFiles undoes what activation and the boot loader's
+// installation leave to chance: the order of /etc/shadow and friends
+// (update-users-groups.pl appends new accounts in Perl's random hash order)
+// and systemd-boot's random seed. The seed is dropped rather than fixed: a
+// seed shared by every copy of an image is no seed, and systemd writes a
+// fresh one on the first boot (systemd-boot-random-seed.service).
+func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui) error {
+	cl := s.client
+	var done []string
+	for _, f := range []string{"/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid"} {
+		var buf bytes.Buffer
+		fi, err := cl.Download(ctx, guestRoot+f, &buf)
+		if isNotExist(err) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		sorted := sortLines(buf.Bytes())
+		if bytes.Equal(sorted, buf.Bytes()) {
+			continue
+		}
+		if err := cl.Upload(ctx, guestRoot+f, unixmode.FileMode(fi.Mode), fi.Uid, fi.Gid, bytes.NewReader(sorted), int64(len(sorted))); err != nil {
+			return err
+		}
+		done = append(done, "sorted "+f)
+	}
+	for _, dir := range []string{"/boot", "/efi"} {
+		err := cl.Remove(ctx, guestRoot+dir+"/loader/random-seed", false)
+		if err == nil {
+			done = append(done, "removed "+dir+"/loader/random-seed")
+		} else if !isNotExist(err) {
+			return err
+		}
+	}
+	if len(done) > 0 {
+		ui.Say("Deterministic image: " + strings.Join(done, ", "))
+	}
+	return nil
+}
+
+// sortLines sorts a file's lines bytewise, keeping a final newline.
+func sortLines(b []byte) []byte {
+	if len(b) == 0 {
+		return b
+	}
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	sort.Strings(lines)
+	out := strings.Join(lines, "\n")
+	if strings.HasSuffix(string(b), "\n") {
+		out += "\n"
+	}
+	return []byte(out)
 }
 
 // finish leaves the image as nixos-install does and powers the VM off.

@@ -1,0 +1,178 @@
+//go:generate packer-sdc struct-markdown
+//go:generate packer-sdc mapstructure-to-hcl2 -type Config
+
+// Package convert is the nixos-convert post-processor: any artifact's disk
+// image, converted by qemu-img to raw, qcow2, compressed qcow2, vdi, vpc,
+// vhdx or vmdk.
+package convert
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/hashicorp/hcl/v2/hcldec"
+	"github.com/hashicorp/packer-plugin-sdk/common"
+	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+	"github.com/hashicorp/packer-plugin-sdk/template/config"
+	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/convert"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/diskartifact"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/reproduce"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/uiprogress"
+)
+
+// BuilderID is the id of the artifacts nixos-convert emits.
+const BuilderID = "nixos.post-processor.convert"
+
+type Config struct {
+	common.PackerConfig `mapstructure:",squash"`
+	// Output format: `raw`, `qcow2`, `qcow2-compressed`, `vdi`, `vpc` (file
+	// `.vhd`), `vhdx` or `vmdk`.
+	Format string `mapstructure:"format" required:"true"`
+	// qcow2 compression: `zlib` or `zstd` (implies `qcow2-compressed`).
+	// Defaults to zlib for `qcow2-compressed`.
+	Compression string `mapstructure:"compression" required:"false"`
+	// Path of the converted image. Defaults to the input image's path with
+	// the format's extension (`nixos.img` → `nixos.qcow2`). An existing file
+	// is an error unless `packer build -force` is used.
+	Output string `mapstructure:"output" required:"false"`
+	// Make the container's own header reproducible: time stamps from
+	// `source_date_epoch`, UUIDs derived from `seed` (vpc, vdi, vhdx, vmdk
+	// carry them; raw and qcow2 have none). Defaults to `true`.
+	Deterministic *bool `mapstructure:"deterministic" required:"false"`
+	// Seed of the container UUIDs. Defaults to `packer-plugin-nixos`.
+	Seed string `mapstructure:"seed" required:"false"`
+	// Unix time for the container's time stamps. Defaults to the
+	// `SOURCE_DATE_EPOCH` environment variable, else 1.
+	SourceDateEpoch *int64 `mapstructure:"source_date_epoch" required:"false"`
+
+	spec  convert.Spec
+	epoch int64
+	ctx   interpolate.Context
+}
+
+type PostProcessor struct {
+	config Config
+	driver convert.Driver
+}
+
+var _ packersdk.PostProcessor = (*PostProcessor)(nil)
+
+func (p *PostProcessor) ConfigSpec() hcldec.ObjectSpec { return p.config.FlatMapstructure().HCL2Spec() }
+
+func (p *PostProcessor) Configure(raws ...interface{}) error {
+	c := &p.config
+	if err := config.Decode(c, &config.DecodeOpts{
+		PluginType:         "nixos-convert",
+		Interpolate:        true,
+		InterpolateContext: &c.ctx,
+		InterpolateFilter:  &interpolate.RenderFilter{Exclude: []string{"output"}},
+	}, raws...); err != nil {
+		return err
+	}
+	var errs *packersdk.MultiError
+	if c.Format == "" {
+		errs = packersdk.MultiErrorAppend(errs, fmt.Errorf("format: required; allowed: %s", convert.Names()))
+	} else if spec, err := convert.Parse(c.Format, c.Compression); err != nil {
+		errs = packersdk.MultiErrorAppend(errs, err)
+	} else {
+		c.spec = spec
+	}
+	if c.Deterministic == nil {
+		t := true
+		c.Deterministic = &t
+	}
+	if c.Seed == "" {
+		c.Seed = "packer-plugin-nixos"
+	}
+	epoch, err := reproduce.Epoch(c.SourceDateEpoch)
+	if err != nil {
+		errs = packersdk.MultiErrorAppend(errs, err)
+	}
+	c.epoch = epoch
+	if errs != nil && len(errs.Errors) > 0 {
+		return errs
+	}
+	return nil
+}
+
+func (p *PostProcessor) PostProcess(ctx context.Context, ui packersdk.Ui, in packersdk.Artifact) (packersdk.Artifact, bool, bool, error) {
+	c := &p.config
+	disk, err := diskartifact.Find(in)
+	if err != nil {
+		return nil, false, false, fmt.Errorf("nixos-convert: %w", err)
+	}
+	out := c.Output
+	if out == "" {
+		out = filepath.Join(filepath.Dir(disk.Path), diskartifact.Stem(disk.Path)+"."+c.spec.Ext)
+	}
+	if same, _ := sameFile(out, disk.Path); same || filepath.Clean(out) == filepath.Clean(disk.Path) {
+		return nil, false, false, fmt.Errorf("output: %s is the input image itself; give another output path", out)
+	}
+	if _, err := os.Lstat(out); err == nil && !c.PackerForce {
+		return nil, false, false, fmt.Errorf("output: %s exists; remove it or use packer build -force", out)
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return nil, false, false, fmt.Errorf("output: %w", err)
+	}
+
+	var finish func(string) error
+	if *c.Deterministic {
+		seed, err := reproduce.ContentSeed(disk.Path, []byte(c.Seed))
+		if err != nil {
+			return nil, false, false, err
+		}
+		finish = func(staged string) error {
+			lines, err := reproduce.Container(staged, reproduce.Options{Seed: seed, Time: c.epoch})
+			for _, l := range lines {
+				ui.Message(l)
+			}
+			return err
+		}
+	}
+	ui.Say(fmt.Sprintf("Converting %s (%s) to %s: %s", disk.Path, disk.Format.Qemu, c.spec.Name, out))
+	bar := uiprogress.New(ui, filepath.Base(out), 10000)
+	err = p.driver.ConvertTo(ctx, c.spec, disk.Path, disk.Format.Qemu, out, bar.Percent, finish)
+	bar.Close()
+	if err != nil {
+		return nil, false, false, err
+	}
+
+	state := disk.State
+	if state.DiskSize == "" {
+		info, err := p.driver.Info(ctx, out, c.spec.Qemu)
+		if err != nil {
+			return nil, false, false, err
+		}
+		state.DiskSize = diskartifact.SizeString(info.VirtualSize)
+	}
+	if len(in.Files()) > 1 {
+		ui.Say(fmt.Sprintf("The input artifact's other files (%q) stay with it; keep_input_artifact = true keeps them", others(in.Files(), disk.Path)))
+	}
+	return &diskartifact.Artifact{ID: BuilderID, Path: out, Format: c.spec.Format, Carry: state, Owned: true}, false, false, nil
+}
+
+func sameFile(a, b string) (bool, error) {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false, err
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fa, fb), nil
+}
+
+func others(files []string, disk string) []string {
+	var out []string
+	for _, f := range files {
+		if f != disk {
+			out = append(out, f)
+		}
+	}
+	return out
+}
