@@ -5,8 +5,10 @@
 package acc
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/packer-plugin-sdk/acctest"
@@ -55,4 +57,42 @@ func Tail(s string, n int) string {
 		return "..." + s[len(s)-n:]
 	}
 	return s
+}
+
+// Template is a template with one nixos-image source named name (its
+// attributes in source) and a build of it whose blocks are build.
+func Template(name, source, build string) string {
+	return fmt.Sprintf(`packer {
+  required_plugins {
+    nixos = {
+      source  = "github.com/packer-plugin-nixos/nixos"
+      version = ">= 0.1.0"
+    }
+  }
+}
+
+source "nixos-image" %q {
+%s
+}
+
+build {
+  sources = ["source.nixos-image.%s"]
+%s
+}
+`, name, source, name, build)
+}
+
+// HCLList renders strings as an HCL list.
+func HCLList(l []string) string {
+	q := make([]string, len(l))
+	for i, s := range l {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+// Has reports whether the log holds s, whitespace runs counting as one
+// space: Packer wraps long error messages.
+func (r Result) Has(s string) bool {
+	return strings.Contains(strings.Join(strings.Fields(r.Log), " "), strings.Join(strings.Fields(s), " "))
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // NormalizeOptions control Normalize.
@@ -23,6 +25,7 @@ type NormalizeReport struct {
 	Entries      int  // short entries walked, with ".", ".." and the volume label
 	TimesChanged int  // of those, entries whose timestamps were rewritten
 	Cleared      int  // free slots (deleted entries, slack after the end) whose leftovers were zeroed
+	FreeCleared  int  // free clusters that still held a deleted file's data, zeroed
 	FSInfoFixed  bool // free count or next-free hint rewritten, or the backup FSInfo resynced
 	BootFixed    bool // dirty bits (boot sector, FAT[1]) cleared, or FAT heads or the backup boot sector resynced
 }
@@ -37,9 +40,10 @@ type NormalizeReport struct {
 // Free directory slots lose their history: a deleted entry keeps only its
 // 0xE5 marker (0x00 would end the directory early), and deleted entries
 // after the last live one, like anything after an end marker, become zero.
-// Names, attributes, clusters, sizes and entry order are left alone, so
-// order of creation and cluster placement remain part of the content, as
-// do the bytes of free clusters.
+// Free clusters lose the data of deleted files (they become holes, or
+// zeros). Names, attributes, clusters, sizes and entry order are left
+// alone, so order of creation and cluster placement remain part of the
+// content.
 //
 // It refuses, before writing anything, a filesystem whose BPB is not FAT32,
 // whose FATs differ, or whose directory chains are broken (run fsck.vfat).
@@ -61,6 +65,11 @@ func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, e
 	if err != nil {
 		return rep, err
 	}
+	free, err := v.dirtyFree()
+	if err != nil {
+		return rep, err
+	}
+	rep.FreeCleared = len(free)
 
 	// Boot sector: Linux marks a mounted volume in bit 0 of byte 65 and
 	// Windows also uses bit 1; the Writer leaves both clear.
@@ -129,7 +138,40 @@ func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, e
 			return rep, fmt.Errorf("fat: write: %w", err)
 		}
 	}
+	zero := make([]byte, v.cs)
+	for _, c := range free {
+		// A hole where the file system allows, zeros otherwise: either
+		// reads back as zeros.
+		at := offset + v.clusterOff(c)
+		if unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, at, v.cs) != nil {
+			if _, err := f.WriteAt(zero, at); err != nil {
+				return rep, fmt.Errorf("fat: write: %w", err)
+			}
+		}
+	}
 	return rep, nil
+}
+
+// dirtyFree lists the free clusters whose bytes are not all zero: what
+// deleted files left behind (systemd-boot's random seed, replaced kernels).
+func (v *normVolume) dirtyFree() ([]uint32, error) {
+	var out []uint32
+	buf := make([]byte, v.cs)
+	for c := uint32(2); c < v.clusters+2; c++ {
+		if v.next(c) != 0 {
+			continue
+		}
+		if _, err := v.f.ReadAt(buf, v.off+v.clusterOff(c)); err != nil {
+			return nil, fmt.Errorf("fat: reading free cluster %d: %w", c, err)
+		}
+		for _, b := range buf {
+			if b != 0 {
+				out = append(out, c)
+				break
+			}
+		}
+	}
+	return out, nil
 }
 
 // ErrNotFAT32 is wrapped by Normalize's refusals of a filesystem whose BPB

@@ -46,7 +46,7 @@ func (s *stepNormalize) Run(ctx context.Context, state multistep.StateBag) multi
 			if err != nil {
 				return halt(state, fmt.Errorf("normalising the %s partition: %w", role, err))
 			}
-			msg += fmt.Sprintf("; %s: %d entry times", role, fr.TimesChanged)
+			msg += fmt.Sprintf("; %s: %d entry times, %d free clusters cleared", role, fr.TimesChanged, fr.FreeCleared)
 		}
 	}
 	ui.Say(msg)

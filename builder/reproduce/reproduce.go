@@ -204,7 +204,7 @@ func filesystem(f *os.File, off int64, name string, o Options) (string, error) {
 		if err != nil {
 			return fmt.Sprintf("left alone: %s (FAT32): %v", name, err), nil
 		}
-		l := fmt.Sprintf("%s (FAT32): %d of %d entries' times, %d free slots cleared", name, r.TimesChanged, r.Entries, r.Cleared)
+		l := fmt.Sprintf("%s (FAT32): %d of %d entries' times, %d free slots and %d free clusters cleared", name, r.TimesChanged, r.Entries, r.Cleared, r.FreeCleared)
 		if r.FSInfoFixed {
 			l += ", FSInfo"
 		}
