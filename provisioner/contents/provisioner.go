@@ -18,6 +18,7 @@ import (
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/uiprogress"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
@@ -279,7 +280,7 @@ func (r *run) lookup(file string, cache *map[string]string, name string) (string
 	return id, nil
 }
 
-func (r *run) file(ct *Content, src, target string, fi os.FileInfo, prog *progress) error {
+func (r *run) file(ct *Content, src, target string, fi os.FileInfo, prog *uiprogress.Bar) error {
 	f, err := os.Open(src)
 	if err != nil {
 		return err
@@ -291,7 +292,7 @@ func (r *run) file(ct *Content, src, target string, fi os.FileInfo, prog *progre
 	}
 	var rc io.ReadCloser = f
 	if prog != nil {
-		rc = prog.wrap(f)
+		rc = prog.Reader(f)
 	} else if fi.Size() >= progressThreshold {
 		rc = r.ui.TrackProgress(filepath.Base(src), 0, fi.Size(), f)
 		defer rc.Close()
@@ -359,10 +360,10 @@ func (r *run) dir(ct *Content, src, target string) error {
 		return err
 	}
 
-	var prog *progress
+	var prog *uiprogress.Bar
 	if total >= progressThreshold {
-		prog = newProgress(r.ui, src, total)
-		defer prog.close()
+		prog = uiprogress.New(r.ui, src, total)
+		defer prog.Close()
 	}
 	for _, f := range files {
 		if err := r.file(ct, filepath.Join(src, f.rel), path.Join(target, filepath.ToSlash(f.rel)), f.fi, prog); err != nil {
@@ -439,41 +440,6 @@ func (r *run) meta(ops []stagemeta.Op) error {
 	}
 	return nil
 }
-
-// progress is one progress bar over the bytes of many uploads.
-type progress struct {
-	bar io.ReadCloser
-}
-
-func newProgress(ui packersdk.Ui, name string, total int64) *progress {
-	return &progress{bar: ui.TrackProgress(name, 0, total, io.NopCloser(zeros{}))}
-}
-
-// wrap advances the bar by what is read from rd.
-func (p *progress) wrap(rd io.ReadCloser) io.ReadCloser { return &counted{rd, p} }
-
-func (p *progress) close() { p.bar.Close() }
-
-type counted struct {
-	io.ReadCloser
-	p *progress
-}
-
-func (c *counted) Read(b []byte) (int, error) {
-	n, err := c.ReadCloser.Read(b)
-	if n > 0 {
-		io.CopyN(io.Discard, c.p.bar, int64(n))
-	}
-	return n, err
-}
-
-type zeros struct{}
-
-func (zeros) Read(b []byte) (int, error) {
-	clear(b)
-	return len(b), nil
-}
-
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
