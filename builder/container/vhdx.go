@@ -102,7 +102,7 @@ func vhdxNormalize(m *image, d *deriver) ([]*region, error) {
 	if err != nil {
 		return nil, err
 	}
-	logRegion, err := vhdxLog(m, d, a)
+	logRegion, err := vhdxLog(m, a)
 	if err != nil {
 		return nil, err
 	}
@@ -197,10 +197,14 @@ func vhdxMetadata(m *image, d *deriver) (tables []*region, page83 *region, err e
 	return nil, nil, errors.New("metadata table has no page 83 item")
 }
 
-// vhdxLog renames the GUID of every log entry. With an empty log (zero log
-// GUID in the active header) the entries are stale, but qemu leaves one per
-// BAT update, each with its own random GUID.
-func vhdxLog(m *image, d *deriver, hdr []byte) (*region, error) {
+// vhdxLog clears the log. Callers have checked that the active header's
+// log GUID is zero: the log is empty and its entries are stale (MS-VHDX
+// 2.3.1.2: with a zero LogGuid there is nothing to replay). qemu leaves one
+// per BAT update, each with a random GUID, and which of them survive the
+// ring's reuse depends on timing, so renaming GUIDs is not enough: the whole
+// region becomes zeros. The entries are verified first all the same, so a
+// damaged file is refused rather than silently cleaned.
+func vhdxLog(m *image, hdr []byte) (*region, error) {
 	n := int64(binary.LittleEndian.Uint32(hdr[vhdxHdrLogLength:]))
 	off := int64(binary.LittleEndian.Uint64(hdr[vhdxHdrLogOffset:]))
 	if n == 0 {
@@ -213,7 +217,6 @@ func vhdxLog(m *image, d *deriver, hdr []byte) (*region, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := newRegion(off, b)
 	// Entries start on sector boundaries with "loge"; their other sectors
 	// start with "desc", "zero" or "data", so a scan finds every entry.
 	for at := 0; at < len(b); at += vhdxLogSector {
@@ -227,11 +230,8 @@ func vhdxLog(m *image, d *deriver, hdr []byte) (*region, error) {
 		if got, want := binary.LittleEndian.Uint32(b[at+4:]), vhdxCRC(b, at, l); got != want {
 			return nil, fmt.Errorf("log entry at log offset %#x: checksum is %#08x, contents give %#08x", at, got, want)
 		}
-		g := at + vhdxEntryGUID
-		r.set(g, d.replace(b[g:g+16], fmt.Sprintf("vhdx log entry %#x guid", at), true), "vhdx log entry GUIDs")
-		// The header sector never wraps, so fields are contiguous; the CRC
-		// is over the whole entry, which may.
-		r.set(at+4, binary.LittleEndian.AppendUint32(nil, vhdxCRC(r.buf, at, l)), "vhdx log entry checksums")
 	}
+	r := newRegion(off, b)
+	r.set(0, make([]byte, len(b)), "vhdx stale log entries")
 	return r, nil
 }
