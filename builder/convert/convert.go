@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -56,24 +57,35 @@ type Spec struct {
 }
 
 // Parse checks a format and compression as a user gave them. A compression
-// with plain qcow2 means qcow2-compressed with that algorithm.
+// with plain qcow2 means qcow2-compressed with that algorithm. Each problem
+// is its own error (errors.Join), so callers can list them all.
 func Parse(format, compression string) (Spec, error) {
+	var errs []error
 	f, ok := formats[format]
 	if !ok {
-		return Spec{}, fmt.Errorf("format: %q is not a known format; allowed: %s", format, Names())
+		errs = append(errs, fmt.Errorf("format: %q is not a known format; allowed: %s", format, Names()))
 	}
-	s := Spec{Format: f, Compression: compression}
-	if compression == "" {
-		return s, nil
+	switch {
+	case compression == "":
+	case compression != "zlib" && compression != "zstd":
+		errs = append(errs, fmt.Errorf("compression: %q is not allowed; allowed: %s", compression, strings.Join(Compressions, ", ")))
+	case ok && f.Qemu != "qcow2":
+		errs = append(errs, fmt.Errorf("compression: only qcow2 images are compressed; format is %q (use format = \"qcow2-compressed\")", format))
+	case ok:
+		f = formats["qcow2-compressed"]
 	}
-	if f.Qemu != "qcow2" {
-		return Spec{}, fmt.Errorf("compression: only qcow2 images are compressed; format is %q (use format = \"qcow2-compressed\")", format)
+	if len(errs) > 0 {
+		return Spec{}, errors.Join(errs...)
 	}
-	if compression != "zlib" && compression != "zstd" {
-		return Spec{}, fmt.Errorf("compression: %q is not allowed; allowed: %s", compression, strings.Join(Compressions, ", "))
+	return Spec{Format: f, Compression: compression}, nil
+}
+
+// Errors splits what Parse returned into its problems.
+func Errors(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
 	}
-	s.Format = formats["qcow2-compressed"]
-	return s, nil
+	return []error{err}
 }
 
 // FormatByQemuName maps qemu-img's format names (as `qemu-img info` and

@@ -270,7 +270,9 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 		c.Format = "raw"
 	}
 	if spec, err := convert.Parse(c.Format, c.Compression); err != nil {
-		bad("%v", err)
+		for _, e := range convert.Errors(err) {
+			bad("%v", e)
+		}
 	} else {
 		c.format = spec
 	}

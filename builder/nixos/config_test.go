@@ -80,7 +80,8 @@ func TestPrepareErrors(t *testing.T) {
 		{"root_fs_uuid", "F222513B", `root_fs_uuid: "F222513B" is not a UUID`},
 		{"root_partition_guid", "zz", `root_partition_guid: "zz" is not a GUID`},
 		{"source_date_epoch", -1, `source_date_epoch: -1 is outside`},
-		{"format", "vdi", `format: "vdi" is not allowed here; allowed: raw, qcow2`},
+		{"format", "qed", `format: "qed" is not a known format; allowed: qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vpc`},
+		{"compression", "lz4", `compression: "lz4" is not allowed; allowed: zlib, zstd`},
 		{"image_name", "../x", `image_name: "../x" must be a plain file name`},
 	}
 	all := map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}}

@@ -32,7 +32,7 @@ func TestAccBadKeys(t *testing.T) {
   label                = "a-label-longer-than-sixteen"
   root_fs_uuid         = "not-a-uuid"
   root_partition_guid  = "1234"
-  format               = "vmdk"
+  format               = "qed"
   image_name           = "a/b"
   output_directory     = %q`, out)))
 	if res.Exit == 0 {
@@ -49,7 +49,7 @@ func TestAccBadKeys(t *testing.T) {
 		`label: "a-label-longer-than-sixteen" is 27 bytes long`,
 		`root_fs_uuid: "not-a-uuid" is not a UUID`,
 		`root_partition_guid: "1234" is not a GUID`,
-		`format: "vmdk" is not allowed here; allowed: raw, qcow2`,
+		`format: "qed" is not a known format; allowed: qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vpc`,
 		`image_name: "a/b" must be a plain file name`,
 	} {
 		if !strings.Contains(res.Log, want) {

@@ -171,6 +171,7 @@ func TestAccConvertErrors(t *testing.T) {
 		"bad_format":    {`format = "qed"`, `format: "qed" is not a known format; allowed: qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vpc`},
 		"compress_vdi":  {"format = \"vdi\"\n      compression = \"zstd\"", `compression: only qcow2 images are compressed; format is "vdi"`},
 		"bad_algorithm": {"format = \"qcow2\"\n      compression = \"lz4\"", `compression: "lz4" is not allowed; allowed: zlib, zstd`},
+		"both_bad":      {"format = \"qed\"\n      compression = \"lz4\"", "* format: \"qed\" is not a known format; allowed: qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vpc * compression: \"lz4\" is not allowed"},
 		"bad_epoch":     {"format = \"vdi\"\n      source_date_epoch = -5", `source_date_epoch: -5 is outside 0..4294967295`},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -77,7 +77,7 @@ func (p *PostProcessor) Configure(raws ...interface{}) error {
 	if c.Format == "" {
 		errs = packersdk.MultiErrorAppend(errs, fmt.Errorf("format: required; allowed: %s", convert.Names()))
 	} else if spec, err := convert.Parse(c.Format, c.Compression); err != nil {
-		errs = packersdk.MultiErrorAppend(errs, err)
+		errs = packersdk.MultiErrorAppend(errs, convert.Errors(err)...)
 	} else {
 		c.spec = spec
 	}
