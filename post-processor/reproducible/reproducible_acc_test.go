@@ -14,6 +14,7 @@ import (
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 // conversions are the nixos-convert blocks every build runs on the
@@ -191,7 +192,29 @@ func TestAccReproducibleInstall(t *testing.T) {
   accelerator          = "tcg"`, system, c.layout)
 			a, b := buildTwice(t, "repro_install_"+c.layout, func(out string) string { return template(source, out, "") })
 			checkIdentical(t, a, b)
-			line := acc.BootImage(t, filepath.Join(a, "nixos.img"), system, c.firmware)
+
+			// What activation and bootctl leave to chance is settled at
+			// build time: /etc/shadow sorted, no machine-id, no random seed.
+			img := filepath.Join(a, "nixos.img")
+			parts := imagecheck.Partitions(t, img)
+			root := imagecheck.FS{Image: img, Offset: parts[len(parts)-1].Start}
+			shadow := imagecheck.Debugfs(t, root, "cat /etc/shadow")
+			lines := strings.Split(strings.TrimSpace(shadow), "\n")
+			if len(lines) < 2 || !sort.StringsAreSorted(lines) {
+				t.Errorf("/etc/shadow is not sorted:\n%s", shadow)
+			}
+			if got := imagecheck.Debugfs(t, root, "ls /etc"); !strings.Contains(got, "passwd") || strings.Contains(got, "machine-id") {
+				t.Errorf("/etc holds machine-id (or no passwd): %s", got)
+			}
+			if c.firmware == "efi" {
+				esp := fmt.Sprintf("%s@@%d", img, parts[0].Start)
+				out, err := exec.Command("mdir", "-b", "-i", esp, "::/loader").CombinedOutput()
+				if err != nil || strings.Contains(string(out), "random-seed") || !strings.Contains(string(out), "loader.conf") {
+					t.Errorf("ESP /loader: %v\n%s", err, out)
+				}
+			}
+
+			line := acc.BootImage(t, img, system, c.firmware)
 			if !strings.Contains(line, "firmware="+c.firmware) || !strings.Contains(line, "marker=fixture-marker-v1") {
 				t.Errorf("the normalised image booted to %q", line)
 			}
