@@ -5,11 +5,15 @@
 package acc
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/acctest"
 )
@@ -95,4 +99,63 @@ func HCLList(l []string) string {
 // space: Packer wraps long error messages.
 func (r Result) Has(s string) bool {
 	return strings.Contains(strings.Join(strings.Fields(r.Log), " "), strings.Join(strings.Fields(s), " "))
+}
+
+// Interrupt runs packer build on tmpl, sends Ctrl-C to its process group
+// (as a terminal does: packer, its panicwrap child and the plugins) once a
+// line holding trigger appears and delay has passed, and waits for the
+// build to end. It fails the test unless the build failed, said it was
+// cancelled, and left none of its processes running. It returns the output.
+func Interrupt(t *testing.T, tmpl, trigger string, delay time.Duration) string {
+	t.Helper()
+	if os.Getenv(acctest.TestEnvVar) == "" {
+		t.Skipf("acceptance test: set %s=1 (make testacc)", acctest.TestEnvVar)
+	}
+	dir := t.TempDir()
+	tmplPath := filepath.Join(dir, "interrupt.pkr.hcl")
+	if err := os.WriteFile(tmplPath, []byte(tmpl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("packer", "build", tmplPath)
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	sc := bufio.NewScanner(stdout)
+	seen := false
+	for sc.Scan() {
+		log.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), trigger) {
+			seen = true
+			break
+		}
+	}
+	if !seen {
+		cmd.Wait()
+		t.Fatalf("the build never printed %q:\n%s", trigger, log.String())
+	}
+	time.Sleep(delay)
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	for sc.Scan() {
+		log.WriteString(sc.Text() + "\n")
+	}
+	if err := cmd.Wait(); err == nil {
+		t.Fatalf("packer build succeeded despite the interrupt:\n%s", log.String())
+	}
+	if !strings.Contains(log.String(), "cancel") && !strings.Contains(log.String(), "Interrupt") {
+		t.Errorf("no cancellation in the output:\n%s", log.String())
+	}
+	if procs, _ := exec.Command("pgrep", "-g", fmt.Sprint(cmd.Process.Pid)).Output(); len(procs) > 0 {
+		t.Errorf("processes of the build left running: %s", procs)
+	}
+	return log.String()
 }

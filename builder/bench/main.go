@@ -41,6 +41,7 @@ type config struct {
 	fsck     bool
 	only     map[string]bool
 	install  bool
+	convert  string // fixture whose image the post-processing section converts; "" skips it
 	packer   string // the packer binary the install section runs
 }
 
@@ -63,6 +64,7 @@ func main() {
 	flag.BoolVar(&c.fsck, "fsck", true, "check each writer's last image with e2fsck -fn (untimed)")
 	flag.BoolVar(&c.install, "install", true, "also time install mode: packer build of "+strings.Join(installFixtures, " and ")+" in a TCG VM")
 	flag.StringVar(&c.packer, "packer", defaultPacker(), "packer binary for -install")
+	flag.StringVar(&c.convert, "convert", "debian", "also time nixos-convert's formats and nixos-reproducible on this fixture's image (\"\" to skip)")
 	flag.Parse()
 	if c.runs < 1 {
 		fatalf("-runs must be at least 1")
@@ -121,6 +123,13 @@ func main() {
 		}
 		printTable(os.Stdout, res)
 		verdicts = append(verdicts, targets(res)...)
+	}
+	if c.convert != "" {
+		rows, norm, size, err := benchConvert(ctx, c, c.convert)
+		if err != nil {
+			fatalf("post-processing: %v", err)
+		}
+		printConvertTable(os.Stdout, c.convert, size, rows, norm)
 	}
 	if c.install {
 		rows := benchInstall(ctx, c)

@@ -25,16 +25,19 @@ type Format struct {
 	Qemu   string // qemu-img's -O
 	Ext    string // file extension
 	Packed bool   // qcow2-compressed: every cluster compressed
+	// IDs: the container header carries UUIDs and time stamps that
+	// qemu-img invents (vdi, vpc, vhdx, vmdk); raw and qcow2 have none.
+	IDs bool
 }
 
 var formats = map[string]Format{
-	"raw":              {"raw", "raw", "img", false},
-	"qcow2":            {"qcow2", "qcow2", "qcow2", false},
-	"qcow2-compressed": {"qcow2-compressed", "qcow2", "qcow2", true},
-	"vdi":              {"vdi", "vdi", "vdi", false},
-	"vpc":              {"vpc", "vpc", "vhd", false},
-	"vhdx":             {"vhdx", "vhdx", "vhdx", false},
-	"vmdk":             {"vmdk", "vmdk", "vmdk", false},
+	"raw":              {"raw", "raw", "img", false, false},
+	"qcow2":            {"qcow2", "qcow2", "qcow2", false, false},
+	"qcow2-compressed": {"qcow2-compressed", "qcow2", "qcow2", true, false},
+	"vdi":              {"vdi", "vdi", "vdi", false, true},
+	"vpc":              {"vpc", "vpc", "vhd", false, true},
+	"vhdx":             {"vhdx", "vhdx", "vhdx", false, true},
+	"vmdk":             {"vmdk", "vmdk", "vmdk", false, true},
 }
 
 // Compressions are qcow2's compression types.

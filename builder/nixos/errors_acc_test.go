@@ -1,19 +1,17 @@
 package nixos
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/packer-plugin-sdk/acctest"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
 )
 
@@ -162,64 +160,13 @@ func TestAccInstallInterrupt(t *testing.T) {
 // trigger appears (plus delay), and checks that nothing is left behind.
 func interruptBuild(t *testing.T, out, trigger string, delay time.Duration, tmpl string) {
 	t.Helper()
-	if os.Getenv(acctest.TestEnvVar) == "" {
-		t.Skipf("acceptance test: set %s=1 (make testacc)", acctest.TestEnvVar)
-	}
-	dir := t.TempDir()
-	tmplPath := filepath.Join(dir, "interrupt.pkr.hcl")
-	if err := os.WriteFile(tmplPath, []byte(tmpl), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	before := tempDebris(t)
-	cmd := exec.Command("packer", "build", tmplPath)
-	cmd.Dir = dir
-	// A terminal's Ctrl-C signals the whole foreground process group: packer,
-	// its panicwrap child and the plugin.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var log strings.Builder
-	sc := bufio.NewScanner(stdout)
-	seen := false
-	for sc.Scan() {
-		log.WriteString(sc.Text() + "\n")
-		if strings.Contains(sc.Text(), trigger) {
-			seen = true
-			break
-		}
-	}
-	if !seen {
-		cmd.Wait()
-		t.Fatalf("the build never printed %q:\n%s", trigger, log.String())
-	}
-	time.Sleep(delay)
-	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	for sc.Scan() {
-		log.WriteString(sc.Text() + "\n")
-	}
-	if err := cmd.Wait(); err == nil {
-		t.Fatalf("packer build succeeded despite the interrupt:\n%s", log.String())
-	}
-	if !strings.Contains(log.String(), "cancel") && !strings.Contains(log.String(), "Interrupt") {
-		t.Errorf("no cancellation in the output:\n%s", log.String())
-	}
+	acc.Interrupt(t, tmpl, trigger, delay)
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		ents, _ := os.ReadDir(out)
 		t.Errorf("output directory left behind after Ctrl-C (%v): %v", err, ents)
 	}
-	// This build's processes only: packer's process group (the plugin), and
-	// QEMU, which runs in a group of its own, by the image path it was given.
-	if procs, _ := exec.Command("pgrep", "-g", fmt.Sprint(cmd.Process.Pid)).Output(); len(procs) > 0 {
-		t.Errorf("processes of the build left running: %s", procs)
-	}
+	// QEMU runs in a process group of its own: found by the image path.
 	if procs, _ := exec.Command("pgrep", "-f", "qemu-system.*"+regexp.QuoteMeta(out)).Output(); len(procs) > 0 {
 		t.Errorf("QEMU processes left running: %s", procs)
 	}

@@ -32,7 +32,7 @@ func (s *stepConvert) Run(ctx context.Context, state multistep.StateBag) multist
 		}
 	} else {
 		var finish func(string) error
-		if *c.Deterministic {
+		if *c.Deterministic && c.format.IDs {
 			// Container UUIDs from the image's content: the same image
 			// gets the same ones, another image others (VirtualBox
 			// refuses two disks with one UUID).

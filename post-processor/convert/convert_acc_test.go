@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
@@ -237,4 +239,28 @@ build {
 		acc.Run(t, "convert_force", "nixos-convert", tmpl, "-force").MustSucceed(t)
 		qemuImg(t, "check", "-f", "vdi", mine)
 	})
+}
+
+// Ctrl-C during a conversion stops qemu-img and leaves no half-written
+// image or staging directory. (The builder's image goes too: Packer deletes
+// the input of a failed post-processor unless an earlier one kept it.)
+func TestAccConvertInterrupt(t *testing.T) {
+	roots := fixtures.Build(t, "large4g")
+	out := filepath.Join(t.TempDir(), "out")
+	acc.Interrupt(t, acc.Template("big", storeSource(roots, out), `
+  post-processor "nixos-convert" {
+    format = "qcow2-compressed"
+  }`), "Converting ", 1500*time.Millisecond)
+	ents, err := os.ReadDir(out)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.Name() != "nixos.img" {
+			t.Errorf("after Ctrl-C the output directory holds %s", e.Name())
+		}
+	}
+	if procs, _ := exec.Command("pgrep", "-f", "qemu-img convert.*"+regexp.QuoteMeta(out)).Output(); len(procs) > 0 {
+		t.Errorf("qemu-img left running: %s", procs)
+	}
 }

@@ -43,14 +43,17 @@ type Config struct {
 	// `source_date_epoch`, UUIDs derived from `seed` (vpc, vdi, vhdx, vmdk
 	// carry them; raw and qcow2 have none). Defaults to `true`.
 	Deterministic *bool `mapstructure:"deterministic" required:"false"`
-	// Seed of the container UUIDs. Defaults to `packer-plugin-nixos`.
+	// Seed of the container UUIDs, used as given: give each image its own
+	// (VirtualBox refuses two disks with one UUID). Defaults to one derived
+	// from the image's data, which costs a read of it.
 	Seed string `mapstructure:"seed" required:"false"`
 	// Unix time for the container's time stamps. Defaults to the
 	// `SOURCE_DATE_EPOCH` environment variable, else 1.
 	SourceDateEpoch *int64 `mapstructure:"source_date_epoch" required:"false"`
 
-	spec  convert.Spec
-	epoch int64
+	spec      convert.Spec
+	epoch     int64
+	seedGiven bool
 	ctx   interpolate.Context
 }
 
@@ -85,7 +88,8 @@ func (p *PostProcessor) Configure(raws ...interface{}) error {
 		t := true
 		c.Deterministic = &t
 	}
-	if c.Seed == "" {
+	c.seedGiven = c.Seed != ""
+	if !c.seedGiven {
 		c.Seed = "packer-plugin-nixos"
 	}
 	epoch, err := reproduce.Epoch(c.SourceDateEpoch)
@@ -120,10 +124,16 @@ func (p *PostProcessor) PostProcess(ctx context.Context, ui packersdk.Ui, in pac
 	}
 
 	var finish func(string) error
-	if *c.Deterministic {
-		seed, err := reproduce.ContentSeed(disk.Path, []byte(c.Seed))
-		if err != nil {
-			return nil, false, false, err
+	if *c.Deterministic && c.spec.IDs {
+		// A seed the user gave is used as it is; the default one is made
+		// unique to the image's content, so that two images never share
+		// their UUIDs.
+		seed := []byte(c.Seed)
+		if !c.seedGiven {
+			var err error
+			if seed, err = reproduce.ContentSeed(disk.Path, seed); err != nil {
+				return nil, false, false, err
+			}
 		}
 		finish = func(staged string) error {
 			lines, err := reproduce.Container(staged, reproduce.Options{Seed: seed, Time: c.epoch})
