@@ -21,3 +21,4 @@ system=$(bash "$here/../builder/fixtures/build.sh" system-efi)
 echo
 echo "Store-only image: $here/output-store/nixos.qcow2"
 echo "Installed image:  $here/output-install/nixos.qcow2 (EFI variables: $here/output-install/efi-vars.fd)"
+echo "VMware copy:      $here/output-install/nixos.vmdk (sha256 in nixos.vmdk.sha256)"

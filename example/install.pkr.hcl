@@ -30,4 +30,29 @@ source "nixos-image" "install" {
 
 build {
   sources = ["source.nixos-image.install"]
+
+  # make-disk-image's contents and configFile, with owners from the image's
+  # own /etc/passwd.
+  provisioner "nixos-contents" {
+    config_file = "${path.root}/configuration.nix"
+    content {
+      inline = "Built by packer-plugin-nixos.\n"
+      target = "/etc/motd"
+      mode   = "0644"
+      user   = "root"
+      group  = "root"
+    }
+  }
+
+  # A VMware copy too (the qcow2 and efi-vars.fd stay), with its checksum.
+  post-processors {
+    post-processor "nixos-convert" {
+      format              = "vmdk"
+      keep_input_artifact = true
+    }
+    post-processor "checksum" {
+      checksum_types = ["sha256"]
+      output         = "${path.root}/output-install/nixos.vmdk.sha256"
+    }
+  }
 }
