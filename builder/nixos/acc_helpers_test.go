@@ -1,50 +1,20 @@
 package nixos
 
 import (
-	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
 )
 
-// template is a store-only nixos-image source with the given body lines.
-func template(name, body string) string {
-	return fmt.Sprintf(`packer {
-  required_plugins {
-    nixos = {
-      source  = "github.com/packer-plugin-nixos/nixos"
-      version = ">= 0.1.0"
-    }
-  }
-}
-
-source "nixos-image" %q {
-%s
-}
-
-build {
-  sources = ["source.nixos-image.%s"]
-}
-`, name, body, name)
-}
+// template is a nixos-image source with the given body lines, built alone.
+func template(name, body string) string { return acc.Template(name, body, "") }
 
 // hclList renders store paths as an HCL list.
-func hclList(paths []string) string {
-	q := make([]string, len(paths))
-	for i, p := range paths {
-		q[i] = fmt.Sprintf("%q", p)
-	}
-	return "[" + strings.Join(q, ", ") + "]"
-}
+func hclList(paths []string) string { return acc.HCLList(paths) }
 
 // runPacker builds a nixos-image template with the real packer binary.
 func runPacker(t *testing.T, name, tmpl string, extraArgs ...string) acc.Result {
@@ -65,20 +35,6 @@ func closureOf(t *testing.T, roots []string) []string {
 		paths[i] = info.Path
 	}
 	return paths
-}
-
-func sha256File(t testing.TB, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, bufio.NewReaderSize(f, 1<<20)); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // dirEntries lists a directory's names, hidden ones included.

@@ -115,7 +115,7 @@ func TestAccStoreOnlyLayouts(t *testing.T) {
 			if console, err := bootcheck.Run(ctx, bootcheck.Check{
 				Image:  img,
 				Device: device,
-				Files:  map[string]string{rel: sha256File(t, file)},
+				Files:  map[string]string{rel: imagecheck.SHA256File(t, file)},
 			}); err != nil {
 				t.Fatalf("the kernel could not read the image: %v\n%s", err, tail(console, 3000))
 			}
@@ -177,7 +177,7 @@ func TestAccReproducible(t *testing.T) {
   additional_space     = "8M"
   output_directory     = %q
 %s`, hclList(roots), out, extra))).MustSucceed(t)
-		return sha256File(t, filepath.Join(out, "nixos.img"))
+		return imagecheck.SHA256File(t, filepath.Join(out, "nixos.img"))
 	}
 	first := build("repro_1", "")
 	time.Sleep(1100 * time.Millisecond) // a different second on the clock
@@ -199,7 +199,7 @@ func TestAccReproducible(t *testing.T) {
   partition_table_type = "efi"
   additional_space     = "8M"
   output_directory     = %q`, hclList(more), out))).MustSucceed(t)
-	if sha256File(t, filepath.Join(out, "nixos.img")) == first {
+	if imagecheck.SHA256File(t, filepath.Join(out, "nixos.img")) == first {
 		t.Error("a different closure gave the same image")
 	}
 }
@@ -246,7 +246,7 @@ func TestAccFormats(t *testing.T) {
 					t.Errorf("qemu-img %v: %v\n%s", args, err, out)
 				}
 			}
-			if sha256File(t, img) != sha256File(t, filepath.Join(out2, c.file)) {
+			if imagecheck.SHA256File(t, img) != imagecheck.SHA256File(t, filepath.Join(out2, c.file)) {
 				t.Error("two builds of the same inputs differ")
 			}
 		})

@@ -172,7 +172,6 @@ type Config struct {
 	epoch           int64
 }
 
-
 // Prepare decodes and validates the configuration. Every problem is reported
 // at once, each naming its key and what is allowed.
 func (c *Config) Prepare(raws ...interface{}) ([]string, error) {

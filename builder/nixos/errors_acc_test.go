@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
 )

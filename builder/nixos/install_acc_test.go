@@ -259,7 +259,7 @@ func TestAccInstallReproducible(t *testing.T) {
 %s`, system, out, extra))).MustSucceed(t)
 		img := filepath.Join(out, "nixos.img")
 		checkFilesystems(t, img, "legacy")
-		return sha256File(t, img)
+		return imagecheck.SHA256File(t, img)
 	}
 	first := build("install_repro_1", "")
 	time.Sleep(1100 * time.Millisecond)

@@ -1,11 +1,8 @@
 package convert
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,26 +13,13 @@ import (
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 func storeSource(roots []string, out string) string {
 	return fmt.Sprintf(`  only_nix_store   = true
   store_paths      = %s
   output_directory = %q`, acc.HCLList(roots), out)
-}
-
-func sha256File(t *testing.T, p string) string {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 func qemuImg(t *testing.T, args ...string) string {
@@ -88,7 +72,7 @@ func TestAccConvertChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := sha256File(t, qcow) + "\tnixos.qcow2\n"; string(sums) != want {
+	if want := imagecheck.SHA256File(t, qcow) + "\tnixos.qcow2\n"; string(sums) != want {
 		t.Errorf("checksum file holds %q, want %q", sums, want)
 	}
 

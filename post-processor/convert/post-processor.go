@@ -54,7 +54,7 @@ type Config struct {
 	spec      convert.Spec
 	epoch     int64
 	seedGiven bool
-	ctx   interpolate.Context
+	ctx       interpolate.Context
 }
 
 type PostProcessor struct {

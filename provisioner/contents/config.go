@@ -17,6 +17,8 @@ import (
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
 // ConfigFileTarget is where `config_file` goes, as make-disk-image's
@@ -240,23 +242,7 @@ func parseMode(s string) (os.FileMode, error) {
 	if err != nil || n > 0o7777 {
 		return 0, fmt.Errorf("bad mode")
 	}
-	return unixMode(uint32(n)), nil
-}
-
-// unixMode turns permission bits with setuid, setgid and sticky into an
-// os.FileMode.
-func unixMode(n uint32) os.FileMode {
-	m := os.FileMode(n & 0o777)
-	if n&0o4000 != 0 {
-		m |= os.ModeSetuid
-	}
-	if n&0o2000 != 0 {
-		m |= os.ModeSetgid
-	}
-	if n&0o1000 != 0 {
-		m |= os.ModeSticky
-	}
-	return m
+	return unixmode.FileMode(uint32(n)), nil
 }
 
 func kind(fi os.FileInfo) string {

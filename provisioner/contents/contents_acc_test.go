@@ -15,33 +15,40 @@ import (
 // accTemplate is an install-mode nixos-image build of system with the given
 // provisioner blocks.
 func accTemplate(system, out, provisioners string) string {
-	return fmt.Sprintf(`packer {
-  required_plugins {
-    nixos = {
-      source  = "github.com/packer-plugin-nixos/nixos"
-      version = ">= 0.1.0"
-    }
-  }
-}
-
-source "nixos-image" "contents" {
-  system               = %q
+	return acc.Template("contents", fmt.Sprintf(`  system               = %q
   partition_table_type = "legacy"
   additional_space     = "16M"
   accelerator          = "tcg"
-  output_directory     = %q
-}
-
-build {
-  sources = ["source.nixos-image.contents"]
-%s
-}
-`, system, out, provisioners)
+  output_directory     = %q`, system, out), provisioners)
 }
 
 func runPacker(t *testing.T, name, tmpl string) acc.Result {
 	t.Helper()
 	return acc.Run(t, name, "nixos-contents", tmpl)
+}
+
+// want is what a provisioned path should be in the image.
+type want struct {
+	path     string
+	typ      string // as debugfs names it: regular, directory
+	mode     uint32
+	uid, gid uint32
+}
+
+// checkStats reads each path's inode back with debugfs.
+func checkStats(t *testing.T, fs imagecheck.FS, wants []want) {
+	t.Helper()
+	paths := make([]string, len(wants))
+	for i, w := range wants {
+		paths[i] = w.path
+	}
+	for i, st := range imagecheck.Stat(t, fs, paths) {
+		w := wants[i]
+		if st.Type != w.typ || st.Mode&0o7777 != w.mode || st.Uid != w.uid || st.Gid != w.gid {
+			t.Errorf("%s: %s mode %04o uid %d gid %d; want %s mode %04o uid %d gid %d",
+				w.path, st.Type, st.Mode&0o7777, st.Uid, st.Gid, w.typ, w.mode, w.uid, w.gid)
+		}
+	}
 }
 
 func tail(s string, n int) string { return acc.Tail(s, n) }
@@ -136,13 +143,7 @@ func TestAccContents(t *testing.T) {
 			t.Errorf("%s holds %q, want %q", p, got, want)
 		}
 	}
-	type want struct {
-		path     string
-		typ      string
-		mode     uint32
-		uid, gid uint32
-	}
-	wants := []want{
+	checkStats(t, fs, []want{
 		{"/etc/motd", "regular", 0o640, 1000, 100},
 		{"/etc/greeting", "regular", 0o644, 0, 0},
 		{"/etc/nixos/configuration.nix", "regular", 0o644, 0, 0},
@@ -153,18 +154,7 @@ func TestAccContents(t *testing.T) {
 		{"/srv/tree/sub/deeper/leaf", "regular", 0o644, 1000, 100},
 		{"/etc/conf.d/a.conf", "regular", 0o600, 0, 0},
 		{"/etc/conf.d/b.conf", "regular", 0o600, 0, 0},
-	}
-	paths := make([]string, len(wants))
-	for i, w := range wants {
-		paths[i] = w.path
-	}
-	for i, st := range imagecheck.Stat(t, fs, paths) {
-		w := wants[i]
-		if st.Type != w.typ || st.Mode&0o7777 != w.mode || st.Uid != w.uid || st.Gid != w.gid {
-			t.Errorf("%s: %s mode %04o uid %d gid %d; want %s mode %04o uid %d gid %d",
-				w.path, st.Type, st.Mode&0o7777, st.Uid, st.Gid, w.typ, w.mode, w.uid, w.gid)
-		}
-	}
+	})
 	if got := imagecheck.Debugfs(t, fs, "ls -l /etc/conf.d"); strings.Contains(got, "c.txt") {
 		t.Errorf("/etc/conf.d holds c.txt, which the glob does not match:\n%s", got)
 	}
@@ -181,34 +171,9 @@ func TestAccContents(t *testing.T) {
 // storeTemplate is a store-only nixos-image build of the closure of roots
 // with the given provisioner blocks.
 func storeTemplate(roots []string, out, provisioners string) string {
-	return fmt.Sprintf(`packer {
-  required_plugins {
-    nixos = {
-      source  = "github.com/packer-plugin-nixos/nixos"
-      version = ">= 0.1.0"
-    }
-  }
-}
-
-source "nixos-image" "store" {
-  only_nix_store   = true
-  store_paths      = [%s]
-  output_directory = %q
-}
-
-build {
-  sources = ["source.nixos-image.store"]
-%s
-}
-`, quoteList(roots), out, provisioners)
-}
-
-func quoteList(l []string) string {
-	q := make([]string, len(l))
-	for i, s := range l {
-		q[i] = fmt.Sprintf("%q", s)
-	}
-	return strings.Join(q, ", ")
+	return acc.Template("store", fmt.Sprintf(`  only_nix_store   = true
+  store_paths      = %s
+  output_directory = %q`, acc.HCLList(roots), out), provisioners)
 }
 
 // In store-only mode the contents land relative to the store filesystem's
@@ -263,32 +228,16 @@ func TestAccContentsStoreOnly(t *testing.T) {
 			t.Errorf("%s holds %q, want %q", p, got, want)
 		}
 	}
-	type want struct {
-		path     string
-		mode     uint32
-		uid, gid uint32
-	}
-	wants := []want{
-		{"/etc", 0o755, 0, 0}, // made for the file: root's
-		{"/etc/greeting", 0o640, 0, 30000},
-		{"/srv/tree", 0o755, 1000, 100},
-		{"/srv/tree/top", 0o600, 1000, 100},
-		{"/srv/tree/sub", 0o750, 1000, 100},
-		{"/srv/tree/sub/exe", 0o755, 1000, 100},
-		{"/conf.d/a.conf", 0o2750, 0, 0},
-		{"/conf.d/b.conf", 0o2750, 0, 0},
-	}
-	paths := make([]string, len(wants))
-	for i, w := range wants {
-		paths[i] = w.path
-	}
-	for i, st := range imagecheck.Stat(t, fs, paths) {
-		w := wants[i]
-		if st.Mode&0o7777 != w.mode || st.Uid != w.uid || st.Gid != w.gid {
-			t.Errorf("%s: mode %04o uid %d gid %d; want mode %04o uid %d gid %d",
-				w.path, st.Mode&0o7777, st.Uid, st.Gid, w.mode, w.uid, w.gid)
-		}
-	}
+	checkStats(t, fs, []want{
+		{"/etc", "directory", 0o755, 0, 0}, // made for the file: root's
+		{"/etc/greeting", "regular", 0o640, 0, 30000},
+		{"/srv/tree", "directory", 0o755, 1000, 100},
+		{"/srv/tree/top", "regular", 0o600, 1000, 100},
+		{"/srv/tree/sub", "directory", 0o750, 1000, 100},
+		{"/srv/tree/sub/exe", "regular", 0o755, 1000, 100},
+		{"/conf.d/a.conf", "regular", 0o2750, 0, 0},
+		{"/conf.d/b.conf", "regular", 0o2750, 0, 0},
+	})
 	// The store itself stays root's.
 	if st := imagecheck.Stat(t, fs, []string{"/" + filepath.Base(roots[0])})[0]; st.Uid != 0 || st.Gid != 0 {
 		t.Errorf("%s: uid %d gid %d; want root's", roots[0], st.Uid, st.Gid)
