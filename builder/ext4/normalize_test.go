@@ -229,7 +229,7 @@ func TestNormalizeKernelWrittenImagesIdentical(t *testing.T) {
 		umount()
 		imgs = append(imgs, img)
 	}
-	if fileSHA(t, imgs[0]) == fileSHA(t, imgs[1]) {
+	if imagecheck.SHA256File(t, imgs[0]) == imagecheck.SHA256File(t, imgs[1]) {
 		t.Log("images identical even before Normalize")
 	}
 	for i, img := range imgs {
@@ -240,7 +240,7 @@ func TestNormalizeKernelWrittenImagesIdentical(t *testing.T) {
 		}
 		imagecheck.Fsck(t, imagecheck.FS{Image: img})
 	}
-	if a, b := fileSHA(t, imgs[0]), fileSHA(t, imgs[1]); a != b {
+	if a, b := imagecheck.SHA256File(t, imgs[0]), imagecheck.SHA256File(t, imgs[1]); a != b {
 		// NORM_KEEP=dir keeps both images for comparing with debugfs.
 		if keep := os.Getenv("NORM_KEEP"); keep != "" {
 			run(t, "cp", "--sparse=always", imgs[0], filepath.Join(keep, "a.img"))
@@ -273,13 +273,13 @@ func TestNormalizeKernelWrittenImagesIdentical(t *testing.T) {
 	}
 
 	// Idempotent: nothing left to change.
-	sum := fileSHA(t, imgs[0])
+	sum := imagecheck.SHA256File(t, imgs[0])
 	rep := normalizeFile(t, imgs[0], NormalizeOptions{Time: normTime})
 	if rep.TimesChanged != 0 || rep.GenerationsZeroed != 0 || rep.VersionsZeroed != 0 || rep.BlocksResealed != 0 ||
 		rep.FreeInodesCleared != 0 || rep.JournalCleared || len(rep.SuperblockFields) != 0 {
 		t.Errorf("second Normalize changed something: %+v", rep)
 	}
-	if fileSHA(t, imgs[0]) != sum {
+	if imagecheck.SHA256File(t, imgs[0]) != sum {
 		t.Error("second Normalize changed bytes")
 	}
 
@@ -298,13 +298,13 @@ func TestNormalizeKernelWrittenImagesIdentical(t *testing.T) {
 // A writer image is already normal: clamping to a later time changes nothing.
 func TestNormalizeWriterImageUnchanged(t *testing.T) {
 	img := normImage(t)
-	sum := fileSHA(t, img)
+	sum := imagecheck.SHA256File(t, img)
 	rep := normalizeFile(t, img, NormalizeOptions{Time: testTime + 1000, Clamp: true})
 	if rep.Inodes == 0 || rep.TimesChanged != 0 || rep.GenerationsZeroed != 0 || rep.JournalCleared ||
 		len(rep.SuperblockFields) != 0 || rep.FreeInodesCleared != 0 {
 		t.Errorf("report on a writer image: %+v", rep)
 	}
-	if fileSHA(t, img) != sum {
+	if imagecheck.SHA256File(t, img) != sum {
 		t.Error("Normalize changed a writer image")
 	}
 }
@@ -343,7 +343,7 @@ func TestNormalizeRefusesMountedCopy(t *testing.T) {
 	run(t, "sync")
 	snap := copyImage(t, img)
 	umount()
-	sum := fileSHA(t, snap)
+	sum := imagecheck.SHA256File(t, snap)
 	f, err := os.OpenFile(snap, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -354,7 +354,7 @@ func TestNormalizeRefusesMountedCopy(t *testing.T) {
 		t.Fatalf("Normalize of a mounted snapshot: %v", err)
 	}
 	t.Log(err)
-	if fileSHA(t, snap) != sum {
+	if imagecheck.SHA256File(t, snap) != sum {
 		t.Error("refused Normalize wrote to the image")
 	}
 }

@@ -289,7 +289,7 @@ func checkDebugfs(t *testing.T, img string, ents []entry) {
 			continue
 		}
 		n++
-		if got := fileSHA(t, filepath.Join(dst, e.h.Name)); got != e.expectSHA() {
+		if got := imagecheck.SHA256File(t, filepath.Join(dst, e.h.Name)); got != e.expectSHA() {
 			t.Errorf("%s: rdump content differs", e.h.Name)
 		}
 	}
@@ -411,7 +411,7 @@ func checkKernel(t *testing.T, img string, ents []entry) {
 			case e.sparse != nil:
 				checkSparse(t, p, &e)
 			case len(e.data) > 0:
-				if got := fileSHA(t, p); got != e.expectSHA() {
+				if got := imagecheck.SHA256File(t, p); got != e.expectSHA() {
 					t.Errorf("kernel: %s content differs", e.h.Name)
 				}
 			}
@@ -478,7 +478,7 @@ func TestDeterministic(t *testing.T) {
 	b, _ := writeTree(t, small(0), opts)
 	c, _ := writeTree(t, small(1), opts)
 	fsck(t, a)
-	ha, hb, hc := fileSHA(t, a), fileSHA(t, b), fileSHA(t, c)
+	ha, hb, hc := imagecheck.SHA256File(t, a), imagecheck.SHA256File(t, b), imagecheck.SHA256File(t, c)
 	if ha != hb {
 		t.Errorf("same input, different images: %s %s", ha, hb)
 	}
@@ -487,7 +487,7 @@ func TestDeterministic(t *testing.T) {
 	}
 	opts.UUID[0]++
 	d, _ := writeTree(t, small(0), opts)
-	if fileSHA(t, d) == ha {
+	if imagecheck.SHA256File(t, d) == ha {
 		t.Error("changed UUID, same image")
 	}
 }

@@ -1,16 +1,15 @@
 package reproduce
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 func need(t *testing.T, tools ...string) {
@@ -27,20 +26,6 @@ func sh(t *testing.T, script string) {
 	if out, err := exec.Command("sh", "-ec", script).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", script, err, out)
 	}
-}
-
-func sum(t *testing.T, p string) string {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 const (
@@ -92,7 +77,7 @@ func TestImage(t *testing.T) {
 	change(t, a, "a")
 	time.Sleep(2100 * time.Millisecond) // FAT times have 2 s resolution
 	change(t, b, "b")
-	if sum(t, a) == sum(t, b) {
+	if imagecheck.SHA256File(t, a) == imagecheck.SHA256File(t, b) {
 		t.Fatal("the copies are identical before normalising: the test proves nothing")
 	}
 	o := Options{Seed: []byte("test"), Time: 1700000000}
@@ -115,7 +100,7 @@ func TestImage(t *testing.T) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
-	if sum(t, a) != sum(t, b) {
+	if imagecheck.SHA256File(t, a) != imagecheck.SHA256File(t, b) {
 		t.Errorf("normalised copies differ:\n%s\n---\n%s", report, strings.Join(lb, "\n"))
 	}
 	sh(t, fmt.Sprintf(`
@@ -125,12 +110,12 @@ dd if=%[1]s of=%[1]s.esp bs=1M skip=%[3]d count=%[4]d status=none
 fsck.vfat -n %[1]s.esp >/dev/null
 `, a, rootStart, espStart>>20, espSize>>20))
 
-	before := sum(t, a)
+	before := imagecheck.SHA256File(t, a)
 	again, err := Image(a, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sum(t, a) != before {
+	if imagecheck.SHA256File(t, a) != before {
 		t.Errorf("a second run changed the image:\n%s", strings.Join(again, "\n"))
 	}
 }

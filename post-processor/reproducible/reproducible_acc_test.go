@@ -1,10 +1,7 @@
 package reproducible
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,17 +66,7 @@ func sums(t *testing.T, dir string) map[string]string {
 	}
 	out := map[string]string{}
 	for _, e := range ents {
-		f, err := os.Open(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := sha256.New()
-		_, err = io.Copy(h, f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[e.Name()] = hex.EncodeToString(h.Sum(nil))
+		out[e.Name()] = imagecheck.SHA256File(t, filepath.Join(dir, e.Name()))
 	}
 	return out
 }

@@ -27,6 +27,20 @@ func runPacker(t *testing.T, name, tmpl string) acc.Result {
 	return acc.Run(t, name, "nixos-contents", tmpl)
 }
 
+// checkImage checks the root filesystem of img (its first partition) with
+// e2fsck and reads each file back, and returns it for further checks.
+func checkImage(t *testing.T, img string, contents map[string]string) imagecheck.FS {
+	t.Helper()
+	fs := imagecheck.FS{Image: img, Offset: imagecheck.Partitions(t, img)[0].Start}
+	imagecheck.Fsck(t, fs)
+	for p, want := range contents {
+		if got := imagecheck.Debugfs(t, fs, "cat "+p); got != want {
+			t.Errorf("%s holds %q, want %q", p, got, want)
+		}
+	}
+	return fs
+}
+
 // want is what a provisioned path should be in the image.
 type want struct {
 	path     string
@@ -127,9 +141,7 @@ func TestAccContents(t *testing.T) {
 	}
 
 	img := filepath.Join(out, "nixos.img")
-	fs := imagecheck.FS{Image: img, Offset: imagecheck.Partitions(t, img)[0].Start}
-	imagecheck.Fsck(t, fs)
-	for p, want := range map[string]string{
+	fs := checkImage(t, img, map[string]string{
 		"/etc/motd":                    "welcome to the contents test\n",
 		"/etc/greeting":                "hello\n",
 		"/etc/nixos/configuration.nix": "{ ... }: { }\n",
@@ -138,11 +150,7 @@ func TestAccContents(t *testing.T) {
 		"/srv/tree/sub/deeper/leaf":    "leaf\n",
 		"/etc/conf.d/a.conf":           "a\n",
 		"/etc/conf.d/b.conf":           "b\n",
-	} {
-		if got := imagecheck.Debugfs(t, fs, "cat "+p); got != want {
-			t.Errorf("%s holds %q, want %q", p, got, want)
-		}
-	}
+	})
 	checkStats(t, fs, []want{
 		{"/etc/motd", "regular", 0o640, 1000, 100},
 		{"/etc/greeting", "regular", 0o644, 0, 0},
@@ -215,19 +223,13 @@ func TestAccContentsStoreOnly(t *testing.T) {
 	res.MustSucceed(t)
 
 	img := filepath.Join(out, "nixos.img")
-	fs := imagecheck.FS{Image: img, Offset: imagecheck.Partitions(t, img)[0].Start}
-	imagecheck.Fsck(t, fs)
-	for p, want := range map[string]string{
+	fs := checkImage(t, img, map[string]string{
 		"/etc/greeting":     "hello\n",
 		"/srv/tree/top":     "top\n",
 		"/srv/tree/sub/exe": "#!/bin/sh\n",
 		"/conf.d/a.conf":    "a\n",
 		"/conf.d/b.conf":    "b\n",
-	} {
-		if got := imagecheck.Debugfs(t, fs, "cat "+p); got != want {
-			t.Errorf("%s holds %q, want %q", p, got, want)
-		}
-	}
+	})
 	checkStats(t, fs, []want{
 		{"/etc", "directory", 0o755, 0, 0}, // made for the file: root's
 		{"/etc/greeting", "regular", 0o640, 0, 30000},
