@@ -90,6 +90,11 @@ func Find(a packersdk.Artifact) (Disk, error) {
 	}
 	d.State.DiskSize, _ = a.State("diskSize").(string)
 	d.State.DomainType, _ = a.State("domainType").(string)
+	if d.State.DomainType == "" {
+		// vagrant's libvirt provider requires one; tcg (libvirt's qemu
+		// driver) runs anywhere, as nixos-image's own images do.
+		d.State.DomainType = "tcg"
+	}
 	if g, ok := a.State("generated_data").(map[string]interface{}); ok {
 		d.State.Generated = g
 	}

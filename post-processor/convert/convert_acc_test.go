@@ -222,6 +222,11 @@ build {
 		os.RemoveAll(out)
 		acc.Run(t, "convert_force", "nixos-convert", tmpl, "-force").MustSucceed(t)
 		qemuImg(t, "check", "-f", "vdi", mine)
+		// keep_input_artifact unset: Packer deleted the builder's image,
+		// and nothing else.
+		if _, err := os.Stat(filepath.Join(out, "nixos.img")); !os.IsNotExist(err) {
+			t.Errorf("the input image was kept without keep_input_artifact: %v", err)
+		}
 	})
 }
 
@@ -246,5 +251,52 @@ func TestAccConvertInterrupt(t *testing.T) {
 	}
 	if procs, _ := exec.Command("pgrep", "-f", "qemu-img convert.*"+regexp.QuoteMeta(out)).Output(); len(procs) > 0 {
 		t.Errorf("qemu-img left running: %s", procs)
+	}
+}
+
+// Packer's vagrant post-processor (plugin github.com/hashicorp/vagrant, which
+// make setup installs) makes a libvirt box from what nixos-convert hands on:
+// it reads diskName, diskType, diskSize and domainType.
+func TestAccConvertVagrantLibvirt(t *testing.T) {
+	roots := fixtures.Build(t, "small")
+	out := filepath.Join(t.TempDir(), "out")
+	box := filepath.Join(out, "nixos.box")
+	res := acc.Run(t, "convert_vagrant", "nixos-convert", acc.Template("box", storeSource(roots, out), fmt.Sprintf(`
+  post-processors {
+    post-processor "nixos-convert" {
+      format              = "qcow2"
+      keep_input_artifact = true
+    }
+    post-processor "vagrant" {
+      provider_override = "libvirt"
+      output            = %q
+    }
+  }`, box)))
+	res.MustSucceed(t)
+
+	dir := t.TempDir()
+	if out, err := exec.Command("tar", "-xzf", box, "-C", dir).CombinedOutput(); err != nil {
+		t.Fatalf("tar -xzf %s: %v\n%s", box, err, out)
+	}
+	var meta struct {
+		Provider    string `json:"provider"`
+		Format      string `json:"format"`
+		VirtualSize int64  `json:"virtual_size"`
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "metadata.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &meta); err != nil {
+		t.Fatal(err)
+	}
+	if meta.Provider != "libvirt" || meta.Format != "qcow2" || meta.VirtualSize < 1 {
+		t.Errorf("metadata.json: %s", b)
+	}
+	if vf, _ := os.ReadFile(filepath.Join(dir, "Vagrantfile")); !strings.Contains(string(vf), `libvirt.driver = "qemu"`) {
+		t.Errorf("Vagrantfile (domainType tcg wants the qemu driver):\n%s", vf)
+	}
+	if got := qemuImg(t, "compare", "-f", "raw", "-F", "qcow2", filepath.Join(out, "nixos.img"), filepath.Join(dir, "box.img")); !strings.Contains(got, "Images are identical") {
+		t.Errorf("box.img: %s", got)
 	}
 }
