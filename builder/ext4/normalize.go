@@ -751,7 +751,7 @@ func (n *normalizer) superblocks() error {
 	for _, t := range []struct {
 		name   string
 		lo, hi int
-	}{{"s_mtime", 0x2C, 0x275}, {"s_wtime", 0x30, 0x274}, {"s_lastcheck", 0x40, 0x277}} {
+	}{{"s_mtime", 0x2C, 0x275}, {"s_wtime", 0x30, 0x274}, {"s_lastcheck", 0x40, 0x277}, {"s_mkfs_time", 0x108, 0x276}} {
 		cur := int64(le.Uint32(sb[t.lo:])) | int64(sb[t.hi])<<32
 		if n.o.Clamp && cur <= n.o.Time {
 			continue

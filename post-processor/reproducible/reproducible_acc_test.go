@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
@@ -222,5 +223,52 @@ func TestAccReproducibleInstall(t *testing.T) {
 				t.Errorf("the normalised image booted to %q", line)
 			}
 		})
+	}
+}
+
+// Another builder's image: Packer's file builder hands over a GPT disk made
+// by sgdisk and mkfs.ext4 (random GUIDs, a random-free but clock-stamped
+// filesystem); two such disks made seconds apart come out of
+// nixos-reproducible byte-identical, and still sound.
+func TestAccReproducibleForeignImage(t *testing.T) {
+	var outs [2]string
+	for i := range outs {
+		dir := t.TempDir()
+		src := filepath.Join(dir, "made-elsewhere.img")
+		script := fmt.Sprintf(`truncate -s 64M %[1]s
+sgdisk -o -n1:2048:0 -t1:8300 %[1]s >/dev/null
+mkfs.ext4 -q -F -b 4096 -U 3f6b2a4e-8c1d-4f0e-9a57-2d7c1b9e0f11 -E offset=1048576,hash_seed=3f6b2a4e-8c1d-4f0e-9a57-2d7c1b9e0f11 %[1]s 63M`, src)
+		if out, err := exec.Command("sh", "-ec", script).CombinedOutput(); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		outs[i] = filepath.Join(dir, "out.img")
+		res := acc.Run(t, fmt.Sprintf("repro_foreign_%d", i), "nixos-reproducible", fmt.Sprintf(`source "file" "disk" {
+  source = %q
+  target = %q
+}
+
+build {
+  sources = ["source.file.disk"]
+  post-processor "nixos-reproducible" {
+    seed = "foreign"
+  }
+}
+`, src, outs[i]))
+		res.MustSucceed(t)
+		for _, w := range []string{"partition table (gpt): MBR disk signature, disk GUID, partition 1 GUID", "partition 1 (ext4): "} {
+			if !res.Has(w) {
+				t.Errorf("the report lacks %q", w)
+			}
+		}
+		if i == 0 {
+			time.Sleep(1100 * time.Millisecond) // the next mkfs stamps another second
+		}
+	}
+	if a, b := imagecheck.SHA256File(t, outs[0]), imagecheck.SHA256File(t, outs[1]); a != b {
+		t.Errorf("two normalised disks differ: %s vs %s", a, b)
+	}
+	imagecheck.Fsck(t, imagecheck.FS{Image: outs[0], Offset: 1 << 20})
+	if out, err := exec.Command("sgdisk", "-v", outs[0]).CombinedOutput(); err != nil || !strings.Contains(string(out), "No problems found") {
+		t.Errorf("sgdisk -v: %v\n%s", err, out)
 	}
 }
