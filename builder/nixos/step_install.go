@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +19,7 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/reproduce"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
@@ -333,7 +333,7 @@ func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui) e
 		if err != nil {
 			return err
 		}
-		sorted := sortLines(buf.Bytes())
+		sorted := reproduce.SortLines(buf.Bytes())
 		if bytes.Equal(sorted, buf.Bytes()) {
 			continue
 		}
@@ -354,20 +354,6 @@ func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui) e
 		ui.Say("Deterministic image: " + strings.Join(done, ", "))
 	}
 	return nil
-}
-
-// sortLines sorts a file's lines bytewise, keeping a final newline.
-func sortLines(b []byte) []byte {
-	if len(b) == 0 {
-		return b
-	}
-	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-	sort.Strings(lines)
-	out := strings.Join(lines, "\n")
-	if strings.HasSuffix(string(b), "\n") {
-		out += "\n"
-	}
-	return []byte(out)
 }
 
 // finish leaves the image as nixos-install does and powers the VM off.

@@ -227,9 +227,22 @@ func filesystem(f *os.File, off int64, name string, o Options) (string, error) {
 	}
 	switch {
 	case binary.LittleEndian.Uint16(head[1024+56:]) == 0xEF53:
-		r, err := ext4.Normalize(f, off, ext4.NormalizeOptions{Time: o.Time, Clamp: true})
+		opts := ext4.NormalizeOptions{Time: o.Time, Clamp: true}
+		// A first pass checks the layout is one Normalize knows before
+		// any file inside is touched; the second clears what debugfs'
+		// edits left (times, the removed machine-id's inode).
+		r, err := ext4.Normalize(f, off, opts)
 		if err != nil {
 			return fmt.Sprintf("left alone: %s (ext4): %v", name, err), nil
+		}
+		files, err := rootFiles(f, off, o)
+		if err != nil {
+			return "", fmt.Errorf("%s (ext4): %w", name, err)
+		}
+		if len(files) > 0 {
+			if _, err := ext4.Normalize(f, off, opts); err != nil {
+				return "", fmt.Errorf("%s (ext4) after editing its files: %w", name, err)
+			}
 		}
 		l := fmt.Sprintf("%s (ext4): %d of %d inodes' times, %d generations, %d versions", name, r.TimesChanged, r.Inodes, r.GenerationsZeroed, r.VersionsZeroed)
 		if r.JournalCleared {
@@ -237,6 +250,9 @@ func filesystem(f *os.File, off int64, name string, o Options) (string, error) {
 		}
 		if len(r.SuperblockFields) > 0 {
 			l += ", superblock " + strings.Join(r.SuperblockFields, " ")
+		}
+		if len(files) > 0 {
+			l += "; " + strings.Join(files, ", ")
 		}
 		return l + "; UUID and hash seed kept (the system refers to them)", nil
 	case bytes.Equal(head[82:90], []byte("FAT32   ")):

@@ -181,3 +181,65 @@ func TestContentSeed(t *testing.T) {
 		t.Error("a different base gave the same seed")
 	}
 }
+
+// An installed root from another builder: /etc/shadow in activation's
+// order, a machine-id, a Nix database stamped with the build time. Two of
+// them, made at different times with different machine-ids, come out the
+// same, still sound, with the files settled.
+func TestImageInstalledRoot(t *testing.T) {
+	need(t, "mkfs.ext4", "debugfs", "e2fsck", "sqlite3")
+	const uuid = "3f6b2a4e-8c1d-4f0e-9a57-2d7c1b9e0f11"
+	var imgs [2]string
+	for i := range imgs {
+		root := t.TempDir()
+		imgs[i] = filepath.Join(t.TempDir(), "root.img")
+		sh(t, fmt.Sprintf(`
+cd %[1]s
+mkdir -p etc nix/var/nix/db
+printf 'root:!:1::::::\nalice:!:1::::::\nbob:!:1::::::\n' > etc/shadow
+head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > etc/machine-id; echo >> etc/machine-id
+sqlite3 nix/var/nix/db/db.sqlite "CREATE TABLE ValidPaths (id integer primary key autoincrement not null, path text unique not null, hash text not null, registrationTime integer not null, deriver text, narSize integer);
+INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES ('/nix/store/aaa-a', 'sha256:0', $(date +%%s), 1), ('/nix/store/bbb-b', 'sha256:1', $(date +%%s), 2);"
+truncate -s 64M %[2]s
+mkfs.ext4 -q -F -b 4096 -U %[3]s -E hash_seed=%[3]s -d %[1]s %[2]s
+`, root, imgs[i], uuid))
+		if i == 0 {
+			time.Sleep(1100 * time.Millisecond)
+		}
+	}
+	if imagecheck.SHA256File(t, imgs[0]) == imagecheck.SHA256File(t, imgs[1]) {
+		t.Fatal("the two roots are identical before normalising: the test proves nothing")
+	}
+	o := Options{Seed: []byte("test"), Time: 1700000000}
+	var report string
+	for _, img := range imgs {
+		lines, err := Image(img, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		report = strings.Join(lines, "\n")
+	}
+	t.Log(report)
+	for _, want := range []string{"/etc/shadow sorted", "/nix/var/nix/db/db.sqlite registrationTime", "/etc/machine-id removed"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if a, b := imagecheck.SHA256File(t, imgs[0]), imagecheck.SHA256File(t, imgs[1]); a != b {
+		t.Errorf("normalised roots differ: %s vs %s", a, b)
+	}
+	fs := imagecheck.FS{Image: imgs[0]}
+	imagecheck.Fsck(t, fs)
+	if got := imagecheck.Debugfs(t, fs, "cat /etc/shadow"); got != "alice:!:1::::::\nbob:!:1::::::\nroot:!:1::::::\n" {
+		t.Errorf("/etc/shadow: %q", got)
+	}
+	if got := imagecheck.Debugfs(t, fs, "ls /etc"); strings.Contains(got, "machine-id") {
+		t.Errorf("/etc still lists machine-id: %s", got)
+	}
+	db := filepath.Join(t.TempDir(), "db.sqlite")
+	imagecheck.Debugfs(t, fs, "dump /nix/var/nix/db/db.sqlite "+db)
+	out, err := exec.Command("sqlite3", db, "SELECT DISTINCT registrationTime FROM ValidPaths; PRAGMA integrity_check;").CombinedOutput()
+	if err != nil || string(out) != "1700000000\nok\n" {
+		t.Errorf("the database after normalising: %v\n%s", err, out)
+	}
+}
