@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/kmod"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 // fixture is a small tree: a text file, a multi-block binary file in a
@@ -52,11 +54,7 @@ func requireTools(t *testing.T, tools ...string) {
 	if testing.Short() {
 		t.Skip("boots a VM under TCG; skipped with -short")
 	}
-	for _, tool := range append(tools, "qemu-system-x86_64", "mkfs.ext4") {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	imagecheck.RequireTool(t, append(tools, "qemu-system-x86_64", "mkfs.ext4")...)
 	if _, err := DefaultKernel(); err != nil {
 		t.Skip(err)
 	}

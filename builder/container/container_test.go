@@ -13,16 +13,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 var testOpts = Options{Seed: []byte("test image"), Time: 1700000000}
-
-func qemuImg(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
-	}
-}
 
 func run(t *testing.T, args ...string) string {
 	t.Helper()
@@ -142,7 +137,7 @@ func convertAll(t *testing.T, raws map[string]string, dir string) {
 }
 
 func TestNormalizeQemuImgOutput(t *testing.T) {
-	qemuImg(t)
+	imagecheck.RequireTool(t, "qemu-img")
 	dir := t.TempDir()
 	raws := map[string]string{"small": filepath.Join(dir, "small.raw"), "log": filepath.Join(dir, "log.raw")}
 	const mib = 1 << 20
@@ -243,7 +238,7 @@ func TestRawUntouched(t *testing.T) {
 // convertOne converts a small raw image to the format and returns the path.
 func convertOne(t *testing.T, format Format, args ...string) (raw, out string) {
 	t.Helper()
-	qemuImg(t)
+	imagecheck.RequireTool(t, "qemu-img")
 	dir := t.TempDir()
 	raw, out = filepath.Join(dir, "disk.raw"), filepath.Join(dir, "disk")
 	writeRaw(t, raw, 16<<20, 1<<20, 0, 9<<20)
@@ -329,9 +324,7 @@ func TestRefusesDamage(t *testing.T) {
 // Normalised images stay writable: qemu takes a vhdx whose stale log was
 // cleared as one with an empty log, writes through it and reads back.
 func TestNormalizedStaysWritable(t *testing.T) {
-	if _, err := exec.LookPath("qemu-io"); err != nil {
-		t.Skip("qemu-io is not installed")
-	}
+	imagecheck.RequireTool(t, "qemu-io")
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "raw")
 	writeRaw(t, raw, 64<<20, 1<<20, 0, 8<<20)

@@ -9,14 +9,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-)
 
-func needQemuImg(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img is not installed (make setup)")
-	}
-}
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
+)
 
 // rawImage is a sparse image with pseudo-random data at a few offsets.
 func rawImage(t *testing.T, size int64) string {
@@ -42,7 +37,7 @@ func rawImage(t *testing.T, size int64) string {
 }
 
 func TestEveryFormat(t *testing.T) {
-	needQemuImg(t)
+	imagecheck.RequireTool(t, "qemu-img")
 	src := rawImage(t, 64<<20)
 	d := Driver{}
 	for _, c := range []struct{ format, compression string }{
@@ -107,7 +102,7 @@ func TestParseErrors(t *testing.T) {
 // A 100 GiB sparse raw image converts with bounded memory and the output
 // stays sparse: qemu-img skips holes rather than reading them.
 func TestSparseHugeInputBoundedMemory(t *testing.T) {
-	needQemuImg(t)
+	imagecheck.RequireTool(t, "qemu-img")
 	src := rawImage(t, 100<<30)
 	for _, name := range []string{"raw", "qcow2", "vpc", "vmdk"} {
 		s, _ := Parse(name, "")

@@ -15,6 +15,8 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/diskfs/go-diskfs/partition/mbr"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 // rootSize is deliberately not a MiB multiple, so the rounding shows.
@@ -89,15 +91,6 @@ func partedScript(t Type, bootEndMiB int64) []string {
 			"mkpart", "no-fs", "0", "1024KiB", "set", "2", "bios_grub", "on", "mkpart", "primary", "ext4", b, "100%"}
 	}
 	return nil
-}
-
-func need(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
 }
 
 func run(t *testing.T, name string, args ...string) string {
@@ -200,7 +193,7 @@ var (
 )
 
 func TestWriteGPT(t *testing.T) {
-	need(t, "sgdisk", "sfdisk")
+	imagecheck.RequireTool(t, "sgdisk", "sfdisk")
 	for _, typ := range []Type{LegacyGPT, EFI, EFIXBootLdr, Hybrid} {
 		t.Run(typ.String(), func(t *testing.T) {
 			l := planDefault(t, typ)
@@ -318,7 +311,7 @@ func checkDiskfs(t *testing.T, l *Layout, img string) {
 }
 
 func TestWriteLegacy(t *testing.T) {
-	need(t, "sfdisk")
+	imagecheck.RequireTool(t, "sfdisk")
 	l := planDefault(t, Legacy)
 	img := writeImage(t, l)
 	checkMBR(t, l, img)
@@ -347,7 +340,7 @@ func TestWriteNone(t *testing.T) {
 // the same size and compares every partition, for the default boot size
 // and for an odd fixed disk with another boot size.
 func TestMatchesParted(t *testing.T) {
-	need(t, "parted", "sfdisk")
+	imagecheck.RequireTool(t, "parted", "sfdisk")
 	cases := []Options{}
 	for _, typ := range []Type{Legacy, LegacyGPT, EFI, EFIXBootLdr, Hybrid} {
 		cases = append(cases, Options{Type: typ, RootSize: rootSize})
@@ -392,7 +385,7 @@ func TestMatchesParted(t *testing.T) {
 // TestHybridMBR compares our hybrid MBR with what sgdisk --hybrid=1:3 makes
 // of the same GPT.
 func TestHybridMBR(t *testing.T) {
-	need(t, "sgdisk", "sfdisk")
+	imagecheck.RequireTool(t, "sgdisk", "sfdisk")
 	plain := planDefault(t, Hybrid)
 	ref := writeImage(t, plain)
 	run(t, "sgdisk", "--hybrid=1:3", ref)
@@ -525,7 +518,7 @@ func TestOptions(t *testing.T) {
 }
 
 func TestBigDisk(t *testing.T) {
-	need(t, "sgdisk", "sfdisk")
+	imagecheck.RequireTool(t, "sgdisk", "sfdisk")
 	l, err := Plan(Options{Type: EFI, RootSize: rootSize, DiskSize: 3 << 40})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 const normDisk = 32 * MiB
@@ -179,7 +181,7 @@ func changedOnly(t *testing.T, before, after map[int64][]byte, allowed [][2]int6
 }
 
 func TestNormalizeGPT(t *testing.T) {
-	need(t, "sgdisk", "sfdisk")
+	imagecheck.RequireTool(t, "sgdisk", "sfdisk")
 	a, b := sgdiskImage(t), sgdiskImage(t)
 	if digest(t, a) == digest(t, b) {
 		t.Fatal("two sgdisk runs made identical images: the test would prove nothing")
@@ -269,7 +271,7 @@ func TestNormalizeGPT(t *testing.T) {
 // TestNormalizeBackup damages the backup GPT; Normalize rebuilds it from
 // the primary and says so.
 func TestNormalizeBackup(t *testing.T) {
-	need(t, "sgdisk")
+	imagecheck.RequireTool(t, "sgdisk")
 	img := sgdiskImage(t)
 	ref := copyImage(t, img)
 	mustNormalize(t, ref, "s1")
@@ -293,7 +295,7 @@ func TestNormalizeBackup(t *testing.T) {
 }
 
 func TestNormalizeRefuses(t *testing.T) {
-	need(t, "sgdisk", "sfdisk")
+	imagecheck.RequireTool(t, "sgdisk", "sfdisk")
 	poke := func(off int64, b ...byte) func(*testing.T, string) {
 		return func(t *testing.T, img string) {
 			f, err := os.OpenFile(img, os.O_RDWR, 0)
@@ -349,7 +351,7 @@ func TestNormalizeRefuses(t *testing.T) {
 }
 
 func TestNormalizeDOS(t *testing.T) {
-	need(t, "sfdisk")
+	imagecheck.RequireTool(t, "sfdisk")
 	a, b := sfdiskDOS(t), sfdiskDOS(t)
 	if digest(t, a) == digest(t, b) {
 		t.Fatal("two sfdisk runs made identical images: the test would prove nothing")
@@ -385,7 +387,7 @@ func TestNormalizeNone(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			img := blank(t, name+".img")
 			if mkfs != nil {
-				need(t, mkfs[0])
+				imagecheck.RequireTool(t, mkfs[0])
 				run(t, mkfs[0], append(mkfs[1:], img)...)
 			}
 			sum := digest(t, img)
@@ -412,7 +414,7 @@ func TestNormalizeNone(t *testing.T) {
 // seed the disk GUID and MBR signature stay (same roles), the partition
 // GUIDs change to the partition-N ones, and the disk stays valid.
 func TestNormalizeWritten(t *testing.T) {
-	need(t, "sgdisk", "sfdisk")
+	imagecheck.RequireTool(t, "sgdisk", "sfdisk")
 	for _, o := range []Options{{Type: Legacy}, {Type: LegacyGPT}, {Type: EFI}, {Type: EFIXBootLdr}, {Type: Hybrid}, {Type: Hybrid, HybridMBR: true}} {
 		name := o.Type.String()
 		if o.HybridMBR {

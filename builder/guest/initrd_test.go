@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/kmod"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 // fakeModules makes a modules directory with one module of each
@@ -40,9 +42,7 @@ func fakeModules(t *testing.T) string {
 
 func listCpio(t *testing.T, gz []byte) (names []string, tree string) {
 	t.Helper()
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip(err)
-	}
+	imagecheck.RequireTool(t, "cpio")
 	zr, err := gzip.NewReader(bytes.NewReader(gz))
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/kmod"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 var (
@@ -32,11 +34,7 @@ func testInitrd(t *testing.T) (kernel, initrd string) {
 		t.Skip("boots QEMU")
 	}
 	requireRoot(t)
-	for _, tool := range []string{"qemu-system-x86_64", "mkfs.ext4"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skip(err)
-		}
-	}
+	imagecheck.RequireTool(t, "qemu-system-x86_64", "mkfs.ext4")
 	initrdOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "guest-initrd-")
 		if err != nil {

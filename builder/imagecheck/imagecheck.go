@@ -34,11 +34,14 @@ func (fs FS) spec() string {
 
 func (fs FS) String() string { return fs.spec() }
 
-// RequireTool skips the test when name is not on PATH.
-func RequireTool(t testing.TB, name string) {
+// RequireTool skips the test when one of the tools is not on PATH (make
+// setup installs them all).
+func RequireTool(t testing.TB, names ...string) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed", name)
+	for _, name := range names {
+		if _, err := exec.LookPath(name); err != nil {
+			t.Skipf("%s not installed (make setup)", name)
+		}
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
 type entry struct {
@@ -116,9 +118,7 @@ func TestDeterministic(t *testing.T) {
 // TestGNUCpio uses GNU cpio as the oracle: it must list and extract the
 // archive with the names, modes, owners, times, targets and content written.
 func TestGNUCpio(t *testing.T) {
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("cpio not installed")
-	}
+	imagecheck.RequireTool(t, "cpio")
 	archive := build(t, sample())
 
 	list := exec.Command("cpio", "-it", "--quiet")

@@ -12,15 +12,6 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
 )
 
-func need(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (make setup)", tool)
-		}
-	}
-}
-
 func sh(t *testing.T, script string) {
 	t.Helper()
 	if out, err := exec.Command("sh", "-ec", script).CombinedOutput(); err != nil {
@@ -70,7 +61,7 @@ debugfs -w -R "write %[3]s /etc-file" "%[1]s?offset=%[4]d" >/dev/null 2>&1
 // checked by sgdisk, e2fsck and fsck.vfat; what cannot be normalised is
 // named, and a second run changes nothing.
 func TestImage(t *testing.T) {
-	need(t, "sgdisk", "mkfs.vfat", "mkfs.ext4", "mcopy", "debugfs", "e2fsck", "fsck.vfat")
+	imagecheck.RequireTool(t, "sgdisk", "mkfs.vfat", "mkfs.ext4", "mcopy", "debugfs", "e2fsck", "fsck.vfat")
 	a := disk(t, t.TempDir())
 	b := filepath.Join(t.TempDir(), "disk.img")
 	sh(t, "cp --sparse=always "+a+" "+b)
@@ -123,7 +114,7 @@ fsck.vfat -n %[1]s.esp >/dev/null
 // A container image gets its header normalised, and says its filesystems
 // were not.
 func TestImageContainer(t *testing.T) {
-	need(t, "qemu-img")
+	imagecheck.RequireTool(t, "qemu-img")
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "raw")
 	sh(t, "truncate -s 16M "+raw+" && echo data | dd of="+raw+" bs=1 seek=1048576 conv=notrunc status=none")
@@ -187,7 +178,7 @@ func TestContentSeed(t *testing.T) {
 // them, made at different times with different machine-ids, come out the
 // same, still sound, with the files settled.
 func TestImageInstalledRoot(t *testing.T) {
-	need(t, "mkfs.ext4", "debugfs", "e2fsck", "sqlite3")
+	imagecheck.RequireTool(t, "mkfs.ext4", "debugfs", "e2fsck", "sqlite3")
 	const uuid = "3f6b2a4e-8c1d-4f0e-9a57-2d7c1b9e0f11"
 	var imgs [2]string
 	for i := range imgs {
