@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -72,7 +73,7 @@ func main() {
 	if *onlyList != "" {
 		c.only = map[string]bool{}
 		for _, k := range strings.Split(*onlyList, ",") {
-			if !contains(contenderKeys, k) {
+			if !slices.Contains(contenderKeys, k) {
 				fatalf("-only: unknown contender %q (known: %s)", k, strings.Join(contenderKeys, ","))
 			}
 			c.only[k] = true
@@ -215,15 +216,6 @@ func machine() string {
 		n = strings.Count(string(b), "\nprocessor") + 1
 	}
 	return fmt.Sprintf("%s, %d CPUs, %s", model, n, time.Now().UTC().Format("2006-01-02"))
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func logf(format string, args ...any) {

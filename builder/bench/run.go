@@ -286,9 +286,7 @@ func measure(ctx context.Context, c config, ct contender, image string) *row {
 		}
 		if fi, err := os.Stat(image); err == nil {
 			r.size = fi.Size()
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-				r.alloc = st.Blocks * 512
-			}
+			r.alloc = allocatedBytes(fi)
 		}
 	}
 	os.Remove(image)

@@ -9,6 +9,8 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/diskartifact"
 )
 
 // Artifact is the image file the builder wrote.
@@ -70,7 +72,7 @@ func (a *Artifact) State(name string) interface{} {
 	case "diskType":
 		return a.diskType
 	case "diskSize":
-		return fmt.Sprintf("%dM", (a.diskBytes+1<<20-1)>>20) // vagrant parses qemu size strings
+		return diskartifact.SizeString(a.diskBytes) // vagrant parses qemu size strings
 	case "domainType":
 		return "tcg" // libvirt's plain qemu driver: the image needs no KVM
 	case "efiVars":

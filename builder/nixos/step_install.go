@@ -324,7 +324,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui) error {
 	cl := s.client
 	var done []string
-	for _, f := range []string{"/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid"} {
+	for _, f := range reproduce.AccountFiles {
 		var buf bytes.Buffer
 		fi, err := cl.Download(ctx, guestRoot+f, &buf)
 		if isNotExist(err) {
@@ -360,7 +360,7 @@ func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui) e
 func (s *stepInstall) finish(ctx context.Context, ui packersdk.Ui) error {
 	cl := s.client
 	// Every image would share one machine identity otherwise.
-	if err := cl.Remove(ctx, guestRoot+"/etc/machine-id", false); err != nil && !isNotExist(err) {
+	if err := cl.Remove(ctx, guestRoot+reproduce.MachineIDFile, false); err != nil && !isNotExist(err) {
 		return err
 	}
 	if err := cl.Unmount(ctx, guestRoot); err != nil {

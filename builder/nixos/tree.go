@@ -5,6 +5,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
@@ -156,7 +157,7 @@ func (s *installTree) skeleton() []skelEntry {
 		{"root", 0o700}, {"root/.nix-defexpr", 0o700}, {"root/.nix-defexpr/channels", 0},
 		{"sys", 0o755}, {"tmp", 0o1777},
 	} {
-		if e.name == "efi" && !contains(s.mountDirs, "efi") {
+		if e.name == "efi" && !slices.Contains(s.mountDirs, "efi") {
 			continue
 		}
 		if strings.HasPrefix(e.name, "root/") && !s.channel {
@@ -165,15 +166,6 @@ func (s *installTree) skeleton() []skelEntry {
 		out = append(out, e)
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // nixbldGID is the group NixOS gives /nix/store (ids.gids.nixbld).

@@ -17,9 +17,12 @@ import (
 // machine of a build: nixos-reproducible settles them in images other
 // builders made (nixos-image settles them while it builds).
 var (
-	sortedFiles   = []string{"/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid"}
+	// AccountFiles are kept sorted: activation appends accounts in Perl's
+	// random hash order.
+	AccountFiles = []string{"/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid"}
+	// MachineIDFile names the machine; an image must not carry one.
+	MachineIDFile = "/etc/machine-id"
 	nixDB         = "/nix/var/nix/db/db.sqlite"
-	machineIDFile = "/etc/machine-id"
 )
 
 // debugfs is e2fsprogs' debugfs on one ext4 filesystem inside an image:
@@ -137,7 +140,7 @@ func rootFiles(f *os.File, off int64, o Options) ([]string, error) {
 	d := debugfs{image: f.Name(), off: off}
 	const blockSize = 4096 // ext4.Normalize accepts nothing else
 	var done []string
-	for _, p := range sortedFiles {
+	for _, p := range AccountFiles {
 		size, blocks, err := d.stat(p)
 		if err == errNotFound {
 			continue
@@ -171,17 +174,17 @@ func rootFiles(f *os.File, off int64, o Options) ([]string, error) {
 		return nil, err
 	}
 
-	if size, blocks, err := d.stat(machineIDFile); err == nil {
-		if err := d.rewrite(f, machineIDFile, size, blocks, make([]byte, size), blockSize); err != nil {
+	if size, blocks, err := d.stat(MachineIDFile); err == nil {
+		if err := d.rewrite(f, MachineIDFile, size, blocks, make([]byte, size), blockSize); err != nil {
 			return nil, err
 		}
 		if err := f.Sync(); err != nil {
 			return nil, err
 		}
-		if _, err := d.run(true, "rm "+machineIDFile); err != nil {
+		if _, err := d.run(true, "rm "+MachineIDFile); err != nil {
 			return nil, err
 		}
-		done = append(done, machineIDFile+" removed")
+		done = append(done, MachineIDFile+" removed")
 	} else if err != errNotFound {
 		return nil, err
 	}

@@ -113,7 +113,7 @@ func (p *PostProcessor) PostProcess(ctx context.Context, ui packersdk.Ui, in pac
 	if out == "" {
 		out = filepath.Join(filepath.Dir(disk.Path), diskartifact.Stem(disk.Path)+"."+c.spec.Ext)
 	}
-	if same, _ := sameFile(out, disk.Path); same || filepath.Clean(out) == filepath.Clean(disk.Path) {
+	if same, _ := sameFile(out, disk.Path); same {
 		return nil, false, false, fmt.Errorf("output: %s is the input image itself; give another output path", out)
 	}
 	if _, err := os.Lstat(out); err == nil && !c.PackerForce {
