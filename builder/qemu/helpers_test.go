@@ -206,6 +206,14 @@ func waitConsole(t *testing.T, v VM, console *syncBuffer, marker string, timeout
 }
 
 // assertGone checks that nothing of v is left: process, sockets, run dir.
+// assertEmptyDir fails the test if dir (a VM's WorkDir) holds anything.
+func assertEmptyDir(t *testing.T, dir string) {
+	t.Helper()
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("WorkDir not empty: %v", ents)
+	}
+}
+
 func assertGone(t *testing.T, v VM) {
 	t.Helper()
 	select {

@@ -66,9 +66,7 @@ func TestBootPoweroff(t *testing.T) {
 		t.Error("empty console tail")
 	}
 	assertGone(t, v)
-	if ents, _ := os.ReadDir(c.WorkDir); len(ents) != 0 {
-		t.Errorf("WorkDir not empty: %v", ents)
-	}
+	assertEmptyDir(t, c.WorkDir)
 }
 
 func TestShutdownACPI(t *testing.T) {
@@ -200,9 +198,7 @@ func TestContextCancelKills(t *testing.T) {
 		t.Errorf("Wait: %v", err)
 	}
 	assertGone(t, v)
-	if ents, _ := os.ReadDir(c.WorkDir); len(ents) != 0 {
-		t.Errorf("WorkDir not empty: %v", ents)
-	}
+	assertEmptyDir(t, c.WorkDir)
 }
 
 // A cancel during Start (before the guest runs) leaves nothing either.
@@ -217,9 +213,7 @@ func TestContextCancelDuringStart(t *testing.T) {
 		v.Kill()
 		t.Fatal("Start with an ended context succeeded")
 	}
-	if ents, _ := os.ReadDir(c.WorkDir); len(ents) != 0 {
-		t.Errorf("WorkDir not empty: %v", ents)
-	}
+	assertEmptyDir(t, c.WorkDir)
 }
 
 // The agent port reaches the guest and the caller reads from the socket.
@@ -308,9 +302,7 @@ func TestBadArgument(t *testing.T) {
 			t.Errorf("%v: %v", extra, err)
 		}
 		t.Logf("%v failed in %s: %v", extra, time.Since(start).Round(time.Millisecond), err)
-		if ents, _ := os.ReadDir(c.WorkDir); len(ents) != 0 {
-			t.Errorf("WorkDir not empty: %v", ents)
-		}
+		assertEmptyDir(t, c.WorkDir)
 	}
 }
 
@@ -495,9 +487,7 @@ func TestProbeAccelFallsBack(t *testing.T) {
 	if pids := processesMentioning(c.WorkDir); len(pids) > 0 {
 		t.Errorf("probe VM left running: %v", pids)
 	}
-	if ents, _ := os.ReadDir(c.WorkDir); len(ents) != 0 {
-		t.Errorf("WorkDir not empty: %v", ents)
-	}
+	assertEmptyDir(t, c.WorkDir)
 }
 
 func TestProbeAccelConfigError(t *testing.T) {
