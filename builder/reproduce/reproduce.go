@@ -140,14 +140,20 @@ func Container(path string, o Options) ([]string, error) {
 		return nil, err
 	}
 	defer f.Close()
-	rep, err := container.Normalize(f, container.Options{Seed: o.Seed, Time: o.Time})
+	line, err := normalizeContainer(f, o)
 	if err != nil {
-		return nil, fmt.Errorf("normalising the %s header: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
 		return nil, err
 	}
-	return []string{containerLine(rep)}, nil
+	return []string{line}, nil
+}
+
+// normalizeContainer rewrites f's container header and syncs it.
+func normalizeContainer(f *os.File, o Options) (string, error) {
+	rep, err := container.Normalize(f, container.Options{Seed: o.Seed, Time: o.Time})
+	if err != nil {
+		return "", fmt.Errorf("normalising the %s header: %w", f.Name(), err)
+	}
+	return containerLine(rep), f.Sync()
 }
 
 func containerLine(rep container.Report) string {
@@ -176,12 +182,11 @@ func Image(path string, o Options) ([]string, error) {
 		return nil, err
 	}
 	if format != container.Raw {
-		f.Close()
-		lines, err := Container(path, o)
+		line, err := normalizeContainer(f, o)
 		if err != nil {
 			return nil, err
 		}
-		return append(lines, fmt.Sprintf("left alone: the filesystems inside a %s image (nixos-reproducible rewrites them in raw images: put it before nixos-convert)", format)), nil
+		return []string{line, fmt.Sprintf("left alone: the filesystems inside a %s image (nixos-reproducible rewrites them in raw images: put it before nixos-convert)", format)}, nil
 	}
 
 	var lines []string
