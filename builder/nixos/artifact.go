@@ -11,6 +11,7 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/diskartifact"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
 )
 
 // Artifact is the image file the builder wrote.
@@ -38,14 +39,14 @@ func newArtifact(state multistep.StateBag) *Artifact {
 		a.efiVars = v.(string)
 	}
 	a.generated = map[string]interface{}{
-		"ImagePath":      a.path,
-		"ImageFormat":    a.format,
-		"DiskSize":       fmt.Sprint(a.diskBytes >> 20),
-		"StorePathCount": fmt.Sprint(a.paths),
-		"ImageMode":      imageModeInstall,
+		"ImagePath":            a.path,
+		"ImageFormat":          a.format,
+		"DiskSize":             fmt.Sprint(a.diskBytes >> 20),
+		"StorePathCount":       fmt.Sprint(a.paths),
+		stagemeta.GeneratedKey: stagemeta.Install,
 	}
 	if c.OnlyNixStore {
-		a.generated["ImageMode"] = imageModeStoreOnly
+		a.generated[stagemeta.GeneratedKey] = stagemeta.StoreOnly
 	}
 	return a
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/convert"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
 )
 
 // BuilderID identifies artifacts of this builder.
@@ -37,14 +38,7 @@ func (b *Builder) Prepare(raws ...interface{}) ([]string, []string, error) {
 
 // generatedData are the variables later provisioners and post-processors can
 // read as build.<Name>.
-var generatedData = []string{"ImagePath", "ImageFormat", "DiskSize", "StorePathCount", "ImageMode"}
-
-// ImageMode values, for provisioners (nixos-contents) and templates
-// (build.ImageMode).
-const (
-	imageModeStoreOnly = "store-only"
-	imageModeInstall   = "install"
-)
+var generatedData = []string{"ImagePath", "ImageFormat", "DiskSize", "StorePathCount", stagemeta.GeneratedKey}
 
 func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook) (packersdk.Artifact, error) {
 	state := new(multistep.BasicStateBag)

@@ -20,6 +20,7 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/reproduce"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
 )
 
@@ -187,7 +188,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	// Packer's provisioners run next, in the installed system.
 	state.Put("communicator", &guestComm{ctx: runCtx, client: s.client})
-	state.Put("generated_data", map[string]interface{}{"ImageMode": imageModeInstall})
+	state.Put("generated_data", map[string]interface{}{stagemeta.GeneratedKey: stagemeta.Install})
 	state.Put("installer", s)
 	return multistep.ActionContinue
 }
@@ -211,7 +212,13 @@ func (f *stepFinishInstall) Run(_ context.Context, state multistep.StateBag) mul
 	s := state.Get("installer").(*stepInstall)
 	s.phase("provisioners")
 	if *c.Deterministic {
-		if err := s.deterministicFiles(s.ctx, ui); err != nil {
+		// systemd-boot's seed lives on the ESP (mounted on /boot, or /efi
+		// beside an XBOOTLDR /boot); a layout without one has none.
+		var espDirs []string
+		if _, ok := state.Get("plan").(*plan).layout.Find(disklayout.RoleESP); ok {
+			espDirs = mountDirs(c.layout)[:1] // the first is the ESP's
+		}
+		if err := s.deterministicFiles(s.ctx, ui, espDirs); err != nil {
 			return halt(state, s.vmError("making the installed files deterministic", s.timeoutError(c, err)))
 		}
 	}
@@ -321,7 +328,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 // and systemd-boot's random seed. The seed is dropped rather than fixed: a
 // seed shared by every copy of an image is no seed, and systemd writes a
 // fresh one on the first boot (systemd-boot-random-seed.service).
-func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui) error {
+func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui, espDirs []string) error {
 	cl := s.client
 	var done []string
 	for _, f := range reproduce.AccountFiles {
@@ -342,10 +349,10 @@ func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui) e
 		}
 		done = append(done, "sorted "+f)
 	}
-	for _, dir := range []string{"/boot", "/efi"} {
-		err := cl.Remove(ctx, guestRoot+dir+"/loader/random-seed", false)
+	for _, dir := range espDirs {
+		err := cl.Remove(ctx, guestRoot+"/"+dir+"/loader/random-seed", false)
 		if err == nil {
-			done = append(done, "removed "+dir+"/loader/random-seed")
+			done = append(done, "removed /"+dir+"/loader/random-seed")
 		} else if !isNotExist(err) {
 			return err
 		}

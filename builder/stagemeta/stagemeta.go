@@ -2,13 +2,22 @@
 // staging area beyond file data: directories to make, their modes, and
 // owners. packersdk.Communicator carries a file's mode but no owner and has
 // no mkdir, and a store-only image has no system to run chmod or chown in,
-// so the operations travel as one JSON document uploaded to Path.
+// so the operations travel as one JSON document uploaded to Path. It also
+// names how the builder tells provisioners which mode it is in.
 package stagemeta
 
 import (
 	"encoding/json"
 	"fmt"
 	"path"
+)
+
+// The builder says which mode it is in through the generated data
+// provisioners receive: GeneratedKey holds StoreOnly or Install.
+const (
+	GeneratedKey = "ImageMode"
+	StoreOnly    = "store-only"
+	Install      = "install"
 )
 
 // Path is the upload destination the store-only communicator takes as

@@ -41,7 +41,7 @@ func (p *Provisioner) Prepare(raws ...interface{}) error { return p.config.Prepa
 // installed system, or in a store-only nixos-image build (which says so in
 // its generated data) into the store filesystem's root.
 func (p *Provisioner) Provision(ctx context.Context, ui packersdk.Ui, comm packersdk.Communicator, generated map[string]interface{}) error {
-	r := &run{ctx: ctx, ui: ui, comm: comm, store: generated["ImageMode"] == "store-only"}
+	r := &run{ctx: ctx, ui: ui, comm: comm, store: generated[stagemeta.GeneratedKey] == stagemeta.StoreOnly}
 	if r.store {
 		if err := p.checkStoreOnly(); err != nil {
 			return err
