@@ -9,8 +9,8 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/plugin"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixos"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/guest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/post-processor/convert"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/post-processor/reproducible"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/provisioner/contents"

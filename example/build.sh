@@ -14,8 +14,8 @@ ln -sfn "$hello" /nix/var/nix/gcroots/packer-plugin-nixos/example-hello
 
 # Install mode needs a NixOS system. With no nixpkgs on this machine, the
 # example installs the project's test system: a NixOS-like toplevel made of
-# Debian's kernel, systemd-boot and busybox (builder/fixtures).
-system=$(bash "$here/../builder/fixtures/build.sh" system-efi)
+# Debian's kernel, systemd-boot and busybox (internal/testkit/fixtures).
+system=$(bash "$here/../internal/testkit/fixtures/build.sh" system-efi)
 "$packer" build -force -var "system=$system" "$here/install.pkr.hcl"
 
 echo

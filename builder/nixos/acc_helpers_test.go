@@ -6,23 +6,23 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/packertest"
 )
 
 // template is a nixos-image source with the given body lines, built alone.
-func template(name, body string) string { return acc.Template(name, body, "") }
+func template(name, body string) string { return packertest.Template(name, body, "") }
 
 // hclList renders store paths as an HCL list.
-func hclList(paths []string) string { return acc.HCLList(paths) }
+func hclList(paths []string) string { return packertest.HCLList(paths) }
 
 // runPacker builds a nixos-image template with the real packer binary.
-func runPacker(t *testing.T, name, tmpl string, extraArgs ...string) acc.Result {
+func runPacker(t *testing.T, name, tmpl string, extraArgs ...string) packertest.Result {
 	t.Helper()
-	return acc.Run(t, name, "nixos-image", tmpl, extraArgs...)
+	return packertest.Run(t, name, "nixos-image", tmpl, extraArgs...)
 }
 
-func tail(s string, n int) string { return acc.Tail(s, n) }
+func tail(s string, n int) string { return packertest.Tail(s, n) }
 
 func closureOf(t *testing.T, roots []string) []string {
 	t.Helper()

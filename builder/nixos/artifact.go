@@ -8,10 +8,10 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/diskartifact"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/diskartifact"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
 )
 
 // Artifact is the image file the builder wrote.
@@ -39,14 +39,14 @@ func newArtifact(state multistep.StateBag) *Artifact {
 		a.efiVars = v.(string)
 	}
 	a.generated = map[string]interface{}{
-		"ImagePath":            a.path,
-		"ImageFormat":          a.format,
-		"DiskSize":             fmt.Sprint(a.diskBytes >> 20),
-		"StorePathCount":       fmt.Sprint(a.paths),
-		stagemeta.GeneratedKey: stagemeta.Install,
+		"ImagePath":           a.path,
+		"ImageFormat":         a.format,
+		"DiskSize":            fmt.Sprint(a.diskBytes >> 20),
+		"StorePathCount":      fmt.Sprint(a.paths),
+		stageops.GeneratedKey: stageops.Install,
 	}
 	if c.OnlyNixStore {
-		a.generated[stagemeta.GeneratedKey] = stagemeta.StoreOnly
+		a.generated[stageops.GeneratedKey] = stageops.StoreOnly
 	}
 	return a
 }

@@ -11,10 +11,10 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep/commonsteps"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/convert"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/qemuimg"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/qemu"
 )
 
 // BuilderID identifies artifacts of this builder.
@@ -38,7 +38,7 @@ func (b *Builder) Prepare(raws ...interface{}) ([]string, []string, error) {
 
 // generatedData are the variables later provisioners and post-processors can
 // read as build.<Name>.
-var generatedData = []string{"ImagePath", "ImageFormat", "DiskSize", "StorePathCount", stagemeta.GeneratedKey}
+var generatedData = []string{"ImagePath", "ImageFormat", "DiskSize", "StorePathCount", stageops.GeneratedKey}
 
 func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook) (packersdk.Artifact, error) {
 	state := new(multistep.BasicStateBag)
@@ -46,7 +46,7 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 	state.Put("hook", hook)
 	state.Put("ui", ui)
 	state.Put("store", &nixstore.Store{Dir: "/nix/store"})
-	state.Put("qemu-img", convert.Driver{})
+	state.Put("qemu-img", qemuimg.Driver{})
 	state.Put("nix", NixDriver{})
 	state.Put("qemu", qemu.New())
 

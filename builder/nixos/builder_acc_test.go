@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/bootcheck"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/bootcheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
 
 // GPT partition type GUIDs, as sfdisk prints them.

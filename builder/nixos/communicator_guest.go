@@ -14,7 +14,7 @@ import (
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/guest"
 )
 
 // guestComm is the communicator of install mode: Packer's provisioners reach

@@ -13,8 +13,8 @@ import (
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
 )
 
 // storeComm is the communicator of store-only mode. There is no system to
@@ -81,7 +81,7 @@ func (s *storeComm) staged(p string) (string, error) {
 // Upload stages a file, keeping the mode its FileInfo carries (0644
 // without one); owners are root's, as everything in the store.
 func (s *storeComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
-	if dst == stagemeta.Path {
+	if dst == stageops.Path {
 		return s.apply(r)
 	}
 	local, err := s.staged(dst)
@@ -115,7 +115,7 @@ func (s *storeComm) apply(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	ops, err := stagemeta.Decode(b)
+	ops, err := stageops.Decode(b)
 	if err != nil {
 		return err
 	}

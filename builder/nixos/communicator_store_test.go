@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
 )
 
 // A staged symbolic link must not carry a later upload out of the staging
@@ -22,8 +22,8 @@ func TestStoreCommRefusesWritesThroughLinks(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "/escape is a symbolic link in the image; refusing to write through it") {
 		t.Fatalf("Upload through a link: %v", err)
 	}
-	ops := stagemeta.Encode([]stagemeta.Op{{Path: "/escape/d", Mkdir: true}})
-	if err := s.Upload(stagemeta.Path, bytes.NewReader(ops), nil); err == nil {
+	ops := stageops.Encode([]stageops.Op{{Path: "/escape/d", Mkdir: true}})
+	if err := s.Upload(stageops.Path, bytes.NewReader(ops), nil); err == nil {
 		t.Fatal("mkdir through a link succeeded")
 	}
 	if ents, _ := os.ReadDir(host); len(ents) != 0 {
@@ -46,14 +46,14 @@ func TestStoreCommStagingOps(t *testing.T) {
 		t.Fatal(err)
 	}
 	mode := uint32(0o2750)
-	doc := stagemeta.Encode([]stagemeta.Op{
+	doc := stageops.Encode([]stageops.Op{
 		{Path: "/srv/empty", Mkdir: true},
 		{Path: "/srv/a", Mode: &mode, Owner: &[2]uint32{1000, 100}},
 	})
-	if err := s.Upload(stagemeta.Path, bytes.NewReader(doc), nil); err != nil {
+	if err := s.Upload(stageops.Path, bytes.NewReader(doc), nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(s.dir, filepath.Base(stagemeta.Path))); err == nil {
+	if _, err := os.Stat(filepath.Join(s.dir, filepath.Base(stageops.Path))); err == nil {
 		t.Error("the operations document was staged as a file")
 	}
 	if fi, err := os.Stat(filepath.Join(s.dir, "srv", "empty")); err != nil || !fi.IsDir() {
@@ -69,7 +69,7 @@ func TestStoreCommStagingOps(t *testing.T) {
 			t.Errorf("ownerOf(%s) = %d, %d, %v; want set: %v", name, uid, gid, ok, want)
 		}
 	}
-	if err := s.Upload(stagemeta.Path, strings.NewReader(`{"ops":[{"path":"../x"}]}`), nil); err == nil {
+	if err := s.Upload(stageops.Path, strings.NewReader(`{"ops":[{"path":"../x"}]}`), nil); err == nil {
 		t.Error("a relative operation path was accepted")
 	}
 }

@@ -18,10 +18,10 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/convert"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/reproduce"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/qemuimg"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/qemu"
 )
 
 // DefaultRootGUID is make-disk-image's rootGPUID and rootFSUID default.
@@ -165,10 +165,10 @@ type Config struct {
 
 	// Parsed forms, filled by Prepare.
 	diskSizeBytes   int64 // 0 = auto
-	format          convert.Spec
+	format          qemuimg.Spec
 	additionalBytes int64
 	bootBytes       int64
-	layout          disklayout.Type
+	layout          disk.Type
 	epoch           int64
 }
 
@@ -219,10 +219,10 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 	if c.PartitionTableType == "" {
 		c.PartitionTableType = "legacy"
 	}
-	if c.layout, err = disklayout.ParseType(c.PartitionTableType); err != nil {
+	if c.layout, err = disk.ParseType(c.PartitionTableType); err != nil {
 		bad("partition_table_type: %s", err)
 	}
-	if c.HybridMBR && c.layout != disklayout.Hybrid {
+	if c.HybridMBR && c.layout != disk.Hybrid {
 		bad("hybrid_mbr: only allowed with partition_table_type = \"hybrid\", not %q", c.PartitionTableType)
 	}
 	if c.FSType == "" {
@@ -262,14 +262,14 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 			bad("root_partition_guid: %q is not a GUID like %s", c.RootPartitionGUID, DefaultRootGUID)
 		}
 	}
-	if c.epoch, err = reproduce.Epoch(c.SourceDateEpoch); err != nil {
+	if c.epoch, err = normalize.Epoch(c.SourceDateEpoch); err != nil {
 		bad("%v", err)
 	}
 	if c.Format == "" {
 		c.Format = "raw"
 	}
-	if spec, err := convert.Parse(c.Format, c.Compression); err != nil {
-		for _, e := range convert.Errors(err) {
+	if spec, err := qemuimg.Parse(c.Format, c.Compression); err != nil {
+		for _, e := range qemuimg.Errors(err) {
 			bad("%v", e)
 		}
 	} else {

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/packertest"
 )
 
 // Every bad key is reported at once, by name, with what is allowed, and no
@@ -160,7 +160,7 @@ func TestAccInstallInterrupt(t *testing.T) {
 func interruptBuild(t *testing.T, out, trigger string, delay time.Duration, tmpl string) {
 	t.Helper()
 	before := tempDebris(t)
-	acc.Interrupt(t, tmpl, trigger, delay)
+	packertest.Interrupt(t, tmpl, trigger, delay)
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		ents, _ := os.ReadDir(out)
 		t.Errorf("output directory left behind after Ctrl-C (%v): %v", err, ents)

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/kmod"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/packertest"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/kmod"
 )
 
 // Install mode with each layout: the installer VM activates the system and
@@ -61,7 +61,7 @@ func TestAccInstallLayouts(t *testing.T) {
 			checkFilesystems(t, img, tc.layout)
 
 			for _, firmware := range strings.Split(tc.firmware, "+") {
-				line := acc.BootImage(t, img, system, firmware)
+				line := packertest.BootImage(t, img, system, firmware)
 				for _, want := range []string{
 					"system=" + system,
 					"marker=fixture-marker-v1",
@@ -94,7 +94,7 @@ func TestAccInstallBigClosureSmallMemory(t *testing.T) {
   output_directory     = %q`, system, out))).MustSucceed(t)
 	img := filepath.Join(out, "nixos.img")
 	checkFilesystems(t, img, "legacy")
-	line := acc.BootImage(t, img, system, "bios")
+	line := packertest.BootImage(t, img, system, "bios")
 	if !strings.Contains(line, "marker=fixture-marker-v1") {
 		t.Errorf("booted system's report: %s", line)
 	}
@@ -189,7 +189,7 @@ func TestAccInstallFromNixFile(t *testing.T) {
 	fixtures.Build(t, "system-bios") // its parts, so nix-build only assembles
 	dir := t.TempDir()
 	file := filepath.Join(dir, "system.nix")
-	expr := fmt.Sprintf("{ config.system.build.toplevel = import %s/builder/fixtures/nix/system.nix { }; }\n", fixtures.Root())
+	expr := fmt.Sprintf("{ config.system.build.toplevel = import %s/nix/system.nix { }; }\n", fixtures.Dir())
 	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +292,7 @@ func TestAccInstallOtherInstallerKernel(t *testing.T) {
 	if !strings.Contains(res.Log, "Installer kernel: "+kernel) {
 		t.Error("the build did not say it booted the installer kernel")
 	}
-	line := acc.BootImage(t, filepath.Join(out, "nixos.img"), system, "bios")
+	line := packertest.BootImage(t, filepath.Join(out, "nixos.img"), system, "bios")
 	if !strings.Contains(line, "alice=yes") {
 		t.Errorf("booted system's report: %s", line)
 	}
@@ -358,7 +358,7 @@ func TestAccInstallChannel(t *testing.T) {
 func TestAccInstallFromFlake(t *testing.T) {
 	fixtures.Build(t, "system-bios") // its parts, so nix build only assembles
 	dir := filepath.Join(t.TempDir(), "flake")
-	if out, err := exec.Command("cp", "-r", filepath.Join(fixtures.Root(), "builder/fixtures/nix"), dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("cp", "-r", filepath.Join(fixtures.Dir(), "nix"), dir).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	// Flakes evaluate purely: no builtins.currentSystem, no /lib/modules.

@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/packertest"
 )
 
 // Packer's own file and shell provisioners work in install mode, with no
@@ -97,7 +97,7 @@ func TestAccStoreOnlyProvisioners(t *testing.T) {
 	if err := os.Chmod(local, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	build := func(name, provisioners string) (acc.Result, string) {
+	build := func(name, provisioners string) (packertest.Result, string) {
 		out := filepath.Join(t.TempDir(), "out")
 		tmpl := strings.Replace(template("store", fmt.Sprintf(`
   only_nix_store   = true

@@ -11,7 +11,7 @@ import (
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fixtures"
 )
 
 const rssChildEnv = "NIXOS_RSS_CHILD"

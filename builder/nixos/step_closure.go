@@ -7,7 +7,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 )
 
 // stepClosure checks every root against the host's Nix database and computes

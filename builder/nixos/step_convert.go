@@ -10,9 +10,9 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/convert"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/reproduce"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/uiprogress"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/uiprogress"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/qemuimg"
 )
 
 // stepConvert turns the raw image into the requested format (as the
@@ -36,12 +36,12 @@ func (s *stepConvert) Run(ctx context.Context, state multistep.StateBag) multist
 			// Container UUIDs from the image's content: the same image
 			// gets the same ones, another image others (VirtualBox
 			// refuses two disks with one UUID).
-			seed, err := reproduce.ContentSeed(raw, state.Get("plan").(*plan).seed)
+			seed, err := normalize.ContentSeed(raw, state.Get("plan").(*plan).seed)
 			if err != nil {
 				return halt(state, err)
 			}
 			finish = func(staged string) error {
-				lines, err := reproduce.Container(staged, reproduce.Options{Seed: seed, Time: c.epoch})
+				lines, err := normalize.Container(staged, normalize.Options{Seed: seed, Time: c.epoch})
 				if err == nil {
 					ui.Say("Normalised the " + strings.Join(lines, "; "))
 				}
@@ -50,7 +50,7 @@ func (s *stepConvert) Run(ctx context.Context, state multistep.StateBag) multist
 		}
 		ui.Say(fmt.Sprintf("Converting the image to %s...", c.format.Name))
 		bar := uiprogress.New(ui, c.ImageFile(), 10000)
-		err := state.Get("qemu-img").(convert.Driver).ConvertTo(ctx, c.format, raw, "raw", final, bar.Percent, finish)
+		err := state.Get("qemu-img").(qemuimg.Driver).ConvertTo(ctx, c.format, raw, "raw", final, bar.Percent, finish)
 		bar.Close()
 		if err != nil {
 			return halt(state, err)

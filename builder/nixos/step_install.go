@@ -16,12 +16,12 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/guest"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/qemu"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/reproduce"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/guest"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/qemu"
 )
 
 // stepInstall boots the installer VM on the system's own kernel with the
@@ -188,7 +188,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	// Packer's provisioners run next, in the installed system.
 	state.Put("communicator", &guestComm{ctx: runCtx, client: s.client})
-	state.Put("generated_data", map[string]interface{}{stagemeta.GeneratedKey: stagemeta.Install})
+	state.Put("generated_data", map[string]interface{}{stageops.GeneratedKey: stageops.Install})
 	state.Put("installer", s)
 	return multistep.ActionContinue
 }
@@ -215,7 +215,7 @@ func (f *stepFinishInstall) Run(_ context.Context, state multistep.StateBag) mul
 		// systemd-boot's seed lives on the ESP (mounted on /boot, or /efi
 		// beside an XBOOTLDR /boot); a layout without one has none.
 		var espDirs []string
-		if _, ok := state.Get("plan").(*plan).layout.Find(disklayout.RoleESP); ok {
+		if _, ok := state.Get("plan").(*plan).layout.Find(disk.RoleESP); ok {
 			espDirs = mountDirs(c.layout)[:1] // the first is the ESP's
 		}
 		if err := s.deterministicFiles(s.ctx, ui, espDirs); err != nil {
@@ -249,14 +249,14 @@ func (f *stepFinishInstall) Cleanup(multistep.StateBag) {}
 func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p *plan, system *toplevel) error {
 	cl := s.client
 	rootDev := "/dev/vda"
-	if p.layout.Type != disklayout.None {
-		rootDev = fmt.Sprintf("/dev/vda%d", partIndex(p.layout, disklayout.RoleRoot))
+	if p.layout.Type != disk.None {
+		rootDev = fmt.Sprintf("/dev/vda%d", partIndex(p.layout, disk.RoleRoot))
 	}
 	if err := cl.Mount(ctx, guest.MountRequest{Source: rootDev, Target: guestRoot, FSType: c.FSType}); err != nil {
 		return err
 	}
 	dirs := mountDirs(p.layout.Type)
-	for i, role := range []disklayout.Role{disklayout.RoleESP, disklayout.RoleXBootLdr} {
+	for i, role := range []disk.Role{disk.RoleESP, disk.RoleXBootLdr} {
 		if _, ok := p.layout.Find(role); !ok {
 			continue
 		}
@@ -331,7 +331,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui, espDirs []string) error {
 	cl := s.client
 	var done []string
-	for _, f := range reproduce.AccountFiles {
+	for _, f := range normalize.AccountFiles {
 		var buf bytes.Buffer
 		fi, err := cl.Download(ctx, guestRoot+f, &buf)
 		if isNotExist(err) {
@@ -340,7 +340,7 @@ func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui, e
 		if err != nil {
 			return err
 		}
-		sorted := reproduce.SortLines(buf.Bytes())
+		sorted := normalize.SortLines(buf.Bytes())
 		if bytes.Equal(sorted, buf.Bytes()) {
 			continue
 		}
@@ -367,7 +367,7 @@ func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui, e
 func (s *stepInstall) finish(ctx context.Context, ui packersdk.Ui) error {
 	cl := s.client
 	// Every image would share one machine identity otherwise.
-	if err := cl.Remove(ctx, guestRoot+reproduce.MachineIDFile, false); err != nil && !isNotExist(err) {
+	if err := cl.Remove(ctx, guestRoot+normalize.MachineIDFile, false); err != nil && !isNotExist(err) {
 		return err
 	}
 	if err := cl.Unmount(ctx, guestRoot); err != nil {
@@ -394,7 +394,7 @@ func isNotExist(err error) bool {
 
 // partIndex is the 1-based number of the partition with role r, as the
 // guest kernel names it (/dev/vdaN).
-func partIndex(l *disklayout.Layout, r disklayout.Role) int {
+func partIndex(l *disk.Layout, r disk.Role) int {
 	for i, p := range l.Partitions {
 		if p.Role == r {
 			return i + 1

@@ -8,9 +8,9 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/ext4"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fat"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/fat"
 )
 
 // stepNormalize undoes what is not reproducible in the installer VM's
@@ -40,7 +40,7 @@ func (s *stepNormalize) Run(ctx context.Context, state multistep.StateBag) multi
 	if r.JournalCleared {
 		msg += ", journal cleared"
 	}
-	for _, role := range []disklayout.Role{disklayout.RoleESP, disklayout.RoleXBootLdr} {
+	for _, role := range []disk.Role{disk.RoleESP, disk.RoleXBootLdr} {
 		if pt, ok := p.layout.Find(role); ok {
 			fr, err := fat.Normalize(f, pt.Start, fat.NormalizeOptions{Time: p.epoch})
 			if err != nil {

@@ -13,18 +13,18 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/ext4"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/treecopy"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 )
 
 // plan is everything stepWriteImage needs to know before writing a byte.
 type plan struct {
-	layout *disklayout.Layout
+	layout *disk.Layout
 	fs     ext4.Options
 	tree   tree
-	stats  treecopy.Stats // what the sizing walk saw; the write walk must see the same
+	stats  hosttree.Stats // what the sizing walk saw; the write walk must see the same
 	epoch  int64
 	seed   []byte // for the FAT volume IDs
 }
@@ -45,7 +45,7 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 	}
 	base := treeBase{closure: closure, root: ext4.Header{Mode: 0o755, Mtime: epoch}}
 	owner := [2]uint32{0, 0} // the store is root's whatever the host's numbering
-	base.opts = treecopy.Options{Owner: &owner}
+	base.opts = hosttree.Options{Owner: &owner}
 	if *c.Deterministic {
 		base.opts.MaxMtime = &epoch
 	}
@@ -71,7 +71,7 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 
 	ui.Say("Measuring the closure...")
 	sizer := ext4.NewSizer()
-	stats, err := p.tree.walk(ctx, treecopy.Sizer(sizer), sizer.SetRoot)
+	stats, err := p.tree.walk(ctx, hosttree.Sizer(sizer), sizer.SetRoot)
 	if err != nil {
 		return halt(state, fmt.Errorf("measuring the closure: %w", err))
 	}
@@ -87,7 +87,7 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 	if err != nil {
 		return halt(state, err)
 	}
-	opts := disklayout.Options{
+	opts := disk.Options{
 		Type:      c.layout,
 		RootSize:  fsSize,
 		DiskSize:  c.diskSizeBytes,
@@ -106,7 +106,7 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 	if c.diskSizeBytes != 0 {
 		// Say what the closure needs, rather than what the layout lacks.
 		opts.RootSize, opts.DiskSize = minSize, 0
-		need, err := disklayout.Plan(opts)
+		need, err := disk.Plan(opts)
 		if err != nil {
 			return halt(state, fmt.Errorf("partition_table_type: %w", err))
 		}
@@ -117,7 +117,7 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 		}
 		opts.DiskSize = c.diskSizeBytes
 	}
-	layout, err := disklayout.Plan(opts)
+	layout, err := disk.Plan(opts)
 	if err != nil {
 		return halt(state, fmt.Errorf("disk_size: %w", err))
 	}

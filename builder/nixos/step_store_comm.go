@@ -6,7 +6,7 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
 )
 
 // stepStoreComm gives store-only provisioners a communicator that stages
@@ -24,7 +24,7 @@ func (s *stepStoreComm) Run(_ context.Context, state multistep.StateBag) multist
 	state.Put("store_comm", comm)
 	// Provisioners see the mode in their generated data: nixos-contents
 	// works through staging operations here, through commands otherwise.
-	state.Put("generated_data", map[string]interface{}{stagemeta.GeneratedKey: stagemeta.StoreOnly})
+	state.Put("generated_data", map[string]interface{}{stageops.GeneratedKey: stageops.StoreOnly})
 	return multistep.ActionContinue
 }
 

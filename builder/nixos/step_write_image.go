@@ -13,11 +13,11 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/ext4"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fat"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/treecopy"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/fat"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 )
 
 // stepWriteImage writes the raw image: partition table, then the root
@@ -48,7 +48,7 @@ func (s *stepWriteImage) Run(ctx context.Context, state multistep.StateBag) mult
 		return halt(state, fmt.Errorf("writing the filesystem: %w", err))
 	}
 	bar := newProgress(ui, "store", p.stats.Bytes+p.tree.ownBytes())
-	stats, err := p.tree.walk(ctx, treecopy.Writer(w, bar.Add), w.SetRoot)
+	stats, err := p.tree.walk(ctx, hosttree.Writer(w, bar.Add), w.SetRoot)
 	bar.Close()
 	if err != nil {
 		return halt(state, fmt.Errorf("writing the filesystem: %w", err))
@@ -79,9 +79,9 @@ func (s *stepWriteImage) Run(ctx context.Context, state multistep.StateBag) mult
 // the boot loader installation fills them. Volume IDs come from the seed.
 func formatFAT(f *os.File, p *plan) error {
 	for _, part := range []struct {
-		role  disklayout.Role
+		role  disk.Role
 		label string
-	}{{disklayout.RoleESP, "ESP"}, {disklayout.RoleXBootLdr, "BOOT"}} {
+	}{{disk.RoleESP, "ESP"}, {disk.RoleXBootLdr, "BOOT"}} {
 		pt, ok := p.layout.Find(part.role)
 		if !ok {
 			continue

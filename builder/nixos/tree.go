@@ -8,18 +8,18 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/disklayout"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/ext4"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixstore"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/treecopy"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 )
 
 // tree is what goes into the root filesystem. It is walked twice, into the
 // ext4 Sizer and then into the Writer, and must make the same calls in the
 // same order both times: that is what makes the plan exact.
 type tree interface {
-	walk(ctx context.Context, t treecopy.Target, setRoot func(ext4.Header) error) (treecopy.Stats, error)
+	walk(ctx context.Context, t hosttree.Target, setRoot func(ext4.Header) error) (hosttree.Stats, error)
 	// ownBytes is the data the walk writes besides the host's files, for
 	// the progress bar.
 	ownBytes() int64
@@ -29,7 +29,7 @@ type tree interface {
 type treeBase struct {
 	closure []nixstore.PathInfo
 	root    ext4.Header // mode and time of the root and of our own entries
-	opts    treecopy.Options
+	opts    hosttree.Options
 }
 
 func (b treeBase) dir(name string, mode uint32) ext4.Header {
@@ -39,7 +39,7 @@ func (b treeBase) dir(name string, mode uint32) ext4.Header {
 }
 
 // copyClosure copies every closure path under dir ("" for the root).
-func (b treeBase) copyClosure(ctx context.Context, cp *treecopy.Copier, dir string) error {
+func (b treeBase) copyClosure(ctx context.Context, cp *hosttree.Copier, dir string) error {
 	for _, info := range b.closure {
 		if err := cp.Copy(ctx, info.Path, path.Join(dir, path.Base(info.Path))); err != nil {
 			return err
@@ -59,11 +59,11 @@ type storeTree struct {
 
 func (s *storeTree) ownBytes() int64 { return int64(len(s.registration)) }
 
-func (s *storeTree) walk(ctx context.Context, t treecopy.Target, setRoot func(ext4.Header) error) (treecopy.Stats, error) {
+func (s *storeTree) walk(ctx context.Context, t hosttree.Target, setRoot func(ext4.Header) error) (hosttree.Stats, error) {
 	if err := setRoot(s.root); err != nil {
-		return treecopy.Stats{}, err
+		return hosttree.Stats{}, err
 	}
-	cp := &treecopy.Copier{T: t, Opts: s.opts}
+	cp := &hosttree.Copier{T: t, Opts: s.opts}
 	if err := s.copyClosure(ctx, cp, ""); err != nil {
 		return cp.Stats, err
 	}
@@ -100,12 +100,12 @@ type installTree struct {
 
 func (s *installTree) ownBytes() int64 { return 0 }
 
-func (s *installTree) walk(ctx context.Context, t treecopy.Target, setRoot func(ext4.Header) error) (treecopy.Stats, error) {
-	var st treecopy.Stats
+func (s *installTree) walk(ctx context.Context, t hosttree.Target, setRoot func(ext4.Header) error) (hosttree.Stats, error) {
+	var st hosttree.Stats
 	if err := setRoot(s.root); err != nil {
 		return st, err
 	}
-	cp := &treecopy.Copier{T: t, Opts: s.opts}
+	cp := &hosttree.Copier{T: t, Opts: s.opts}
 	// Sorted: the writer needs each directory's subtree before the next.
 	for _, d := range s.skeleton() {
 		switch {
@@ -174,8 +174,8 @@ const nixbldGID = 30000
 // mountDirs are the skeleton's mount points for the layout's FAT
 // partitions: the ESP on /boot, or with XBOOTLDR the ESP on /efi and
 // XBOOTLDR on /boot, as systemd-boot's NixOS module expects.
-func mountDirs(t disklayout.Type) []string {
-	if t == disklayout.EFIXBootLdr {
+func mountDirs(t disk.Type) []string {
+	if t == disk.EFIXBootLdr {
 		return []string{"efi", "boot"}
 	}
 	return []string{"boot"}

@@ -11,15 +11,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/packertest"
 )
 
 func storeSource(roots []string, out string) string {
 	return fmt.Sprintf(`  only_nix_store   = true
   store_paths      = %s
-  output_directory = %q`, acc.HCLList(roots), out)
+  output_directory = %q`, packertest.HCLList(roots), out)
 }
 
 func qemuImg(t *testing.T, args ...string) string {
@@ -38,7 +38,7 @@ func TestAccConvertChain(t *testing.T) {
 	roots := fixtures.Build(t, "small")
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
-	res := acc.Run(t, "convert_chain", "nixos-convert", acc.Template("chain", storeSource(roots, out), fmt.Sprintf(`
+	res := packertest.Run(t, "convert_chain", "nixos-convert", packertest.Template("chain", storeSource(roots, out), fmt.Sprintf(`
   post-processors {
     post-processor "nixos-convert" {
       format              = "qcow2"
@@ -137,7 +137,7 @@ build {
 %s
 }
 `, src, out, pps.String())
-	acc.Run(t, "convert_foreign", "nixos-convert", tmpl).MustSucceed(t)
+	packertest.Run(t, "convert_foreign", "nixos-convert", tmpl).MustSucceed(t)
 	for f, ext := range formats {
 		q := f
 		got := qemuImg(t, "compare", "-f", "raw", "-F", q, src, filepath.Join(out, "converted."+ext))
@@ -162,7 +162,7 @@ func TestAccConvertErrors(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out")
-			res := acc.Run(t, "convert_err_"+name, "nixos-convert", acc.Template("e", storeSource(roots, out), `
+			res := packertest.Run(t, "convert_err_"+name, "nixos-convert", packertest.Template("e", storeSource(roots, out), `
   post-processor "nixos-convert" {
       `+c.pp+`
   }`))
@@ -170,7 +170,7 @@ func TestAccConvertErrors(t *testing.T) {
 				t.Fatalf("packer build succeeded; want %q", c.want)
 			}
 			if !res.Has(c.want) {
-				t.Errorf("the log lacks %q:\n%s", c.want, acc.Tail(res.Log, 3000))
+				t.Errorf("the log lacks %q:\n%s", c.want, packertest.Tail(res.Log, 3000))
 			}
 			if _, err := os.Stat(out); err == nil {
 				t.Errorf("a configuration error still built %s", out)
@@ -179,7 +179,7 @@ func TestAccConvertErrors(t *testing.T) {
 	}
 
 	t.Run("no_disk", func(t *testing.T) {
-		res := acc.Run(t, "convert_err_no_disk", "nixos-convert", `source "null" "n" {
+		res := packertest.Run(t, "convert_err_no_disk", "nixos-convert", `source "null" "n" {
   communicator = "none"
 }
 
@@ -192,7 +192,7 @@ build {
 `)
 		want := `nixos-convert: the input artifact (BuilderId "fnoeding.null") has no disk image among its files`
 		if res.Exit == 0 || !res.Has(want) {
-			t.Errorf("exit %d; the log lacks %q:\n%s", res.Exit, want, acc.Tail(res.Log, 3000))
+			t.Errorf("exit %d; the log lacks %q:\n%s", res.Exit, want, packertest.Tail(res.Log, 3000))
 		}
 	})
 
@@ -202,15 +202,15 @@ build {
 		if err := os.WriteFile(mine, []byte("the user's file"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		tmpl := acc.Template("e", storeSource(roots, out), fmt.Sprintf(`
+		tmpl := packertest.Template("e", storeSource(roots, out), fmt.Sprintf(`
   post-processor "nixos-convert" {
     format = "vdi"
     output = %q
   }`, mine))
-		res := acc.Run(t, "convert_err_exists", "nixos-convert", tmpl)
+		res := packertest.Run(t, "convert_err_exists", "nixos-convert", tmpl)
 		want := "output: " + mine + " exists; remove it or use packer build -force"
 		if res.Exit == 0 || !res.Has(want) {
-			t.Errorf("exit %d; the log lacks %q:\n%s", res.Exit, want, acc.Tail(res.Log, 3000))
+			t.Errorf("exit %d; the log lacks %q:\n%s", res.Exit, want, packertest.Tail(res.Log, 3000))
 		}
 		if b, _ := os.ReadFile(mine); string(b) != "the user's file" {
 			t.Errorf("the existing output was changed: %q", b)
@@ -220,7 +220,7 @@ build {
 		}
 		// With -force it is replaced.
 		os.RemoveAll(out)
-		acc.Run(t, "convert_force", "nixos-convert", tmpl, "-force").MustSucceed(t)
+		packertest.Run(t, "convert_force", "nixos-convert", tmpl, "-force").MustSucceed(t)
 		qemuImg(t, "check", "-f", "vdi", mine)
 		// keep_input_artifact unset: Packer deleted the builder's image,
 		// and nothing else.
@@ -236,7 +236,7 @@ build {
 func TestAccConvertInterrupt(t *testing.T) {
 	roots := fixtures.Build(t, "large4g")
 	out := filepath.Join(t.TempDir(), "out")
-	acc.Interrupt(t, acc.Template("big", storeSource(roots, out), `
+	packertest.Interrupt(t, packertest.Template("big", storeSource(roots, out), `
   post-processor "nixos-convert" {
     format = "qcow2-compressed"
   }`), "Converting ", 1500*time.Millisecond)
@@ -261,7 +261,7 @@ func TestAccConvertVagrantLibvirt(t *testing.T) {
 	roots := fixtures.Build(t, "small")
 	out := filepath.Join(t.TempDir(), "out")
 	box := filepath.Join(out, "nixos.box")
-	res := acc.Run(t, "convert_vagrant", "nixos-convert", acc.Template("box", storeSource(roots, out), fmt.Sprintf(`
+	res := packertest.Run(t, "convert_vagrant", "nixos-convert", packertest.Template("box", storeSource(roots, out), fmt.Sprintf(`
   post-processors {
     post-processor "nixos-convert" {
       format              = "qcow2"

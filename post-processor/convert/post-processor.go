@@ -18,10 +18,10 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/convert"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/diskartifact"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/reproduce"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/uiprogress"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/diskartifact"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/uiprogress"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/qemuimg"
 )
 
 // BuilderID is the id of the artifacts nixos-convert emits.
@@ -51,7 +51,7 @@ type Config struct {
 	// `SOURCE_DATE_EPOCH` environment variable, else 1.
 	SourceDateEpoch *int64 `mapstructure:"source_date_epoch" required:"false"`
 
-	spec      convert.Spec
+	spec      qemuimg.Spec
 	epoch     int64
 	seedGiven bool
 	ctx       interpolate.Context
@@ -59,7 +59,7 @@ type Config struct {
 
 type PostProcessor struct {
 	config Config
-	driver convert.Driver
+	driver qemuimg.Driver
 }
 
 var _ packersdk.PostProcessor = (*PostProcessor)(nil)
@@ -78,9 +78,9 @@ func (p *PostProcessor) Configure(raws ...interface{}) error {
 	}
 	var errs *packersdk.MultiError
 	if c.Format == "" {
-		errs = packersdk.MultiErrorAppend(errs, fmt.Errorf("format: required; allowed: %s", convert.Names()))
-	} else if spec, err := convert.Parse(c.Format, c.Compression); err != nil {
-		errs = packersdk.MultiErrorAppend(errs, convert.Errors(err)...)
+		errs = packersdk.MultiErrorAppend(errs, fmt.Errorf("format: required; allowed: %s", qemuimg.Names()))
+	} else if spec, err := qemuimg.Parse(c.Format, c.Compression); err != nil {
+		errs = packersdk.MultiErrorAppend(errs, qemuimg.Errors(err)...)
 	} else {
 		c.spec = spec
 	}
@@ -92,7 +92,7 @@ func (p *PostProcessor) Configure(raws ...interface{}) error {
 	if !c.seedGiven {
 		c.Seed = "packer-plugin-nixos"
 	}
-	epoch, err := reproduce.Epoch(c.SourceDateEpoch)
+	epoch, err := normalize.Epoch(c.SourceDateEpoch)
 	if err != nil {
 		errs = packersdk.MultiErrorAppend(errs, err)
 	}
@@ -131,12 +131,12 @@ func (p *PostProcessor) PostProcess(ctx context.Context, ui packersdk.Ui, in pac
 		seed := []byte(c.Seed)
 		if !c.seedGiven {
 			var err error
-			if seed, err = reproduce.ContentSeed(disk.Path, seed); err != nil {
+			if seed, err = normalize.ContentSeed(disk.Path, seed); err != nil {
 				return nil, false, false, err
 			}
 		}
 		finish = func(staged string) error {
-			lines, err := reproduce.Container(staged, reproduce.Options{Seed: seed, Time: c.epoch})
+			lines, err := normalize.Container(staged, normalize.Options{Seed: seed, Time: c.epoch})
 			for _, l := range lines {
 				ui.Message(l)
 			}

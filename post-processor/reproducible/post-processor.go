@@ -16,8 +16,8 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/diskartifact"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/reproduce"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/diskartifact"
 )
 
 // BuilderID is the id of the artifacts nixos-reproducible emits.
@@ -57,7 +57,7 @@ func (p *PostProcessor) Configure(raws ...interface{}) error {
 		c.Seed = "packer-plugin-nixos"
 	}
 	var err error
-	if c.epoch, err = reproduce.Epoch(c.SourceDateEpoch); err != nil {
+	if c.epoch, err = normalize.Epoch(c.SourceDateEpoch); err != nil {
 		return err
 	}
 	return nil
@@ -72,7 +72,7 @@ func (p *PostProcessor) PostProcess(ctx context.Context, ui packersdk.Ui, in pac
 		return nil, false, false, fmt.Errorf("nixos-reproducible: %w", err)
 	}
 	ui.Say(fmt.Sprintf("Normalising %s (%s) for reproducibility (time %d)", disk.Path, disk.Format.Qemu, p.config.epoch))
-	lines, err := reproduce.Image(disk.Path, reproduce.Options{Seed: []byte(p.config.Seed), Time: p.config.epoch})
+	lines, err := normalize.Image(disk.Path, normalize.Options{Seed: []byte(p.config.Seed), Time: p.config.epoch})
 	if err != nil {
 		return nil, false, false, fmt.Errorf("nixos-reproducible: %w", err)
 	}

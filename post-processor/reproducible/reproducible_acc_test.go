@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/packertest"
 )
 
 // conversions are the nixos-convert blocks every build runs on the
@@ -56,7 +56,7 @@ func template(source, out, provisioners string) string {
     seed              = "another seed"
     source_date_epoch = 1700000000
   }`)
-	return acc.Template("repro", source+fmt.Sprintf("\n  output_directory = %q", out), b.String())
+	return packertest.Template("repro", source+fmt.Sprintf("\n  output_directory = %q", out), b.String())
 }
 
 func sums(t *testing.T, dir string) map[string]string {
@@ -101,7 +101,7 @@ func buildTwice(t *testing.T, name string, tmpl func(out string) string) (string
 				t.Setenv("FAKETIME_DONT_FAKE_MONOTONIC", "1")
 			}
 		}
-		res := acc.Run(t, fmt.Sprintf("%s_%d", name, i), "nixos-reproducible", tmpl(outs[i]))
+		res := packertest.Run(t, fmt.Sprintf("%s_%d", name, i), "nixos-reproducible", tmpl(outs[i]))
 		res.MustSucceed(t)
 		if i == 0 {
 			for _, w := range []string{"partition table (", "container: ", "Normalising "} {
@@ -157,7 +157,7 @@ func checkIdentical(t *testing.T, a, b string) {
 // the raw image and every container, UUIDs included.
 func TestAccReproducibleStoreOnly(t *testing.T) {
 	roots := fixtures.Build(t, "small")
-	source := fmt.Sprintf("  only_nix_store = true\n  store_paths    = %s", acc.HCLList(roots))
+	source := fmt.Sprintf("  only_nix_store = true\n  store_paths    = %s", packertest.HCLList(roots))
 	contents := func(v string) string {
 		return fmt.Sprintf(`
   provisioner "nixos-contents" {
@@ -171,7 +171,7 @@ func TestAccReproducibleStoreOnly(t *testing.T) {
 	checkIdentical(t, a, b)
 
 	out := filepath.Join(t.TempDir(), "out")
-	acc.Run(t, "repro_store_changed", "nixos-reproducible", template(source, out, contents("v2\n"))).MustSucceed(t)
+	packertest.Run(t, "repro_store_changed", "nixos-reproducible", template(source, out, contents("v2\n"))).MustSucceed(t)
 	sa, sc := sums(t, a), sums(t, out)
 	for n := range sa {
 		if sa[n] == sc[n] {
@@ -221,7 +221,7 @@ func TestAccReproducibleInstall(t *testing.T) {
 			}
 
 			// The image nixos-reproducible rewrote still boots.
-			line := acc.BootImage(t, filepath.Join(a, "nixos.img"), system, c.firmware)
+			line := packertest.BootImage(t, filepath.Join(a, "nixos.img"), system, c.firmware)
 			if !strings.Contains(line, "firmware="+c.firmware) || !strings.Contains(line, "marker=fixture-marker-v1") {
 				t.Errorf("the normalised image booted to %q", line)
 			}
@@ -245,7 +245,7 @@ mkfs.ext4 -q -F -b 4096 -U 3f6b2a4e-8c1d-4f0e-9a57-2d7c1b9e0f11 -E offset=104857
 			t.Fatalf("%v\n%s", err, out)
 		}
 		outs[i] = filepath.Join(dir, "out.img")
-		res := acc.Run(t, fmt.Sprintf("repro_foreign_%d", i), "nixos-reproducible", fmt.Sprintf(`source "file" "disk" {
+		res := packertest.Run(t, fmt.Sprintf("repro_foreign_%d", i), "nixos-reproducible", fmt.Sprintf(`source "file" "disk" {
   source = %q
   target = %q
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
 )
 
 // ConfigFileTarget is where `config_file` goes, as make-disk-image's

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
 )
 
 // fixture makes files/motd, files/a.conf, files/b.conf and files/dir/x.

@@ -7,24 +7,24 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/acc"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/fixtures"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fixtures"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/packertest"
 )
 
 // accTemplate is an install-mode nixos-image build of system with the given
 // provisioner blocks.
 func accTemplate(system, out, provisioners string) string {
-	return acc.Template("contents", fmt.Sprintf(`  system               = %q
+	return packertest.Template("contents", fmt.Sprintf(`  system               = %q
   partition_table_type = "legacy"
   additional_space     = "16M"
   accelerator          = "tcg"
   output_directory     = %q`, system, out), provisioners)
 }
 
-func runPacker(t *testing.T, name, tmpl string) acc.Result {
+func runPacker(t *testing.T, name, tmpl string) packertest.Result {
 	t.Helper()
-	return acc.Run(t, name, "nixos-contents", tmpl)
+	return packertest.Run(t, name, "nixos-contents", tmpl)
 }
 
 // checkImage checks the root filesystem of img (its first partition) with
@@ -65,7 +65,7 @@ func checkStats(t *testing.T, fs imagecheck.FS, wants []want) {
 	}
 }
 
-func tail(s string, n int) string { return acc.Tail(s, n) }
+func tail(s string, n int) string { return packertest.Tail(s, n) }
 
 func write(t *testing.T, p, data string, mode os.FileMode) {
 	t.Helper()
@@ -169,7 +169,7 @@ func TestAccContents(t *testing.T) {
 
 	// The same through the real kernel: the installed system boots and its
 	// init reports /etc/probe's mode and owner with stat.
-	line := acc.BootImage(t, img, system, "bios")
+	line := packertest.BootImage(t, img, system, "bios")
 	t.Logf("booted: %s", line)
 	if !strings.Contains(line, " probe=640:1000:100 ") {
 		t.Errorf("the booted system reports %q; want probe=640:1000:100 (mode 0640, alice:users)", line)
@@ -179,9 +179,9 @@ func TestAccContents(t *testing.T) {
 // storeTemplate is a store-only nixos-image build of the closure of roots
 // with the given provisioner blocks.
 func storeTemplate(roots []string, out, provisioners string) string {
-	return acc.Template("store", fmt.Sprintf(`  only_nix_store   = true
+	return packertest.Template("store", fmt.Sprintf(`  only_nix_store   = true
   store_paths      = %s
-  output_directory = %q`, acc.HCLList(roots), out), provisioners)
+  output_directory = %q`, packertest.HCLList(roots), out), provisioners)
 }
 
 // In store-only mode the contents land relative to the store filesystem's

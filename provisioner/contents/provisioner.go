@@ -17,9 +17,9 @@ import (
 	"github.com/hashicorp/hcl/v2/hcldec"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/stagemeta"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/uiprogress"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/uiprogress"
 )
 
 // Provisioner is nixos-contents.
@@ -41,7 +41,7 @@ func (p *Provisioner) Prepare(raws ...interface{}) error { return p.config.Prepa
 // installed system, or in a store-only nixos-image build (which says so in
 // its generated data) into the store filesystem's root.
 func (p *Provisioner) Provision(ctx context.Context, ui packersdk.Ui, comm packersdk.Communicator, generated map[string]interface{}) error {
-	r := &run{ctx: ctx, ui: ui, comm: comm, store: generated[stagemeta.GeneratedKey] == stagemeta.StoreOnly}
+	r := &run{ctx: ctx, ui: ui, comm: comm, store: generated[stageops.GeneratedKey] == stageops.StoreOnly}
 	if r.store {
 		if err := p.checkStoreOnly(); err != nil {
 			return err
@@ -391,9 +391,9 @@ type pathMode struct {
 // mkdirs makes directories (with parents) in the image.
 func (r *run) mkdirs(dirs []string) error {
 	if r.store {
-		ops := make([]stagemeta.Op, len(dirs))
+		ops := make([]stageops.Op, len(dirs))
 		for i, d := range dirs {
-			ops[i] = stagemeta.Op{Path: d, Mkdir: true}
+			ops[i] = stageops.Op{Path: d, Mkdir: true}
 		}
 		return r.meta(ops)
 	}
@@ -407,10 +407,10 @@ func (r *run) mkdirs(dirs []string) error {
 // chmods sets modes, in order.
 func (r *run) chmods(modes []pathMode) error {
 	if r.store {
-		ops := make([]stagemeta.Op, len(modes))
+		ops := make([]stageops.Op, len(modes))
 		for i, m := range modes {
 			bits := unixmode.Perm(m.mode)
-			ops[i] = stagemeta.Op{Path: m.path, Mode: &bits}
+			ops[i] = stageops.Op{Path: m.path, Mode: &bits}
 		}
 		return r.meta(ops)
 	}
@@ -426,16 +426,16 @@ func (r *run) chown(target, uid, gid string) error {
 	if r.store {
 		u, _ := strconv.ParseUint(uid, 10, 32) // numeric: checkStoreOnly saw to it
 		g, _ := strconv.ParseUint(gid, 10, 32)
-		return r.meta([]stagemeta.Op{{Path: target, Owner: &[2]uint32{uint32(u), uint32(g)}}})
+		return r.meta([]stageops.Op{{Path: target, Owner: &[2]uint32{uint32(u), uint32(g)}}})
 	}
 	return r.shUI(fmt.Sprintf("chown -R %s:%s %s", uid, gid, shellQuote(target)))
 }
 
 // meta hands operations to the store-only communicator.
-func (r *run) meta(ops []stagemeta.Op) error {
-	doc := stagemeta.Encode(ops)
-	fi := fileInfo{name: path.Base(stagemeta.Path), size: int64(len(doc)), mode: 0o600}
-	if err := r.upload(stagemeta.Path, bytes.NewReader(doc), fi); err != nil {
+func (r *run) meta(ops []stageops.Op) error {
+	doc := stageops.Encode(ops)
+	fi := fileInfo{name: path.Base(stageops.Path), size: int64(len(doc)), mode: 0o600}
+	if err := r.upload(stageops.Path, bytes.NewReader(doc), fi); err != nil {
 		return fmt.Errorf("staging directories, modes and owners: %w", err)
 	}
 	return nil

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"path/filepath"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
+)
+
+// The builder's deterministic store-only settings: root owns everything and
+// times are clamped to the epoch.
+var (
+	oursOwner = [2]uint32{0, 0}
+	oursEpoch = int64(epoch)
+	oursRoot  = ext4.Header{Mode: 0o755, Mtime: epoch}
+)
+
+func oursCopier(t hosttree.Target) *hosttree.Copier {
+	return &hosttree.Copier{T: t, Opts: hosttree.Options{Owner: &oursOwner, MaxMtime: &oursEpoch}}
+}
+
+// planOurs is the builder's first walk: measure the tree, no file data read.
+func planOurs(ctx context.Context, srcs []string, extra int64) (int64, uint32, error) {
+	s := ext4.NewSizer()
+	if err := s.SetRoot(oursRoot); err != nil {
+		return 0, 0, err
+	}
+	cp := oursCopier(hosttree.Sizer(s))
+	for _, src := range srcs {
+		if err := cp.Copy(ctx, src, filepath.Base(src)); err != nil {
+			return 0, 0, err
+		}
+	}
+	size, inodes := s.Plan(extra)
+	return size, inodes, nil
+}
+
+// writeOurs does what the builder does for the root filesystem: plan, then
+// stream the closure with a second walk, close and fsync.
+func writeOurs(ctx context.Context, image string, srcs []string, extra int64) error {
+	size, inodes, err := planOurs(ctx, srcs, extra)
+	if err != nil {
+		return err
+	}
+	f, err := createImage(image, size)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	uuid := [16]byte(fsUUID)
+	w, err := ext4.NewWriter(f, 0, ext4.Options{Size: size, Label: "nixos", UUID: uuid, HashSeed: uuid, Time: epoch, Inodes: inodes})
+	if err != nil {
+		return err
+	}
+	if err := w.SetRoot(oursRoot); err != nil {
+		return err
+	}
+	cp := oursCopier(hosttree.Writer(w, nil))
+	for _, src := range srcs {
+		if err := cp.Copy(ctx, src, filepath.Base(src)); err != nil {
+			return err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return f.Sync()
+}

@@ -1,0 +1,385 @@
+package guest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
+)
+
+// cancelGrace is how long a cancelled call waits for the agent to confirm
+// before returning anyway; the agent kills an Exec at once, so this only
+// runs out when the guest is stuck.
+const cancelGrace = 3 * time.Second
+
+// helloInterval is how often Hello is resent while the guest has not
+// opened its port yet.
+const helloInterval = 250 * time.Millisecond
+
+// RemoteError is a failure the agent reported for a request.
+type RemoteError struct {
+	Op      string
+	Message string
+}
+
+func (e *RemoteError) Error() string { return "guest agent: " + e.Op + ": " + e.Message }
+
+// Client is the host side of the protocol. Its methods may be called from
+// several goroutines but run one at a time.
+type Client struct {
+	conn   io.ReadWriteCloser
+	fw     *frameWriter
+	frames chan frame
+	closed chan struct{}
+	once   sync.Once
+
+	readErr error // valid once frames is closed
+
+	mu     sync.Mutex // one request at a time
+	nextID uint32
+}
+
+// Dial connects to the UNIX socket of QEMU's agent chardev, retrying while
+// the socket does not exist yet or refuses (QEMU still starting) until ctx
+// ends. Being connected says nothing about the guest: call Hello.
+func Dial(ctx context.Context, path string) (*Client, error) {
+	var d net.Dialer
+	for {
+		conn, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			return NewClient(conn), nil
+		}
+		if !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("guest agent: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("guest agent: connecting to %s: %w", path, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// NewClient speaks the protocol over conn, which it owns from now on.
+func NewClient(conn io.ReadWriteCloser) *Client {
+	c := &Client{conn: conn, fw: &frameWriter{w: conn}, frames: make(chan frame), closed: make(chan struct{}),
+		// Ids differ from a previous connection's, whose late frames the
+		// agent might still deliver.
+		nextID: uint32(time.Now().UnixNano())}
+	go c.readLoop()
+	return c
+}
+
+func (c *Client) readLoop() {
+	fr := newFrameReader(c.conn, false)
+	for {
+		f, err := fr.read()
+		if err != nil {
+			c.readErr = err
+			close(c.frames)
+			return
+		}
+		select {
+		case c.frames <- f:
+		case <-c.closed:
+			c.readErr = net.ErrClosed
+			close(c.frames)
+			return
+		}
+	}
+}
+
+// Close closes the connection; the agent treats it as a disconnect, kills
+// a running Exec and waits for the next connection.
+func (c *Client) Close() error {
+	var err error
+	c.once.Do(func() {
+		close(c.closed)
+		err = c.conn.Close()
+	})
+	return err
+}
+
+func (c *Client) lost(op string) error {
+	err := c.readErr
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("guest agent: %s: connection lost (QEMU exited or closed the agent channel): %w", op, err)
+	}
+	return fmt.Errorf("guest agent: %s: connection lost: %w", op, err)
+}
+
+func (c *Client) newID() uint32 {
+	c.nextID++
+	if c.nextID == 0 {
+		c.nextID = 1
+	}
+	return c.nextID
+}
+
+func (c *Client) cancel(id uint32) {
+	// In the background: a data write may hold the writer.
+	go c.fw.write(frameCancel, id, nil)
+}
+
+// call sends req and waits for its response. input, when set, streams the
+// request's data and must return early once stop is closed; onFrame gets
+// the streamed frames. A local failure (input or onFrame) cancels the
+// request and is what call returns.
+func (c *Client) call(ctx context.Context, req *Request, input func(id uint32, stop <-chan struct{}) error, onFrame func(frame) error) (*Response, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("guest agent: %s: %w", req.Op, err)
+	}
+	id := c.newID()
+	if err := c.fw.writeJSON(frameRequest, id, req); err != nil {
+		return nil, fmt.Errorf("guest agent: %s: sending: %w", req.Op, err)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	inErr := make(chan error, 1)
+	if input != nil {
+		go func() { inErr <- input(id, stop) }()
+	}
+
+	var localErr error
+	var grace <-chan time.Time
+	done := ctx.Done()
+	abort := func(err error) {
+		if localErr == nil {
+			localErr = err
+			c.cancel(id)
+			grace = time.After(cancelGrace)
+		}
+	}
+	for {
+		select {
+		case f, ok := <-c.frames:
+			if !ok {
+				return nil, c.lost(req.Op)
+			}
+			if f.id != id {
+				continue // a late frame of an abandoned request or a repeated Hello
+			}
+			if f.typ != frameResponse {
+				if onFrame != nil && localErr == nil {
+					if err := onFrame(f); err != nil {
+						abort(err)
+					}
+				}
+				continue
+			}
+			var resp Response
+			if err := json.Unmarshal(f.payload, &resp); err != nil {
+				return nil, fmt.Errorf("guest agent: %s: bad response: %w", req.Op, err)
+			}
+			if localErr != nil {
+				return nil, localErr
+			}
+			if resp.Error != "" {
+				return nil, &RemoteError{Op: req.Op, Message: resp.Error}
+			}
+			return &resp, nil
+		case err := <-inErr:
+			if err != nil {
+				abort(fmt.Errorf("guest agent: %s: %w", req.Op, err))
+			}
+		case <-done:
+			done = nil
+			abort(fmt.Errorf("guest agent: %s: %w", req.Op, ctx.Err()))
+		case <-grace:
+			return nil, fmt.Errorf("%w (the agent did not confirm the cancel within %v)", localErr, cancelGrace)
+		}
+	}
+}
+
+// Hello waits for the agent to answer and returns what it reports. It is
+// the readiness probe: the request is resent every 250 ms because the
+// guest drops whatever arrives before it opened its port.
+func (c *Client) Hello(ctx context.Context) (*HelloInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sent := map[uint32]bool{}
+	tick := time.NewTicker(helloInterval)
+	defer tick.Stop()
+	for {
+		id := c.newID()
+		sent[id] = true
+		if err := c.fw.writeJSON(frameRequest, id, &Request{Op: opHello}); err != nil {
+			return nil, fmt.Errorf("guest agent: hello: sending: %w", err)
+		}
+	wait:
+		for {
+			select {
+			case f, ok := <-c.frames:
+				if !ok {
+					return nil, c.lost("hello")
+				}
+				if f.typ != frameResponse || !sent[f.id] {
+					continue
+				}
+				var resp Response
+				if err := json.Unmarshal(f.payload, &resp); err != nil {
+					return nil, fmt.Errorf("guest agent: hello: bad response: %w", err)
+				}
+				if resp.Error != "" || resp.Hello == nil {
+					return nil, &RemoteError{Op: opHello, Message: resp.Error}
+				}
+				return resp.Hello, nil
+			case <-tick.C:
+				break wait
+			case <-ctx.Done():
+				return nil, fmt.Errorf("guest agent: no hello from the agent: %w", ctx.Err())
+			}
+		}
+	}
+}
+
+func (c *Client) simple(ctx context.Context, req *Request) error {
+	_, err := c.call(ctx, req, nil, nil)
+	return err
+}
+
+// Mount mounts r.Source on r.Target in the guest.
+func (c *Client) Mount(ctx context.Context, r MountRequest) error {
+	return c.simple(ctx, &Request{Op: opMount, Mount: &r})
+}
+
+// BindSystem prepares r.Root for chrooted commands (see BindSystemRequest).
+func (c *Client) BindSystem(ctx context.Context, r BindSystemRequest) error {
+	return c.simple(ctx, &Request{Op: opBindSystem, Bind: &r})
+}
+
+// Unmount unmounts everything at or below target in the guest.
+func (c *Client) Unmount(ctx context.Context, target string) error {
+	return c.simple(ctx, &Request{Op: opUnmount, Path: target})
+}
+
+// Remove removes path in the guest, with everything below it if recursive.
+func (c *Client) Remove(ctx context.Context, path string, recursive bool) error {
+	return c.simple(ctx, &Request{Op: opRemove, Path: path, Recursive: recursive})
+}
+
+// Sync flushes the guest's filesystems.
+func (c *Client) Sync(ctx context.Context) error {
+	return c.simple(ctx, &Request{Op: opSync})
+}
+
+// Poweroff has the agent kill leftover processes, unmount what it mounted
+// and sync; once it answers, the VM powers off and QEMU exits.
+func (c *Client) Poweroff(ctx context.Context) error {
+	return c.simple(ctx, &Request{Op: opPoweroff})
+}
+
+// Exec runs r in the guest, copying its output to stdout and stderr (nil
+// discards), and returns its exit status (128+n when killed by signal n).
+// A cancelled ctx kills the command's process group; a failure to write
+// the output does too, and is returned.
+func (c *Client) Exec(ctx context.Context, r ExecRequest, stdout, stderr io.Writer) (int, error) {
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	var input func(uint32, <-chan struct{}) error
+	if r.Stdin != nil {
+		r.HasStdin = true
+		stdin := r.Stdin
+		input = func(id uint32, stop <-chan struct{}) error {
+			return c.stream(frameStdin, id, stop, stdin, -1)
+		}
+	}
+	resp, err := c.call(ctx, &Request{Op: opExec, Exec: &r}, input, func(f frame) error {
+		var err error
+		switch f.typ {
+		case frameStdout:
+			_, err = stdout.Write(f.payload)
+		case frameStderr:
+			_, err = stderr.Write(f.payload)
+		}
+		return err
+	})
+	if err != nil {
+		return -1, err
+	}
+	if resp.Exec == nil {
+		return -1, fmt.Errorf("guest agent: exec: response without a result")
+	}
+	return resp.Exec.ExitStatus, nil
+}
+
+// stream sends r as frames of type typ: exactly size bytes, or with size
+// < 0 until EOF followed by an empty frame.
+func (c *Client) stream(typ byte, id uint32, stop <-chan struct{}, r io.Reader, size int64) error {
+	buf := make([]byte, chunkSize)
+	var sent int64
+	for size < 0 || sent < size {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		want := int64(len(buf))
+		if size >= 0 {
+			want = min(want, size-sent)
+		}
+		n, err := io.ReadFull(r, buf[:want])
+		if n > 0 {
+			if werr := c.fw.write(typ, id, buf[:n]); werr != nil {
+				return werr
+			}
+			sent += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			if size >= 0 && sent < size {
+				return fmt.Errorf("source ended after %d of %d bytes", sent, size)
+			}
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if size < 0 {
+		return c.fw.write(typ, id, nil)
+	}
+	return nil
+}
+
+// Upload writes size bytes from r to path in the guest, atomically, with
+// mode's permission bits (and setuid/setgid/sticky) and owner uid:gid.
+func (c *Client) Upload(ctx context.Context, path string, mode fs.FileMode, uid, gid int, r io.Reader, size int64) error {
+	req := &Request{Op: opUpload, Upload: &UploadRequest{Path: path, Mode: unixmode.Perm(mode), Uid: uid, Gid: gid, Size: size}}
+	_, err := c.call(ctx, req, func(id uint32, stop <-chan struct{}) error {
+		return c.stream(frameData, id, stop, r, size)
+	}, nil)
+	return err
+}
+
+// Download copies the guest's regular file path to w and returns its mode,
+// owner and size.
+func (c *Client) Download(ctx context.Context, path string, w io.Writer) (FileInfo, error) {
+	resp, err := c.call(ctx, &Request{Op: opDownload, Path: path}, nil, func(f frame) error {
+		if f.typ != frameData {
+			return nil
+		}
+		_, err := w.Write(f.payload)
+		return err
+	})
+	if err != nil {
+		return FileInfo{}, err
+	}
+	if resp.File == nil {
+		return FileInfo{}, fmt.Errorf("guest agent: download: response without file info")
+	}
+	return *resp.File, nil
+}
