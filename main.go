@@ -5,12 +5,12 @@ package main
 
 import (
 	"fmt"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agent"
 	"os"
 
 	"github.com/hashicorp/packer-plugin-sdk/plugin"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixos"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/guest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/post-processor/convert"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/post-processor/reproducible"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/provisioner/contents"
@@ -19,8 +19,8 @@ import (
 
 func main() {
 	// In the installer VM this same (static) binary is /init.
-	if guest.IsAgent() {
-		guest.Main()
+	if agent.IsAgent() {
+		agent.Main()
 	}
 	pps := plugin.NewSet()
 	pps.RegisterBuilder("image", new(nixos.Builder))

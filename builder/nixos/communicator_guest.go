@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentclient"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"io"
 	"io/fs"
 	"os"
@@ -13,8 +15,6 @@ import (
 	"strings"
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
-
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/guest"
 )
 
 // guestComm is the communicator of install mode: Packer's provisioners reach
@@ -23,7 +23,7 @@ import (
 // them; paths are the installed system's.
 type guestComm struct {
 	ctx    context.Context // the installer VM's life
-	client *guest.Client
+	client *agentclient.Client
 }
 
 var _ packersdk.Communicator = (*guestComm)(nil)
@@ -43,7 +43,7 @@ func (g *guestComm) Start(ctx context.Context, cmd *packersdk.RemoteCmd) error {
 	if stderr == nil {
 		stderr = io.Discard
 	}
-	req := guest.ExecRequest{Argv: []string{"sh", "-c", cmd.Command}, Env: commandEnv, Chroot: guestRoot, Stdin: cmd.Stdin}
+	req := protocol.ExecRequest{Argv: []string{"sh", "-c", cmd.Command}, Env: commandEnv, Chroot: guestRoot, Stdin: cmd.Stdin}
 	go func() {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -158,7 +158,7 @@ func (g *guestComm) DownloadDir(src, dst string, exclude []string) error {
 	done := make(chan error, 1)
 	go func() {
 		var stderr strings.Builder
-		status, err := g.client.Exec(g.ctx, guest.ExecRequest{
+		status, err := g.client.Exec(g.ctx, protocol.ExecRequest{
 			Argv: []string{"sh", "-c", "cd " + shellQuote(src) + " && tar -cf - ."}, Env: commandEnv, Chroot: guestRoot,
 		}, pw, &stderr)
 		if err == nil && status != 0 {
@@ -217,7 +217,7 @@ func (g *guestComm) DownloadDir(src, dst string, exclude []string) error {
 
 func (g *guestComm) run(script string) error {
 	var out strings.Builder
-	status, err := g.client.Exec(g.ctx, guest.ExecRequest{Argv: []string{"sh", "-c", script}, Env: commandEnv, Chroot: guestRoot}, &out, &out)
+	status, err := g.client.Exec(g.ctx, protocol.ExecRequest{Argv: []string{"sh", "-c", script}, Env: commandEnv, Chroot: guestRoot}, &out, &out)
 	if err == nil && status != 0 {
 		err = fmt.Errorf("%s: exit status %d: %s", script, status, strings.TrimSpace(out.String()))
 	}

@@ -6,6 +6,9 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentclient"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/initrd"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,7 +23,6 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/guest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/qemu"
 )
 
@@ -41,7 +43,7 @@ type stepInstall struct {
 	timedOut  atomic.Bool
 	dir       string
 	vm        qemu.VM
-	client    *guest.Client
+	client    *agentclient.Client
 	vars      string // the EFI variable store being written, until it is final
 }
 
@@ -127,7 +129,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 
 	ready := func(ctx context.Context) error {
-		cl, err := guest.Dial(ctx, sock)
+		cl, err := agentclient.Dial(ctx, sock)
 		if err != nil {
 			return err
 		}
@@ -252,7 +254,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	if p.layout.Type != disk.None {
 		rootDev = fmt.Sprintf("/dev/vda%d", partIndex(p.layout, disk.RoleRoot))
 	}
-	if err := cl.Mount(ctx, guest.MountRequest{Source: rootDev, Target: guestRoot, FSType: c.FSType}); err != nil {
+	if err := cl.Mount(ctx, protocol.MountRequest{Source: rootDev, Target: guestRoot, FSType: c.FSType}); err != nil {
 		return err
 	}
 	dirs := mountDirs(p.layout.Type)
@@ -265,11 +267,11 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 			target = guestRoot + "/" + dirs[1]
 		}
 		dev := fmt.Sprintf("/dev/vda%d", partIndex(p.layout, role))
-		if err := cl.Mount(ctx, guest.MountRequest{Source: dev, Target: target, FSType: "vfat", Options: "umask=0077"}); err != nil {
+		if err := cl.Mount(ctx, protocol.MountRequest{Source: dev, Target: target, FSType: "vfat", Options: "umask=0077"}); err != nil {
 			return err
 		}
 	}
-	if err := cl.BindSystem(ctx, guest.BindSystemRequest{Root: guestRoot, Tmp: true, EFIVars: c.TouchEFIVars}); err != nil {
+	if err := cl.BindSystem(ctx, protocol.BindSystemRequest{Root: guestRoot, Tmp: true, EFIVars: c.TouchEFIVars}); err != nil {
 		return err
 	}
 
@@ -283,7 +285,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	// As nixos-enter runs it: IN_NIXOS_ENTER tells activation snippets
 	// they are not on a booted system.
 	actEnv := append([]string{"IN_NIXOS_ENTER=1", "LOCALE_ARCHIVE=" + systemProfile + "/sw/lib/locale/locale-archive"}, env...)
-	status, err := cl.Exec(ctx, guest.ExecRequest{Argv: []string{systemProfile + "/activate"}, Env: actEnv, Chroot: guestRoot}, out, out)
+	status, err := cl.Exec(ctx, protocol.ExecRequest{Argv: []string{systemProfile + "/activate"}, Env: actEnv, Chroot: guestRoot}, out, out)
 	if err != nil {
 		return fmt.Errorf("activate: %w", err)
 	}
@@ -295,7 +297,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	// nixos-enter then lets systemd-tmpfiles create what the system's
 	// tmpfiles.d asks for (/var, /tmp contents...), where the system has it.
 	if tmpfiles := filepath.Join(system.path, "sw/bin/systemd-tmpfiles"); fileExists(tmpfiles) {
-		status, err := cl.Exec(ctx, guest.ExecRequest{Argv: []string{systemProfile + "/sw/bin/systemd-tmpfiles", "--create", "--remove", "-E"}, Env: env, Chroot: guestRoot}, out, out)
+		status, err := cl.Exec(ctx, protocol.ExecRequest{Argv: []string{systemProfile + "/sw/bin/systemd-tmpfiles", "--create", "--remove", "-E"}, Env: env, Chroot: guestRoot}, out, out)
 		if err != nil {
 			return fmt.Errorf("systemd-tmpfiles: %w", err)
 		}
@@ -311,7 +313,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	} else {
 		ui.Say("Writing boot entries (switch-to-configuration boot)...")
 	}
-	status, err = cl.Exec(ctx, guest.ExecRequest{Argv: []string{systemProfile + "/bin/switch-to-configuration", "boot"}, Env: env, Chroot: guestRoot}, out, out)
+	status, err = cl.Exec(ctx, protocol.ExecRequest{Argv: []string{systemProfile + "/bin/switch-to-configuration", "boot"}, Env: env, Chroot: guestRoot}, out, out)
 	if err != nil {
 		return fmt.Errorf("%s: %w", sctx, err)
 	}
@@ -388,7 +390,7 @@ func (s *stepInstall) phase(name string) {
 }
 
 func isNotExist(err error) bool {
-	var re *guest.RemoteError
+	var re *agentclient.RemoteError
 	return errors.As(err, &re) && strings.Contains(strings.ToLower(re.Message), "no such file")
 }
 
@@ -452,7 +454,7 @@ func writeInstallerInitrd(path string, system *toplevel) error {
 		return err
 	}
 	defer f.Close()
-	if err := guest.BuildInitrd(f, guest.InitrdOptions{Agent: exe, ModulesDir: system.modulesDir}); err != nil {
+	if err := initrd.Build(f, initrd.Options{Agent: exe, ModulesDir: system.modulesDir}); err != nil {
 		return err
 	}
 	return f.Close()

@@ -1,7 +1,9 @@
 // Command testagent is the guest agent alone, small enough to build static
-// for the QEMU tests of package guest.
+// for the QEMU tests of package agent.
 package main
 
-import "github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/guest"
+import (
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agent"
+)
 
-func main() { guest.Main() }
+func main() { agent.Main() }

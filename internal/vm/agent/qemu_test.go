@@ -1,10 +1,13 @@
-package guest
+package agent
 
 import (
 	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentclient"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/initrd"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"io"
 	"os"
 	"os/exec"
@@ -28,7 +31,7 @@ var (
 
 // testInitrd builds the static test agent and an initrd for the host's
 // kernel once per test binary.
-func testInitrd(t *testing.T) (kernel, initrd string) {
+func testInitrd(t *testing.T) (kernel, initrdFile string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("boots QEMU")
@@ -60,7 +63,7 @@ func testInitrd(t *testing.T) (kernel, initrd string) {
 		}
 		defer f.Close()
 		start := time.Now()
-		initrdErr = BuildInitrd(f, InitrdOptions{Agent: agent, ModulesDir: modDir})
+		initrdErr = initrd.Build(f, initrd.Options{Agent: agent, ModulesDir: modDir})
 		st, _ := f.Stat()
 		ast, _ := os.Stat(agent)
 		t.Logf("initrd: %d bytes (agent %d bytes uncompressed), built in %v", st.Size(), ast.Size(), time.Since(start).Round(time.Millisecond))
@@ -132,7 +135,7 @@ func bootVM(t *testing.T) *vm {
 		"-drive", "file="+img+",format=raw,if=virtio",
 		"-device", "virtio-serial-pci",
 		"-chardev", "socket,id=agent,path="+sock+",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name="+PortName)
+		"-device", "virtserialport,chardev=agent,name="+protocol.PortName)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -166,9 +169,9 @@ func bootVM(t *testing.T) *vm {
 	return v
 }
 
-func (v *vm) dial(t *testing.T, ctx context.Context) *Client {
+func (v *vm) dial(t *testing.T, ctx context.Context) *agentclient.Client {
 	t.Helper()
-	c, err := Dial(ctx, v.sock)
+	c, err := agentclient.Dial(ctx, v.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,17 +194,17 @@ func TestQEMU(t *testing.T) {
 	defer cancel()
 	c := v.dial(t, ctx)
 
-	if err := c.Mount(ctx, MountRequest{Source: "/dev/vda", Target: "/mnt", FSType: "ext4"}); err != nil {
+	if err := c.Mount(ctx, protocol.MountRequest{Source: "/dev/vda", Target: "/mnt", FSType: "ext4"}); err != nil {
 		t.Fatal(err)
 	}
 	// The agent survives the host going away and serves the next one.
 	c.Close()
 	c = v.dial(t, ctx)
-	if err := c.BindSystem(ctx, BindSystemRequest{Root: "/mnt", Tmp: true}); err != nil {
+	if err := c.BindSystem(ctx, protocol.BindSystemRequest{Root: "/mnt", Tmp: true}); err != nil {
 		t.Fatal(err)
 	}
 	var out, errb bytes.Buffer
-	st, err := c.Exec(ctx, ExecRequest{Argv: []string{"/bin/sh", "-c", "echo hi; echo err >&2; exit 3"}, Chroot: "/mnt"}, &out, &errb)
+	st, err := c.Exec(ctx, protocol.ExecRequest{Argv: []string{"/bin/sh", "-c", "echo hi; echo err >&2; exit 3"}, Chroot: "/mnt"}, &out, &errb)
 	if err != nil || st != 3 || out.String() != "hi\n" || errb.String() != "err\n" {
 		t.Fatalf("exec: %v status %d stdout %q stderr %q", err, st, out.String(), errb.String())
 	}
@@ -220,21 +223,21 @@ func TestQEMU(t *testing.T) {
 	}
 	t.Logf("%d bytes: upload %v, download %v", len(data), up.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	out.Reset()
-	if st, err := c.Exec(ctx, ExecRequest{Argv: []string{"sh", "-c", "stat -c %a /etc/uploaded; cat /etc/uploaded | wc -c"}, Chroot: "/mnt", Env: []string{"PATH=/bin"}}, &out, nil); err != nil || st != 0 || out.String() != "640\n950000\n" {
+	if st, err := c.Exec(ctx, protocol.ExecRequest{Argv: []string{"sh", "-c", "stat -c %a /etc/uploaded; cat /etc/uploaded | wc -c"}, Chroot: "/mnt", Env: []string{"PATH=/bin"}}, &out, nil); err != nil || st != 0 || out.String() != "640\n950000\n" {
 		t.Fatalf("cat: %v %d %q", err, st, out.String())
 	}
 
 	// Cancel a long command: prompt, and the agent goes on.
 	cctx, ccancel := context.WithTimeout(ctx, time.Second)
 	start = time.Now()
-	_, err = c.Exec(cctx, ExecRequest{Argv: []string{"/bin/sleep", "100"}, Chroot: "/mnt"}, nil, nil)
+	_, err = c.Exec(cctx, protocol.ExecRequest{Argv: []string{"/bin/sleep", "100"}, Chroot: "/mnt"}, nil, nil)
 	ccancel()
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
 		t.Fatalf("cancelled exec: %v after %v", err, time.Since(start))
 	}
 	t.Logf("cancelled exec returned after %v", time.Since(start).Round(time.Millisecond))
 	out.Reset()
-	if st, err := c.Exec(ctx, ExecRequest{Argv: []string{"/bin/sh", "-c", "echo still here"}, Chroot: "/mnt"}, &out, nil); err != nil || st != 0 || out.String() != "still here\n" {
+	if st, err := c.Exec(ctx, protocol.ExecRequest{Argv: []string{"/bin/sh", "-c", "echo still here"}, Chroot: "/mnt"}, &out, nil); err != nil || st != 0 || out.String() != "still here\n" {
 		t.Fatalf("exec after cancel: %v %d %q", err, st, out.String())
 	}
 
@@ -273,12 +276,12 @@ func TestQEMUKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	c := v.dial(t, ctx)
-	if err := c.Mount(ctx, MountRequest{Source: "/dev/vda", Target: "/mnt", FSType: "ext4"}); err != nil {
+	if err := c.Mount(ctx, protocol.MountRequest{Source: "/dev/vda", Target: "/mnt", FSType: "ext4"}); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
 	go func() {
-		_, err := c.Exec(ctx, ExecRequest{Argv: []string{"/bin/sleep", "100"}, Chroot: "/mnt"}, io.Discard, io.Discard)
+		_, err := c.Exec(ctx, protocol.ExecRequest{Argv: []string{"/bin/sleep", "100"}, Chroot: "/mnt"}, io.Discard, io.Discard)
 		errc <- err
 	}()
 	time.Sleep(500 * time.Millisecond)

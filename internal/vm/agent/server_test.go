@@ -1,9 +1,11 @@
-package guest
+package agent
 
 import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentclient"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"io"
 	"net"
 	"os"
@@ -29,24 +31,24 @@ func requireRoot(t *testing.T) {
 
 // pair runs Serve on one end of a pipe with the real Linux system and
 // returns a client on the other end and Serve's result.
-func pair(t *testing.T) (*Client, *Linux, <-chan error) {
+func pair(t *testing.T) (*agentclient.Client, *Linux, <-chan error) {
 	t.Helper()
 	a, b := net.Pipe()
 	sys := &Linux{DeviceWait: 200 * time.Millisecond}
 	done := make(chan error, 1)
 	go func() { done <- Serve(b, sys) }()
-	c := NewClient(a)
+	c := agentclient.NewClient(a)
 	t.Cleanup(func() { c.Close() })
 	return c, sys, done
 }
 
 // chroot mounts a tmpfs through the agent and fills it with busybox: bin/sh
 // relative, bin/cat absolute (resolvable only inside the chroot).
-func chroot(t *testing.T, ctx context.Context, c *Client) string {
+func chroot(t *testing.T, ctx context.Context, c *agentclient.Client) string {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "root")
 	t.Cleanup(func() { unmountAllBelow(root) })
-	if err := c.Mount(ctx, MountRequest{Source: "tmpfs", Target: root, FSType: "tmpfs", Options: "nodev,size=64m,mode=755"}); err != nil {
+	if err := c.Mount(ctx, protocol.MountRequest{Source: "tmpfs", Target: root, FSType: "tmpfs", Options: "nodev,size=64m,mode=755"}); err != nil {
 		t.Fatal(err)
 	}
 	bb, err := os.ReadFile("/bin/busybox")
@@ -74,7 +76,7 @@ func unmountAllBelow(root string) {
 	}
 }
 
-func exec1(t *testing.T, ctx context.Context, c *Client, r ExecRequest) (string, string, int) {
+func exec1(t *testing.T, ctx context.Context, c *agentclient.Client, r protocol.ExecRequest) (string, string, int) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	start := time.Now()
@@ -93,45 +95,45 @@ func TestServe(t *testing.T) {
 	c, sys, done := pair(t)
 
 	info, err := c.Hello(ctx)
-	if err != nil || info.Version != Version || info.Kernel == "" || info.Uptime <= 0 {
+	if err != nil || info.Version != protocol.Version || info.Kernel == "" || info.Uptime <= 0 {
 		t.Fatalf("hello: %+v %v", info, err)
 	}
 	root := chroot(t, ctx, c)
-	if err := c.BindSystem(ctx, BindSystemRequest{Root: root, Tmp: true}); err != nil {
+	if err := c.BindSystem(ctx, protocol.BindSystemRequest{Root: root, Tmp: true}); err != nil {
 		t.Fatal(err)
 	}
 
-	out, errs, st := exec1(t, ctx, c, ExecRequest{Argv: []string{"/bin/sh", "-c", "echo hi; echo err >&2; exit 3"}, Chroot: root})
+	out, errs, st := exec1(t, ctx, c, protocol.ExecRequest{Argv: []string{"/bin/sh", "-c", "echo hi; echo err >&2; exit 3"}, Chroot: root})
 	if out != "hi\n" || errs != "err\n" || st != 3 {
 		t.Errorf("exec: stdout %q stderr %q status %d", out, errs, st)
 	}
 	// Bare name looked up inside the chroot through an absolute symlink;
 	// the bound /proc and the tmpfs /tmp are there.
-	out, errs, st = exec1(t, ctx, c, ExecRequest{Argv: []string{"cat", "/proc/self/mounts"}, Chroot: root, Env: []string{"PATH=/bin"}})
+	out, errs, st = exec1(t, ctx, c, protocol.ExecRequest{Argv: []string{"cat", "/proc/self/mounts"}, Chroot: root, Env: []string{"PATH=/bin"}})
 	if st != 0 || !strings.Contains(out, " /tmp tmpfs ") || !strings.Contains(out, " /run tmpfs ") {
 		t.Errorf("cat mounts: status %d stderr %q\n%s", st, errs, out)
 	}
 	// stdin, Dir and Env
-	out, _, st = exec1(t, ctx, c, ExecRequest{Argv: []string{"sh", "-c", "pwd; echo $FOO; cat"}, Chroot: root, Dir: "/tmp",
+	out, _, st = exec1(t, ctx, c, protocol.ExecRequest{Argv: []string{"sh", "-c", "pwd; echo $FOO; cat"}, Chroot: root, Dir: "/tmp",
 		Env: []string{"PATH=/bin", "FOO=bar"}, Stdin: strings.NewReader(strings.Repeat("z", 200000))})
 	if st != 0 || out != "/tmp\nbar\n"+strings.Repeat("z", 200000) {
 		t.Errorf("stdin: status %d, %d bytes of output", st, len(out))
 	}
 	// Large output keeps its bytes and order.
-	out, _, _ = exec1(t, ctx, c, ExecRequest{Argv: []string{"sh", "-c", "i=0; while [ $i -lt 20000 ]; do echo line$i; i=$((i+1)); done"}, Chroot: root})
+	out, _, _ = exec1(t, ctx, c, protocol.ExecRequest{Argv: []string{"sh", "-c", "i=0; while [ $i -lt 20000 ]; do echo line$i; i=$((i+1)); done"}, Chroot: root})
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 20000 || lines[19999] != "line19999" {
 		t.Errorf("big output: %d lines", len(lines))
 	}
 	// Killed by a signal.
-	if _, _, st := exec1(t, ctx, c, ExecRequest{Argv: []string{"/bin/sh", "-c", "kill -TERM $$"}, Chroot: root}); st != 128+int(syscall.SIGTERM) {
+	if _, _, st := exec1(t, ctx, c, protocol.ExecRequest{Argv: []string{"/bin/sh", "-c", "kill -TERM $$"}, Chroot: root}); st != 128+int(syscall.SIGTERM) {
 		t.Errorf("signalled: status %d", st)
 	}
-	// Errors come back as RemoteError and leave the agent usable.
-	var re *RemoteError
-	if _, err := c.Exec(ctx, ExecRequest{Argv: []string{"nosuch"}, Chroot: root}, nil, nil); !errors.As(err, &re) || !strings.Contains(err.Error(), "not found in PATH") {
+	// Errors come back as agentclient.RemoteError and leave the agent usable.
+	var re *agentclient.RemoteError
+	if _, err := c.Exec(ctx, protocol.ExecRequest{Argv: []string{"nosuch"}, Chroot: root}, nil, nil); !errors.As(err, &re) || !strings.Contains(err.Error(), "not found in PATH") {
 		t.Errorf("missing command: %v", err)
 	}
-	if err := c.Mount(ctx, MountRequest{Source: "/dev/nosuch", Target: root + "/x", FSType: "ext4"}); !errors.As(err, &re) {
+	if err := c.Mount(ctx, protocol.MountRequest{Source: "/dev/nosuch", Target: root + "/x", FSType: "ext4"}); !errors.As(err, &re) {
 		t.Errorf("bad mount: %v", err)
 	}
 
@@ -143,7 +145,7 @@ func TestServe(t *testing.T) {
 	}
 	var got bytes.Buffer
 	fi, err := c.Download(ctx, p, &got)
-	if err != nil || !bytes.Equal(got.Bytes(), data) || fi != (FileInfo{Mode: 0o2640, Uid: 1000, Gid: 100, Size: int64(len(data))}) {
+	if err != nil || !bytes.Equal(got.Bytes(), data) || fi != (protocol.FileInfo{Mode: 0o2640, Uid: 1000, Gid: 100, Size: int64(len(data))}) {
 		t.Errorf("download: %+v %v (%d bytes)", fi, err, got.Len())
 	}
 	// A source shorter than announced fails and leaves nothing behind.
@@ -183,12 +185,12 @@ func TestServe(t *testing.T) {
 	cctx, ccancel := context.WithCancel(ctx)
 	time.AfterFunc(300*time.Millisecond, ccancel)
 	start := time.Now()
-	_, err = c.Exec(cctx, ExecRequest{Argv: []string{"/bin/sh", "-c", "echo $$ > /tmp/pid; exec sleep 100"}, Chroot: root}, nil, nil)
+	_, err = c.Exec(cctx, protocol.ExecRequest{Argv: []string{"/bin/sh", "-c", "echo $$ > /tmp/pid; exec sleep 100"}, Chroot: root}, nil, nil)
 	if !errors.Is(err, context.Canceled) || time.Since(start) > 2*time.Second {
 		t.Errorf("cancelled exec: %v after %v", err, time.Since(start))
 	}
 	assertDead(t, pidFile)
-	if out, _, st := exec1(t, ctx, c, ExecRequest{Argv: []string{"/bin/sh", "-c", "echo again"}, Chroot: root}); out != "again\n" || st != 0 {
+	if out, _, st := exec1(t, ctx, c, protocol.ExecRequest{Argv: []string{"/bin/sh", "-c", "echo again"}, Chroot: root}); out != "again\n" || st != 0 {
 		t.Errorf("exec after cancel: %q %d", out, st)
 	}
 
@@ -239,7 +241,7 @@ func TestDisconnectKills(t *testing.T) {
 	pidFile := filepath.Join(root, "pid")
 	errc := make(chan error, 1)
 	go func() {
-		_, err := c.Exec(ctx, ExecRequest{Argv: []string{"/bin/sh", "-c", "echo $$ > /pid; echo started; exec sleep 100"}, Chroot: root}, nil, nil)
+		_, err := c.Exec(ctx, protocol.ExecRequest{Argv: []string{"/bin/sh", "-c", "echo $$ > /pid; echo started; exec sleep 100"}, Chroot: root}, nil, nil)
 		errc <- err
 	}()
 	for i := 0; ; i++ {
@@ -281,14 +283,14 @@ func TestHelloRetry(t *testing.T) {
 	// resynchronise.
 	go func() {
 		buf := make([]byte, 1)
-		for range headerLen + len(`{"op":"hello"}`) + 5 {
+		for range protocol.HeaderLen + len(`{"op":"hello"}`) + 5 {
 			if _, err := b.Read(buf); err != nil {
 				return
 			}
 		}
 		Serve(b, &Linux{})
 	}()
-	c := NewClient(a)
+	c := agentclient.NewClient(a)
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -309,7 +311,7 @@ func TestHelloRetry(t *testing.T) {
 func TestHelloTimeout(t *testing.T) {
 	a, b := net.Pipe()
 	go io.Copy(io.Discard, b)
-	c := NewClient(a)
+	c := agentclient.NewClient(a)
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
 	defer cancel()

@@ -1,4 +1,6 @@
-package guest
+// Package initrd assembles the installer VM's initrd: the plugin binary as
+// /init and the kernel modules the agent needs, resolved like modprobe.
+package initrd
 
 import (
 	"bytes"
@@ -22,8 +24,8 @@ var DefaultModules = []string{
 	"ext4", "vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii", "efivarfs",
 }
 
-// InitrdOptions says what goes into the installer cpio.
-type InitrdOptions struct {
+// Options says what goes into the installer cpio.
+type Options struct {
 	// Agent is the static binary to install as /init, normally the
 	// plugin itself (os.Executable()).
 	Agent string
@@ -35,10 +37,10 @@ type InitrdOptions struct {
 	Modules []string
 }
 
-// BuildInitrd writes a gzip-compressed cpio archive holding the agent as
+// Build writes a gzip-compressed cpio archive holding the agent as
 // /init and the modules it loads at boot (lib/modules/load-order). The
 // output depends only on the inputs' contents.
-func BuildInitrd(w io.Writer, o InitrdOptions) error {
+func Build(w io.Writer, o Options) error {
 	agent, err := os.Open(o.Agent)
 	if err != nil {
 		return fmt.Errorf("guest initrd: %w", err)

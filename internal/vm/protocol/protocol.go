@@ -1,13 +1,6 @@
-// Package guest is the installer VM's agent and the host side of its
-// protocol.
-//
-// The agent is the plugin binary itself, copied into an initrd (BuildInitrd)
-// as /init; main calls Main when IsAgent says so. It mounts the pseudo
-// filesystems, loads the modules listed in the initrd, opens the
-// virtio-serial port named PortName and serves requests on it with Serve.
-// Everything it logs goes to /dev/console prefixed "[agent]".
-//
-// # Protocol
+// Package protocol is the wire format between the host and the installer
+// VM's agent: framing, requests and responses, shared by package agent (the
+// guest side) and package agentclient (the host side).
 //
 // Both directions carry frames on one byte stream:
 //
@@ -40,7 +33,7 @@
 //
 // Readiness: QEMU's chardev socket (server=on,wait=off) accepts the host
 // before the guest has opened its port, and the guest's virtio_console
-// driver discards whatever arrives while the port is closed. Client.Hello
+// driver discards whatever arrives while the port is closed. agentclient.Client.Hello
 // therefore resends Hello, with a fresh id, until one is answered. The
 // agent resynchronises on the magic if a frame was cut by such a drop.
 //
@@ -61,7 +54,7 @@
 //	sync
 //	poweroff:    the agent kills leftover processes, unmounts what it
 //	             mounted, syncs, answers, then powers the VM off
-package guest
+package protocol
 
 import (
 	"bufio"
@@ -82,92 +75,99 @@ const Version = "1"
 // MaxPayload bounds one frame; data is streamed in chunks of at most this.
 const MaxPayload = 1 << 20
 
-// chunkSize is what the senders put in one data frame: small enough to
+// ChunkSize is what the senders put in one data frame: small enough to
 // keep stdout interleaving fine-grained, large enough to be cheap.
-const chunkSize = 64 << 10
+const ChunkSize = 64 << 10
 
-const headerLen = 12
+const HeaderLen = 12
 
 // Frame types.
 const (
-	frameRequest  byte = 'Q'
-	frameResponse byte = 'R'
-	frameData     byte = 'D'
-	frameStdin    byte = 'I'
-	frameStdout   byte = 'O'
-	frameStderr   byte = 'E'
-	frameCancel   byte = 'C'
+	FrameRequest  byte = 'Q'
+	FrameResponse byte = 'R'
+	FrameData     byte = 'D'
+	FrameStdin    byte = 'I'
+	FrameStdout   byte = 'O'
+	FrameStderr   byte = 'E'
+	FrameCancel   byte = 'C'
 )
 
 var magic = [2]byte{'N', 'X'}
 
-type frame struct {
-	typ     byte
-	id      uint32
-	payload []byte
+// Frame is one frame: its type, the id of its request, and the payload.
+type Frame struct {
+	Type    byte
+	ID      uint32
+	Payload []byte
 }
 
 func validType(t byte) bool {
 	switch t {
-	case frameRequest, frameResponse, frameData, frameStdin, frameStdout, frameStderr, frameCancel:
+	case FrameRequest, FrameResponse, FrameData, FrameStdin, FrameStdout, FrameStderr, FrameCancel:
 		return true
 	}
 	return false
 }
 
-// errFraming is returned by a strict reader on a malformed header.
-var errFraming = errors.New("guest: malformed frame")
+// ErrFraming is returned by a strict reader on a malformed header.
+var ErrFraming = errors.New("guest: malformed frame")
 
-// frameReader reads frames. With resync it skips bytes until a plausible
+// FrameReader reads frames. With resync it skips bytes until a plausible
 // header instead of failing, and counts what it skipped.
-type frameReader struct {
+type FrameReader struct {
 	r       *bufio.Reader
 	resync  bool
-	skipped int
+	Skipped int // bytes skipped while resynchronising
 }
 
-func newFrameReader(r io.Reader, resync bool) *frameReader {
-	return &frameReader{r: bufio.NewReaderSize(r, 64<<10), resync: resync}
+// NewFrameReader reads frames from r; with resync it skips garbage.
+func NewFrameReader(r io.Reader, resync bool) *FrameReader {
+	return &FrameReader{r: bufio.NewReaderSize(r, 64<<10), resync: resync}
 }
 
-func (fr *frameReader) read() (frame, error) {
+// Read returns the next frame.
+func (fr *FrameReader) Read() (Frame, error) {
 	for {
-		h, err := fr.r.Peek(headerLen)
+		h, err := fr.r.Peek(HeaderLen)
 		if err != nil {
 			if len(h) > 0 && err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return frame{}, err
+			return Frame{}, err
 		}
 		n := binary.BigEndian.Uint32(h[8:])
 		if h[0] != magic[0] || h[1] != magic[1] || !validType(h[2]) || h[3] != 0 || n > MaxPayload {
 			if !fr.resync {
-				return frame{}, fmt.Errorf("%w: header % x", errFraming, h)
+				return Frame{}, fmt.Errorf("%w: header % x", ErrFraming, h)
 			}
 			fr.r.Discard(1)
-			fr.skipped++
+			fr.Skipped++
 			continue
 		}
-		f := frame{typ: h[2], id: binary.BigEndian.Uint32(h[4:]), payload: make([]byte, n)}
-		fr.r.Discard(headerLen)
-		if _, err := io.ReadFull(fr.r, f.payload); err != nil {
+		f := Frame{Type: h[2], ID: binary.BigEndian.Uint32(h[4:]), Payload: make([]byte, n)}
+		fr.r.Discard(HeaderLen)
+		if _, err := io.ReadFull(fr.r, f.Payload); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return frame{}, err
+			return Frame{}, err
 		}
 		return f, nil
 	}
 }
 
-// frameWriter serialises whole frames from several goroutines.
-type frameWriter struct {
+// FrameWriter serialises whole frames from several goroutines.
+type FrameWriter struct {
 	mu  sync.Mutex
 	w   io.Writer
 	buf []byte
 }
 
-func (fw *frameWriter) write(typ byte, id uint32, payload []byte) error {
+// NewFrameWriter writes frames to w.
+func NewFrameWriter(w io.Writer) *FrameWriter { return &FrameWriter{w: w} }
+
+// Write sends one frame in one Write call.
+func (fw *FrameWriter) Write(typ byte, id uint32, payload []byte) error {
 	if len(payload) > MaxPayload {
 		return fmt.Errorf("guest: frame payload of %d bytes exceeds %d", len(payload), MaxPayload)
 	}
@@ -179,33 +179,39 @@ func (fw *frameWriter) write(typ byte, id uint32, payload []byte) error {
 	binary.BigEndian.PutUint32(b[8:], uint32(len(payload)))
 	b = append(b, payload...)
 	fw.buf = b[:0]
-	if cap(fw.buf) > 2*chunkSize+headerLen {
+	if cap(fw.buf) > 2*ChunkSize+HeaderLen {
 		fw.buf = nil // don't pin a rare large frame
 	}
 	_, err := fw.w.Write(b)
 	return err
 }
 
-func (fw *frameWriter) writeJSON(typ byte, id uint32, v any) error {
+// WriteJSON sends v, marshalled, as one frame.
+func (fw *FrameWriter) WriteJSON(typ byte, id uint32, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return fw.write(typ, id, b)
+	return fw.Write(typ, id, b)
 }
 
-// chunkWriter turns writes into frames of one type, for streamed output.
-type chunkWriter struct {
-	fw  *frameWriter
+// ChunkWriter turns writes into frames of one type, for streamed output.
+type ChunkWriter struct {
+	fw  *FrameWriter
 	typ byte
 	id  uint32
 }
 
-func (c chunkWriter) Write(p []byte) (int, error) {
+// NewChunkWriter frames what is written to it as typ frames of request id.
+func NewChunkWriter(fw *FrameWriter, typ byte, id uint32) ChunkWriter {
+	return ChunkWriter{fw: fw, typ: typ, id: id}
+}
+
+func (c ChunkWriter) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
-		k := min(len(p), chunkSize)
-		if err := c.fw.write(c.typ, c.id, p[:k]); err != nil {
+		k := min(len(p), ChunkSize)
+		if err := c.fw.Write(c.typ, c.id, p[:k]); err != nil {
 			return n, err
 		}
 		n += k
@@ -228,16 +234,16 @@ type Request struct {
 
 // Op names.
 const (
-	opHello      = "hello"
-	opMount      = "mount"
-	opBindSystem = "bind_system"
-	opExec       = "exec"
-	opUpload     = "upload"
-	opDownload   = "download"
-	opRemove     = "remove"
-	opUnmount    = "unmount"
-	opSync       = "sync"
-	opPoweroff   = "poweroff"
+	OpHello      = "hello"
+	OpMount      = "mount"
+	OpBindSystem = "bind_system"
+	OpExec       = "exec"
+	OpUpload     = "upload"
+	OpDownload   = "download"
+	OpRemove     = "remove"
+	OpUnmount    = "unmount"
+	OpSync       = "sync"
+	OpPoweroff   = "poweroff"
 )
 
 // MountRequest mounts Source (a path in the agent's namespace, usually a

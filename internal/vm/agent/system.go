@@ -1,9 +1,10 @@
-package guest
+package agent
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"io"
 	"io/fs"
 	"log"
@@ -41,15 +42,15 @@ type Linux struct {
 // its tools in the system profile, other roots in the usual places.
 const defaultPath = "PATH=/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-func (s *Linux) Hello() (HelloInfo, error) {
+func (s *Linux) Hello() (protocol.HelloInfo, error) {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
-		return HelloInfo{}, err
+		return protocol.HelloInfo{}, err
 	}
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-	return HelloInfo{
-		Version:      Version,
+	return protocol.HelloInfo{
+		Version:      protocol.Version,
 		Kernel:       unix.ByteSliceToString(u.Release[:]),
 		Uptime:       float64(ts.Nano()) / 1e9,
 		ModuleErrors: s.ModuleErrors,
@@ -116,7 +117,7 @@ func waitPath(ctx context.Context, p string, d time.Duration) error {
 	}
 }
 
-func (s *Linux) Mount(ctx context.Context, r *MountRequest) error {
+func (s *Linux) Mount(ctx context.Context, r *protocol.MountRequest) error {
 	if r.Source == "" || r.Target == "" {
 		return errors.New("mount: source and target are required")
 	}
@@ -156,7 +157,7 @@ func readOnlyUnlessBind(flags uintptr) uintptr {
 // BindSystem mirrors what nixos-enter sets up before chroot. The recursive
 // binds are made slaves: events from the agent's /dev and /sys still reach
 // the chroot, but unmounting the chroot's copies never propagates back.
-func (s *Linux) BindSystem(ctx context.Context, r *BindSystemRequest) error {
+func (s *Linux) BindSystem(ctx context.Context, r *protocol.BindSystemRequest) error {
 	root := filepath.Clean(r.Root)
 	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
 		return fmt.Errorf("bind_system: %s is not a directory", r.Root)
@@ -249,7 +250,7 @@ func lookPath(root, name string, env []string) (string, error) {
 	return "", fmt.Errorf("exec: %q not found in PATH=%s (inside %s)", name, pathVar, root)
 }
 
-func (s *Linux) Exec(ctx context.Context, r *ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
+func (s *Linux) Exec(ctx context.Context, r *protocol.ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (protocol.ExecResult, error) {
 	env := r.Env
 	if env == nil {
 		env = []string{defaultPath}
@@ -258,7 +259,7 @@ func (s *Linux) Exec(ctx context.Context, r *ExecRequest, stdin io.Reader, stdou
 	if !strings.Contains(path, "/") {
 		var err error
 		if path, err = lookPath(r.Chroot, path, env); err != nil {
-			return ExecResult{}, err
+			return protocol.ExecResult{}, err
 		}
 	}
 	cmd := exec.CommandContext(ctx, path)
@@ -283,7 +284,7 @@ func (s *Linux) Exec(ctx context.Context, r *ExecRequest, stdin io.Reader, stdou
 	}
 	reaper.Unlock()
 	if err != nil {
-		return ExecResult{}, fmt.Errorf("exec %q: %w", r.Argv, err)
+		return protocol.ExecResult{}, fmt.Errorf("exec %q: %w", r.Argv, err)
 	}
 	err = cmd.Wait()
 	reaper.Lock()
@@ -292,16 +293,16 @@ func (s *Linux) Exec(ctx context.Context, r *ExecRequest, stdin io.Reader, stdou
 
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) && !errors.Is(err, exec.ErrWaitDelay) {
-		return ExecResult{}, fmt.Errorf("exec %q: %w", r.Argv, err)
+		return protocol.ExecResult{}, fmt.Errorf("exec %q: %w", r.Argv, err)
 	}
 	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 	if ws.Signaled() {
-		return ExecResult{ExitStatus: 128 + int(ws.Signal()), Signal: unix.SignalName(ws.Signal())}, nil
+		return protocol.ExecResult{ExitStatus: 128 + int(ws.Signal()), Signal: unix.SignalName(ws.Signal())}, nil
 	}
-	return ExecResult{ExitStatus: ws.ExitStatus()}, nil
+	return protocol.ExecResult{ExitStatus: ws.ExitStatus()}, nil
 }
 
-func (s *Linux) Upload(ctx context.Context, r *UploadRequest, data io.Reader) (err error) {
+func (s *Linux) Upload(ctx context.Context, r *protocol.UploadRequest, data io.Reader) (err error) {
 	dir, base := filepath.Split(filepath.Clean(r.Path))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("upload: %w", err)
@@ -357,24 +358,24 @@ func (c ctxWriter) Write(p []byte) (int, error) {
 	return c.w.Write(p)
 }
 
-func (s *Linux) Download(ctx context.Context, path string, w io.Writer) (FileInfo, error) {
+func (s *Linux) Download(ctx context.Context, path string, w io.Writer) (protocol.FileInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return FileInfo{}, fmt.Errorf("download: %w", err)
+		return protocol.FileInfo{}, fmt.Errorf("download: %w", err)
 	}
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return FileInfo{}, fmt.Errorf("download: %w", err)
+		return protocol.FileInfo{}, fmt.Errorf("download: %w", err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return FileInfo{}, fmt.Errorf("download: %s is not a regular file", path)
+		return protocol.FileInfo{}, fmt.Errorf("download: %s is not a regular file", path)
 	}
 	n, err := io.Copy(ctxWriter{ctx, w}, f)
 	if err != nil {
-		return FileInfo{}, fmt.Errorf("download %s: %w", path, err)
+		return protocol.FileInfo{}, fmt.Errorf("download %s: %w", path, err)
 	}
-	return FileInfo{Mode: st.Mode & 0o7777, Uid: int(st.Uid), Gid: int(st.Gid), Size: n}, nil
+	return protocol.FileInfo{Mode: st.Mode & 0o7777, Uid: int(st.Uid), Gid: int(st.Gid), Size: n}, nil
 }
 
 func (s *Linux) Remove(ctx context.Context, path string, recursive bool) error {

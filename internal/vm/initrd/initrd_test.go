@@ -1,4 +1,4 @@
-package guest
+package initrd
 
 import (
 	"bytes"
@@ -70,11 +70,11 @@ func TestBuildInitrd(t *testing.T) {
 	}
 	mods := fakeModules(t)
 	var a, b bytes.Buffer
-	o := InitrdOptions{Agent: agent, ModulesDir: mods, Modules: []string{"a", "c_d", "virtio_pci"}}
-	if err := BuildInitrd(&a, o); err != nil {
+	o := Options{Agent: agent, ModulesDir: mods, Modules: []string{"a", "c_d", "virtio_pci"}}
+	if err := Build(&a, o); err != nil {
 		t.Fatal(err)
 	}
-	if err := BuildInitrd(&b, o); err != nil {
+	if err := Build(&b, o); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(a.Bytes(), b.Bytes()) {
@@ -94,14 +94,14 @@ func TestBuildInitrd(t *testing.T) {
 	}
 
 	// Explicit unknown modules fail; defaults the kernel lacks are skipped.
-	if err := BuildInitrd(&a, InitrdOptions{Agent: agent, ModulesDir: mods, Modules: []string{"ext4"}}); err == nil || !strings.Contains(err.Error(), "ext4") {
+	if err := Build(&a, Options{Agent: agent, ModulesDir: mods, Modules: []string{"ext4"}}); err == nil || !strings.Contains(err.Error(), "ext4") {
 		t.Errorf("unknown module: %v", err)
 	}
 	a.Reset()
-	if err := BuildInitrd(&a, InitrdOptions{Agent: agent, ModulesDir: mods}); err != nil {
+	if err := Build(&a, Options{Agent: agent, ModulesDir: mods}); err != nil {
 		t.Errorf("defaults on a kernel lacking them: %v", err)
 	}
-	if err := BuildInitrd(&a, InitrdOptions{Agent: filepath.Dir(agent)}); err == nil {
+	if err := Build(&a, Options{Agent: filepath.Dir(agent)}); err == nil {
 		t.Error("a directory as agent accepted")
 	}
 }
@@ -115,7 +115,7 @@ func TestBuildInitrdHost(t *testing.T) {
 	agent := filepath.Join(t.TempDir(), "agent")
 	os.WriteFile(agent, []byte("x"), 0o755)
 	var buf bytes.Buffer
-	if err := BuildInitrd(&buf, InitrdOptions{Agent: agent, ModulesDir: dir}); err != nil {
+	if err := Build(&buf, Options{Agent: agent, ModulesDir: dir}); err != nil {
 		t.Fatal(err)
 	}
 	_, tree := listCpio(t, buf.Bytes())

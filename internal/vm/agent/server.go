@@ -1,10 +1,11 @@
-package guest
+package agent
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"io"
 	"log"
 	"time"
@@ -13,15 +14,15 @@ import (
 // System performs the agent's operations. Linux is the real one; Serve
 // only speaks the protocol.
 type System interface {
-	Hello() (HelloInfo, error)
-	Mount(ctx context.Context, r *MountRequest) error
-	BindSystem(ctx context.Context, r *BindSystemRequest) error
+	Hello() (protocol.HelloInfo, error)
+	Mount(ctx context.Context, r *protocol.MountRequest) error
+	BindSystem(ctx context.Context, r *protocol.BindSystemRequest) error
 	// Exec runs r to completion; a cancelled ctx kills it. A non-nil
 	// error means it could not run at all.
-	Exec(ctx context.Context, r *ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error)
+	Exec(ctx context.Context, r *protocol.ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (protocol.ExecResult, error)
 	// Upload reads exactly r.Size bytes from data into r.Path.
-	Upload(ctx context.Context, r *UploadRequest, data io.Reader) error
-	Download(ctx context.Context, path string, w io.Writer) (FileInfo, error)
+	Upload(ctx context.Context, r *protocol.UploadRequest, data io.Reader) error
+	Download(ctx context.Context, path string, w io.Writer) (protocol.FileInfo, error)
 	Remove(ctx context.Context, path string, recursive bool) error
 	Unmount(ctx context.Context, target string) error
 	Sync() error
@@ -48,8 +49,8 @@ type active struct {
 // fails instead of blocking; the running request is cancelled and waited
 // for before Serve returns.
 func Serve(rw io.ReadWriter, sys System) error {
-	fr := newFrameReader(rw, true)
-	fw := &frameWriter{w: rw}
+	fr := protocol.NewFrameReader(rw, true)
+	fw := protocol.NewFrameWriter(rw)
 	var cur *active
 	finish := func() {
 		if cur != nil {
@@ -58,10 +59,10 @@ func Serve(rw io.ReadWriter, sys System) error {
 		}
 	}
 	for {
-		f, err := fr.read()
-		if fr.skipped > 0 {
-			log.Printf("skipped %d bytes of garbage before a frame", fr.skipped)
-			fr.skipped = 0
+		f, err := fr.Read()
+		if fr.Skipped > 0 {
+			log.Printf("skipped %d bytes of garbage before a frame", fr.Skipped)
+			fr.Skipped = 0
 		}
 		if err != nil {
 			if cur != nil {
@@ -73,20 +74,20 @@ func Serve(rw io.ReadWriter, sys System) error {
 			finish()
 			return err
 		}
-		switch f.typ {
-		case frameRequest:
+		switch f.Type {
+		case protocol.FrameRequest:
 			// The host sends a new request only after the previous one
 			// ended or was cancelled; let a cancelled one wind down.
 			finish()
-			var req Request
-			if err := json.Unmarshal(f.payload, &req); err != nil {
-				fw.writeJSON(frameResponse, f.id, Response{Error: fmt.Sprintf("bad request: %v", err)})
+			var req protocol.Request
+			if err := json.Unmarshal(f.Payload, &req); err != nil {
+				fw.WriteJSON(protocol.FrameResponse, f.ID, protocol.Response{Error: fmt.Sprintf("bad request: %v", err)})
 				continue
 			}
-			if req.Op == opPoweroff {
+			if req.Op == protocol.OpPoweroff {
 				log.Printf("poweroff: unmounting and syncing")
 				err := sys.Poweroff(context.Background())
-				if werr := fw.writeJSON(frameResponse, f.id, errResponse(err)); werr != nil {
+				if werr := fw.WriteJSON(protocol.FrameResponse, f.ID, errResponse(err)); werr != nil {
 					return werr
 				}
 				if err == nil {
@@ -95,25 +96,25 @@ func Serve(rw io.ReadWriter, sys System) error {
 				continue
 			}
 			ctx, cancel := context.WithCancel(context.Background())
-			cur = &active{id: f.id, cancel: cancel, in: make(chan []byte), done: make(chan struct{})}
+			cur = &active{id: f.ID, cancel: cancel, in: make(chan []byte), done: make(chan struct{})}
 			go func(a *active) {
 				defer close(a.done)
 				defer cancel()
 				start := time.Now()
 				resp := handle(ctx, sys, fw, a, &req)
 				logResult(&req, &resp, time.Since(start))
-				if err := fw.writeJSON(frameResponse, a.id, resp); err != nil {
+				if err := fw.WriteJSON(protocol.FrameResponse, a.id, resp); err != nil {
 					log.Printf("request %d (%s): writing the response: %v", a.id, req.Op, err)
 				}
 			}(cur)
-		case frameCancel:
-			if cur != nil && cur.id == f.id {
+		case protocol.FrameCancel:
+			if cur != nil && cur.id == f.ID {
 				cur.cancel()
 			}
-		case frameData, frameStdin:
-			if cur != nil && cur.id == f.id {
+		case protocol.FrameData, protocol.FrameStdin:
+			if cur != nil && cur.id == f.ID {
 				select {
-				case cur.in <- f.payload:
+				case cur.in <- f.Payload:
 				case <-cur.done: // it ended early (an error); drop the rest
 				}
 			}
@@ -123,22 +124,22 @@ func Serve(rw io.ReadWriter, sys System) error {
 
 // logResult puts each request's outcome on the console, where the user
 // follows the installation; Hello and Sync are too chatty to matter.
-func logResult(req *Request, resp *Response, d time.Duration) {
+func logResult(req *protocol.Request, resp *protocol.Response, d time.Duration) {
 	var what string
 	switch req.Op {
-	case opHello, opSync:
+	case protocol.OpHello, protocol.OpSync:
 		if resp.Error == "" {
 			return
 		}
-	case opMount:
+	case protocol.OpMount:
 		if req.Mount != nil {
 			what = fmt.Sprintf(" %s on %s", req.Mount.Source, req.Mount.Target)
 		}
-	case opBindSystem:
+	case protocol.OpBindSystem:
 		if req.Bind != nil {
 			what = " " + req.Bind.Root
 		}
-	case opExec:
+	case protocol.OpExec:
 		if req.Exec != nil {
 			what = fmt.Sprintf(" %q", req.Exec.Argv)
 			if req.Exec.Chroot != "" {
@@ -151,7 +152,7 @@ func logResult(req *Request, resp *Response, d time.Duration) {
 				what += " (" + resp.Exec.Signal + ")"
 			}
 		}
-	case opUpload:
+	case protocol.OpUpload:
 		if req.Upload != nil {
 			what = fmt.Sprintf(" %s (%d bytes)", req.Upload.Path, req.Upload.Size)
 		}
@@ -165,33 +166,33 @@ func logResult(req *Request, resp *Response, d time.Duration) {
 	log.Printf("%s%s (%v)", req.Op, what, d.Round(time.Millisecond))
 }
 
-func errResponse(err error) Response {
+func errResponse(err error) protocol.Response {
 	if err != nil {
-		return Response{Error: err.Error()}
+		return protocol.Response{Error: err.Error()}
 	}
-	return Response{}
+	return protocol.Response{}
 }
 
-func handle(ctx context.Context, sys System, fw *frameWriter, a *active, req *Request) Response {
-	missing := func(what string) Response { return Response{Error: req.Op + ": missing " + what} }
+func handle(ctx context.Context, sys System, fw *protocol.FrameWriter, a *active, req *protocol.Request) protocol.Response {
+	missing := func(what string) protocol.Response { return protocol.Response{Error: req.Op + ": missing " + what} }
 	switch req.Op {
-	case opHello:
+	case protocol.OpHello:
 		info, err := sys.Hello()
 		if err != nil {
 			return errResponse(err)
 		}
-		return Response{Hello: &info}
-	case opMount:
+		return protocol.Response{Hello: &info}
+	case protocol.OpMount:
 		if req.Mount == nil {
 			return missing("mount")
 		}
 		return errResponse(sys.Mount(ctx, req.Mount))
-	case opBindSystem:
+	case protocol.OpBindSystem:
 		if req.Bind == nil {
 			return missing("bind")
 		}
 		return errResponse(sys.BindSystem(ctx, req.Bind))
-	case opExec:
+	case protocol.OpExec:
 		if req.Exec == nil || len(req.Exec.Argv) == 0 {
 			return missing("exec.argv")
 		}
@@ -200,43 +201,43 @@ func handle(ctx context.Context, sys System, fw *frameWriter, a *active, req *Re
 			stdin = &inReader{ctx: ctx, ch: a.in, eofOnEmpty: true}
 		}
 		res, err := sys.Exec(ctx, req.Exec,
-			stdin, chunkWriter{fw, frameStdout, a.id}, chunkWriter{fw, frameStderr, a.id})
+			stdin, protocol.NewChunkWriter(fw, protocol.FrameStdout, a.id), protocol.NewChunkWriter(fw, protocol.FrameStderr, a.id))
 		if err != nil {
 			return errResponse(err)
 		}
-		return Response{Exec: &res}
-	case opUpload:
+		return protocol.Response{Exec: &res}
+	case protocol.OpUpload:
 		if req.Upload == nil || req.Upload.Path == "" {
 			return missing("upload.path")
 		}
 		if req.Upload.Size < 0 {
-			return Response{Error: "upload: negative size"}
+			return protocol.Response{Error: "upload: negative size"}
 		}
 		in := &inReader{ctx: ctx, ch: a.in}
 		return errResponse(sys.Upload(ctx, req.Upload, io.LimitReader(in, req.Upload.Size)))
-	case opDownload:
+	case protocol.OpDownload:
 		if req.Path == "" {
 			return missing("path")
 		}
-		fi, err := sys.Download(ctx, req.Path, chunkWriter{fw, frameData, a.id})
+		fi, err := sys.Download(ctx, req.Path, protocol.NewChunkWriter(fw, protocol.FrameData, a.id))
 		if err != nil {
 			return errResponse(err)
 		}
-		return Response{File: &fi}
-	case opRemove:
+		return protocol.Response{File: &fi}
+	case protocol.OpRemove:
 		if req.Path == "" {
 			return missing("path")
 		}
 		return errResponse(sys.Remove(ctx, req.Path, req.Recursive))
-	case opUnmount:
+	case protocol.OpUnmount:
 		if req.Path == "" {
 			return missing("path")
 		}
 		return errResponse(sys.Unmount(ctx, req.Path))
-	case opSync:
+	case protocol.OpSync:
 		return errResponse(sys.Sync())
 	}
-	return Response{Error: fmt.Sprintf("unknown op %q", req.Op)}
+	return protocol.Response{Error: fmt.Sprintf("unknown op %q", req.Op)}
 }
 
 // inReader reads the payloads Serve forwards for the current request.

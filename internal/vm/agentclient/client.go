@@ -1,10 +1,13 @@
-package guest
+// Package agentclient is the host side of the installer VM's agent
+// protocol: it dials QEMU's chardev socket and calls the agent's operations.
+package agentclient
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"io"
 	"io/fs"
 	"net"
@@ -36,8 +39,8 @@ func (e *RemoteError) Error() string { return "guest agent: " + e.Op + ": " + e.
 // several goroutines but run one at a time.
 type Client struct {
 	conn   io.ReadWriteCloser
-	fw     *frameWriter
-	frames chan frame
+	fw     *protocol.FrameWriter
+	frames chan protocol.Frame
 	closed chan struct{}
 	once   sync.Once
 
@@ -70,7 +73,7 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 
 // NewClient speaks the protocol over conn, which it owns from now on.
 func NewClient(conn io.ReadWriteCloser) *Client {
-	c := &Client{conn: conn, fw: &frameWriter{w: conn}, frames: make(chan frame), closed: make(chan struct{}),
+	c := &Client{conn: conn, fw: protocol.NewFrameWriter(conn), frames: make(chan protocol.Frame), closed: make(chan struct{}),
 		// Ids differ from a previous connection's, whose late frames the
 		// agent might still deliver.
 		nextID: uint32(time.Now().UnixNano())}
@@ -79,9 +82,9 @@ func NewClient(conn io.ReadWriteCloser) *Client {
 }
 
 func (c *Client) readLoop() {
-	fr := newFrameReader(c.conn, false)
+	fr := protocol.NewFrameReader(c.conn, false)
 	for {
-		f, err := fr.read()
+		f, err := fr.Read()
 		if err != nil {
 			c.readErr = err
 			close(c.frames)
@@ -126,21 +129,21 @@ func (c *Client) newID() uint32 {
 
 func (c *Client) cancel(id uint32) {
 	// In the background: a data write may hold the writer.
-	go c.fw.write(frameCancel, id, nil)
+	go c.fw.Write(protocol.FrameCancel, id, nil)
 }
 
 // call sends req and waits for its response. input, when set, streams the
 // request's data and must return early once stop is closed; onFrame gets
 // the streamed frames. A local failure (input or onFrame) cancels the
 // request and is what call returns.
-func (c *Client) call(ctx context.Context, req *Request, input func(id uint32, stop <-chan struct{}) error, onFrame func(frame) error) (*Response, error) {
+func (c *Client) call(ctx context.Context, req *protocol.Request, input func(id uint32, stop <-chan struct{}) error, onFrame func(protocol.Frame) error) (*protocol.Response, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("guest agent: %s: %w", req.Op, err)
 	}
 	id := c.newID()
-	if err := c.fw.writeJSON(frameRequest, id, req); err != nil {
+	if err := c.fw.WriteJSON(protocol.FrameRequest, id, req); err != nil {
 		return nil, fmt.Errorf("guest agent: %s: sending: %w", req.Op, err)
 	}
 	stop := make(chan struct{})
@@ -166,10 +169,10 @@ func (c *Client) call(ctx context.Context, req *Request, input func(id uint32, s
 			if !ok {
 				return nil, c.lost(req.Op)
 			}
-			if f.id != id {
+			if f.ID != id {
 				continue // a late frame of an abandoned request or a repeated Hello
 			}
-			if f.typ != frameResponse {
+			if f.Type != protocol.FrameResponse {
 				if onFrame != nil && localErr == nil {
 					if err := onFrame(f); err != nil {
 						abort(err)
@@ -177,8 +180,8 @@ func (c *Client) call(ctx context.Context, req *Request, input func(id uint32, s
 				}
 				continue
 			}
-			var resp Response
-			if err := json.Unmarshal(f.payload, &resp); err != nil {
+			var resp protocol.Response
+			if err := json.Unmarshal(f.Payload, &resp); err != nil {
 				return nil, fmt.Errorf("guest agent: %s: bad response: %w", req.Op, err)
 			}
 			if localErr != nil {
@@ -204,7 +207,7 @@ func (c *Client) call(ctx context.Context, req *Request, input func(id uint32, s
 // Hello waits for the agent to answer and returns what it reports. It is
 // the readiness probe: the request is resent every 250 ms because the
 // guest drops whatever arrives before it opened its port.
-func (c *Client) Hello(ctx context.Context) (*HelloInfo, error) {
+func (c *Client) Hello(ctx context.Context) (*protocol.HelloInfo, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	sent := map[uint32]bool{}
@@ -213,7 +216,7 @@ func (c *Client) Hello(ctx context.Context) (*HelloInfo, error) {
 	for {
 		id := c.newID()
 		sent[id] = true
-		if err := c.fw.writeJSON(frameRequest, id, &Request{Op: opHello}); err != nil {
+		if err := c.fw.WriteJSON(protocol.FrameRequest, id, &protocol.Request{Op: protocol.OpHello}); err != nil {
 			return nil, fmt.Errorf("guest agent: hello: sending: %w", err)
 		}
 	wait:
@@ -223,15 +226,15 @@ func (c *Client) Hello(ctx context.Context) (*HelloInfo, error) {
 				if !ok {
 					return nil, c.lost("hello")
 				}
-				if f.typ != frameResponse || !sent[f.id] {
+				if f.Type != protocol.FrameResponse || !sent[f.ID] {
 					continue
 				}
-				var resp Response
-				if err := json.Unmarshal(f.payload, &resp); err != nil {
+				var resp protocol.Response
+				if err := json.Unmarshal(f.Payload, &resp); err != nil {
 					return nil, fmt.Errorf("guest agent: hello: bad response: %w", err)
 				}
 				if resp.Error != "" || resp.Hello == nil {
-					return nil, &RemoteError{Op: opHello, Message: resp.Error}
+					return nil, &RemoteError{Op: protocol.OpHello, Message: resp.Error}
 				}
 				return resp.Hello, nil
 			case <-tick.C:
@@ -243,47 +246,47 @@ func (c *Client) Hello(ctx context.Context) (*HelloInfo, error) {
 	}
 }
 
-func (c *Client) simple(ctx context.Context, req *Request) error {
+func (c *Client) simple(ctx context.Context, req *protocol.Request) error {
 	_, err := c.call(ctx, req, nil, nil)
 	return err
 }
 
 // Mount mounts r.Source on r.Target in the guest.
-func (c *Client) Mount(ctx context.Context, r MountRequest) error {
-	return c.simple(ctx, &Request{Op: opMount, Mount: &r})
+func (c *Client) Mount(ctx context.Context, r protocol.MountRequest) error {
+	return c.simple(ctx, &protocol.Request{Op: protocol.OpMount, Mount: &r})
 }
 
-// BindSystem prepares r.Root for chrooted commands (see BindSystemRequest).
-func (c *Client) BindSystem(ctx context.Context, r BindSystemRequest) error {
-	return c.simple(ctx, &Request{Op: opBindSystem, Bind: &r})
+// BindSystem prepares r.Root for chrooted commands (see protocol.BindSystemRequest).
+func (c *Client) BindSystem(ctx context.Context, r protocol.BindSystemRequest) error {
+	return c.simple(ctx, &protocol.Request{Op: protocol.OpBindSystem, Bind: &r})
 }
 
 // Unmount unmounts everything at or below target in the guest.
 func (c *Client) Unmount(ctx context.Context, target string) error {
-	return c.simple(ctx, &Request{Op: opUnmount, Path: target})
+	return c.simple(ctx, &protocol.Request{Op: protocol.OpUnmount, Path: target})
 }
 
 // Remove removes path in the guest, with everything below it if recursive.
 func (c *Client) Remove(ctx context.Context, path string, recursive bool) error {
-	return c.simple(ctx, &Request{Op: opRemove, Path: path, Recursive: recursive})
+	return c.simple(ctx, &protocol.Request{Op: protocol.OpRemove, Path: path, Recursive: recursive})
 }
 
 // Sync flushes the guest's filesystems.
 func (c *Client) Sync(ctx context.Context) error {
-	return c.simple(ctx, &Request{Op: opSync})
+	return c.simple(ctx, &protocol.Request{Op: protocol.OpSync})
 }
 
 // Poweroff has the agent kill leftover processes, unmount what it mounted
 // and sync; once it answers, the VM powers off and QEMU exits.
 func (c *Client) Poweroff(ctx context.Context) error {
-	return c.simple(ctx, &Request{Op: opPoweroff})
+	return c.simple(ctx, &protocol.Request{Op: protocol.OpPoweroff})
 }
 
 // Exec runs r in the guest, copying its output to stdout and stderr (nil
 // discards), and returns its exit status (128+n when killed by signal n).
 // A cancelled ctx kills the command's process group; a failure to write
 // the output does too, and is returned.
-func (c *Client) Exec(ctx context.Context, r ExecRequest, stdout, stderr io.Writer) (int, error) {
+func (c *Client) Exec(ctx context.Context, r protocol.ExecRequest, stdout, stderr io.Writer) (int, error) {
 	if stdout == nil {
 		stdout = io.Discard
 	}
@@ -295,16 +298,16 @@ func (c *Client) Exec(ctx context.Context, r ExecRequest, stdout, stderr io.Writ
 		r.HasStdin = true
 		stdin := r.Stdin
 		input = func(id uint32, stop <-chan struct{}) error {
-			return c.stream(frameStdin, id, stop, stdin, -1)
+			return c.stream(protocol.FrameStdin, id, stop, stdin, -1)
 		}
 	}
-	resp, err := c.call(ctx, &Request{Op: opExec, Exec: &r}, input, func(f frame) error {
+	resp, err := c.call(ctx, &protocol.Request{Op: protocol.OpExec, Exec: &r}, input, func(f protocol.Frame) error {
 		var err error
-		switch f.typ {
-		case frameStdout:
-			_, err = stdout.Write(f.payload)
-		case frameStderr:
-			_, err = stderr.Write(f.payload)
+		switch f.Type {
+		case protocol.FrameStdout:
+			_, err = stdout.Write(f.Payload)
+		case protocol.FrameStderr:
+			_, err = stderr.Write(f.Payload)
 		}
 		return err
 	})
@@ -320,7 +323,7 @@ func (c *Client) Exec(ctx context.Context, r ExecRequest, stdout, stderr io.Writ
 // stream sends r as frames of type typ: exactly size bytes, or with size
 // < 0 until EOF followed by an empty frame.
 func (c *Client) stream(typ byte, id uint32, stop <-chan struct{}, r io.Reader, size int64) error {
-	buf := make([]byte, chunkSize)
+	buf := make([]byte, protocol.ChunkSize)
 	var sent int64
 	for size < 0 || sent < size {
 		select {
@@ -334,7 +337,7 @@ func (c *Client) stream(typ byte, id uint32, stop <-chan struct{}, r io.Reader, 
 		}
 		n, err := io.ReadFull(r, buf[:want])
 		if n > 0 {
-			if werr := c.fw.write(typ, id, buf[:n]); werr != nil {
+			if werr := c.fw.Write(typ, id, buf[:n]); werr != nil {
 				return werr
 			}
 			sent += int64(n)
@@ -350,7 +353,7 @@ func (c *Client) stream(typ byte, id uint32, stop <-chan struct{}, r io.Reader, 
 		}
 	}
 	if size < 0 {
-		return c.fw.write(typ, id, nil)
+		return c.fw.Write(typ, id, nil)
 	}
 	return nil
 }
@@ -358,28 +361,28 @@ func (c *Client) stream(typ byte, id uint32, stop <-chan struct{}, r io.Reader, 
 // Upload writes size bytes from r to path in the guest, atomically, with
 // mode's permission bits (and setuid/setgid/sticky) and owner uid:gid.
 func (c *Client) Upload(ctx context.Context, path string, mode fs.FileMode, uid, gid int, r io.Reader, size int64) error {
-	req := &Request{Op: opUpload, Upload: &UploadRequest{Path: path, Mode: unixmode.Perm(mode), Uid: uid, Gid: gid, Size: size}}
+	req := &protocol.Request{Op: protocol.OpUpload, Upload: &protocol.UploadRequest{Path: path, Mode: unixmode.Perm(mode), Uid: uid, Gid: gid, Size: size}}
 	_, err := c.call(ctx, req, func(id uint32, stop <-chan struct{}) error {
-		return c.stream(frameData, id, stop, r, size)
+		return c.stream(protocol.FrameData, id, stop, r, size)
 	}, nil)
 	return err
 }
 
 // Download copies the guest's regular file path to w and returns its mode,
 // owner and size.
-func (c *Client) Download(ctx context.Context, path string, w io.Writer) (FileInfo, error) {
-	resp, err := c.call(ctx, &Request{Op: opDownload, Path: path}, nil, func(f frame) error {
-		if f.typ != frameData {
+func (c *Client) Download(ctx context.Context, path string, w io.Writer) (protocol.FileInfo, error) {
+	resp, err := c.call(ctx, &protocol.Request{Op: protocol.OpDownload, Path: path}, nil, func(f protocol.Frame) error {
+		if f.Type != protocol.FrameData {
 			return nil
 		}
-		_, err := w.Write(f.payload)
+		_, err := w.Write(f.Payload)
 		return err
 	})
 	if err != nil {
-		return FileInfo{}, err
+		return protocol.FileInfo{}, err
 	}
 	if resp.File == nil {
-		return FileInfo{}, fmt.Errorf("guest agent: download: response without file info")
+		return protocol.FileInfo{}, fmt.Errorf("guest agent: download: response without file info")
 	}
 	return *resp.File, nil
 }

@@ -1,8 +1,15 @@
-package guest
+// Package agent is the installer VM's PID 1: the plugin binary itself,
+// copied into the initrd (initrd.Build) as /init; main calls Main when
+// IsAgent says so. It mounts the pseudo filesystems, loads the modules
+// listed in the initrd, opens the virtio-serial port named
+// protocol.PortName and serves requests on it with Serve. Everything it
+// logs goes to /dev/console prefixed "[agent]".
+package agent
 
 import (
 	"errors"
 	"fmt"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"log"
 	"os"
 	"os/signal"
@@ -56,7 +63,7 @@ func Main() {
 	}
 	var u unix.Utsname
 	_ = unix.Uname(&u)
-	log.Printf("starting (version %s, kernel %s)", Version, unix.ByteSliceToString(u.Release[:]))
+	log.Printf("starting (version %s, kernel %s)", protocol.Version, unix.ByteSliceToString(u.Release[:]))
 	modErrs := loadModules("/lib/modules")
 	port, err := findPort(portWait)
 	if err != nil {
@@ -128,7 +135,7 @@ func mountPseudo() error {
 	return nil
 }
 
-// loadModules loads the modules BuildInitrd listed in dir/load-order, in
+// loadModules loads the modules initrd.Build listed in dir/load-order, in
 // that order, and returns one message per failure. A failure is not fatal
 // here: the op that needs the module reports a precise error later.
 func loadModules(dir string) []string {
@@ -196,7 +203,7 @@ func findPort(wait time.Duration) (string, error) {
 			}
 			name := strings.TrimSpace(string(b))
 			seen = append(seen, name)
-			if name == PortName {
+			if name == protocol.PortName {
 				dev := "/dev/" + filepath.Base(filepath.Dir(n))
 				if _, err := os.Stat(dev); err == nil {
 					return dev, nil
@@ -204,7 +211,7 @@ func findPort(wait time.Duration) (string, error) {
 			}
 		}
 		if time.Now().After(deadline) {
-			return "", fmt.Errorf("no virtio-serial port named %s after %v (ports seen: %q); is QEMU given -device virtserialport,name=%s?", PortName, wait, seen, PortName)
+			return "", fmt.Errorf("no virtio-serial port named %s after %v (ports seen: %q); is QEMU given -device virtserialport,name=%s?", protocol.PortName, wait, seen, protocol.PortName)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
