@@ -1,22 +1,6 @@
 package ext4
 
-import (
-	"encoding/binary"
-	"fmt"
-	"hash/crc32"
-)
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-// crc32c is ext4's raw crc32c update: no pre/post inversion (the kernel's
-// ext4_chksum returns the shash context as is).
-func crc32c(c uint32, p []byte) uint32 { return ^crc32.Update(^c, castagnoli, p) }
-
-func crc32cU32(c uint32, v uint32) uint32 {
-	var b [4]byte
-	binary.LittleEndian.PutUint32(b[:], v)
-	return crc32c(c, b[:])
-}
+import "fmt"
 
 // ErrFull is wrapped by every "filesystem full" error.
 var ErrFull = fmt.Errorf("ext4: filesystem full")

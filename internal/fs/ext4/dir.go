@@ -5,12 +5,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
 const (
-	dirLeafSpace  = blockSize - 12 // room before the checksum tail
-	dxRootLimit   = (blockSize - 0x20 - 8) / 8
-	dxNodeLimit   = (blockSize - 0x08 - 8) / 8
+	dxRootLimit   = (ext4spec.BlockSize - 0x20 - 8) / 8
+	dxNodeLimit   = (ext4spec.BlockSize - 0x08 - 8) / 8
 	dxHashHalfMD4 = 1
 )
 
@@ -78,11 +79,11 @@ func putDirent(b []byte, ino uint32, rec int, name []byte, ft uint8) {
 
 // putDirTail writes the fake dirent holding a leaf block's checksum.
 func putDirTail(b []byte, seed uint32) {
-	t := b[dirLeafSpace:blockSize]
+	t := b[ext4spec.DirLeafSpace:ext4spec.BlockSize]
 	clear(t)
 	binary.LittleEndian.PutUint16(t[4:], 12)
-	t[7] = 0xDE
-	binary.LittleEndian.PutUint32(t[8:], crc32c(seed, b[:dirLeafSpace]))
+	t[7] = ext4spec.DirTailFileType
+	binary.LittleEndian.PutUint32(t[8:], ext4spec.CRC32C(seed, b[:ext4spec.DirLeafSpace]))
 }
 
 // dirBlocks is the exact block count of a linear directory (1) or an upper
@@ -90,10 +91,10 @@ func putDirTail(b []byte, seed uint32) {
 // Sizer needs no names. Greedy packing leaves less than one maximal entry
 // free per leaf, which gives the bound.
 func dirBlocks(n uint64, recBytes uint64, maxRec uint64) uint64 {
-	if 24+recBytes <= dirLeafSpace {
+	if 24+recBytes <= ext4spec.DirLeafSpace {
 		return 1
 	}
-	leaves := recBytes/(dirLeafSpace-maxRec+1) + 1
+	leaves := recBytes/(ext4spec.DirLeafSpace-maxRec+1) + 1
 	if leaves <= dxRootLimit {
 		return 1 + leaves
 	}
@@ -111,7 +112,7 @@ func (w *Writer) finishDir(d *openDir) error {
 	}
 	var data []byte
 	var indexed bool
-	if 24+recBytes <= dirLeafSpace {
+	if 24+recBytes <= ext4spec.DirLeafSpace {
 		data = w.linearDir(d)
 	} else {
 		var err error
@@ -120,8 +121,8 @@ func (w *Writer) finishDir(d *openDir) error {
 		}
 		indexed = true
 	}
-	n := uint64(len(data) / blockSize)
-	var exts []extent
+	n := uint64(len(data) / ext4spec.BlockSize)
+	var exts []ext4spec.Extent
 	if err := w.writeBlocks(&exts, 0, data, n); err != nil {
 		return err
 	}
@@ -130,16 +131,16 @@ func (w *Writer) finishDir(d *openDir) error {
 		links = 1
 	}
 	in := &inodeInfo{
-		mode:  sIFDIR | unixMode(d.hdr.Mode),
+		mode:  ext4spec.ModeDir | unixMode(d.hdr.Mode),
 		uid:   d.hdr.Uid,
 		gid:   d.hdr.Gid,
-		size:  n * blockSize,
+		size:  n * ext4spec.BlockSize,
 		links: uint16(links),
-		flags: flagExtents,
+		flags: ext4spec.FlagExtents,
 		time:  d.hdr.Mtime,
 	}
 	if indexed {
-		in.flags |= flagIndex
+		in.flags |= ext4spec.FlagIndex
 	}
 	if err := w.finishInode(d.ino, exts, in, n); err != nil {
 		return err
@@ -151,7 +152,7 @@ func (w *Writer) finishDir(d *openDir) error {
 }
 
 func (w *Writer) dirData(blocks int) []byte {
-	n := blocks * blockSize
+	n := blocks * ext4spec.BlockSize
 	if cap(w.dirBuf) < n {
 		w.dirBuf = make([]byte, n)
 	}
@@ -174,7 +175,7 @@ func (w *Writer) linearDir(d *openDir) []byte {
 		putDirent(b[off:], e.ino, r, d.name(e), e.ft)
 		off += r
 	}
-	binary.LittleEndian.PutUint16(b[prev+4:], uint16(dirLeafSpace-prev))
+	binary.LittleEndian.PutUint16(b[prev+4:], uint16(ext4spec.DirLeafSpace-prev))
 	putDirTail(b, inodeSeed(w.fsSeed, d.ino))
 	return b
 }
@@ -200,10 +201,10 @@ func (w *Writer) htreeDir(d *openDir) ([]byte, error) {
 	})
 	// Pack leaves greedily; starts[i] is the first entry of leaf i.
 	var starts []int
-	used := dirLeafSpace
+	used := ext4spec.DirLeafSpace
 	for i, h := range hs {
 		r := recLen(int(d.ents[h.idx].nlen))
-		if used+r > dirLeafSpace {
+		if used+r > ext4spec.DirLeafSpace {
 			starts = append(starts, i)
 			used = 0
 		}
@@ -227,7 +228,7 @@ func (w *Writer) htreeDir(d *openDir) ([]byte, error) {
 	// bit set when it continues a run of equal hashes from the leaf before.
 	keys := make([]uint32, leaves)
 	for l := 0; l < leaves; l++ {
-		b := data[(firstLeaf+l)*blockSize : (firstLeaf+l+1)*blockSize]
+		b := data[(firstLeaf+l)*ext4spec.BlockSize : (firstLeaf+l+1)*ext4spec.BlockSize]
 		end := len(hs)
 		if l+1 < leaves {
 			end = starts[l+1]
@@ -240,7 +241,7 @@ func (w *Writer) htreeDir(d *openDir) ([]byte, error) {
 			putDirent(b[off:], e.ino, r, d.name(e), e.ft)
 			off += r
 		}
-		binary.LittleEndian.PutUint16(b[prev+4:], uint16(dirLeafSpace-prev))
+		binary.LittleEndian.PutUint16(b[prev+4:], uint16(ext4spec.DirLeafSpace-prev))
 		putDirTail(b, seed)
 		keys[l] = hs[starts[l]].hash
 		if l > 0 && hs[starts[l]-1].hash == keys[l] {
@@ -248,9 +249,9 @@ func (w *Writer) htreeDir(d *openDir) ([]byte, error) {
 		}
 	}
 
-	root := data[:blockSize]
+	root := data[:ext4spec.BlockSize]
 	putDirent(root, d.ino, 12, []byte("."), ftDir)
-	putDirent(root[12:], d.parent, blockSize-12, []byte(".."), ftDir)
+	putDirent(root[12:], d.parent, ext4spec.BlockSize-12, []byte(".."), ftDir)
 	root[0x18+4] = dxHashHalfMD4
 	root[0x18+5] = 8 // info length
 	root[0x18+6] = uint8(levels)
@@ -262,8 +263,8 @@ func (w *Writer) htreeDir(d *openDir) ([]byte, error) {
 	for k := 0; k < nodes; k++ {
 		lo := k * dxNodeLimit
 		hi := min(lo+dxNodeLimit, leaves)
-		b := data[(1+k)*blockSize : (2+k)*blockSize]
-		binary.LittleEndian.PutUint16(b[4:], blockSize) // fake empty dirent
+		b := data[(1+k)*ext4spec.BlockSize : (2+k)*ext4spec.BlockSize]
+		binary.LittleEndian.PutUint16(b[4:], ext4spec.BlockSize) // fake empty dirent
 		putDxEntries(b, 0x08, dxNodeLimit, keys[lo:hi], firstLeaf+lo, seed)
 		nodeKeys = append(nodeKeys, keys[lo])
 	}
@@ -284,10 +285,5 @@ func putDxEntries(b []byte, at int, limit int, keys []uint32, first int, seed ui
 		}
 		le.PutUint32(b[at+8*i+4:], uint32(first+i))
 	}
-	tail := at + 8*limit
-	size := at + 8*len(keys)
-	c := crc32c(seed, b[:size])
-	le.PutUint32(b[tail+4:], 0)
-	c = crc32c(c, b[tail:tail+8]) // the tail, checksum field as zero
-	le.PutUint32(b[tail+4:], c)
+	le.PutUint32(b[at+8*limit+4:], ext4spec.DxTailChecksum(seed, b, at, len(keys), limit))
 }

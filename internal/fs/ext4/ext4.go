@@ -24,9 +24,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
 // Options describe the filesystem to create.
@@ -68,10 +69,9 @@ var (
 )
 
 const (
-	rootIno    = 2
-	journalIno = 8
-	lpfIno     = 11
-	dataBuf    = 1 << 20
+	rootIno = 2
+	lpfIno  = 11
+	dataBuf = 1 << 20
 )
 
 // Writer streams an ext4 filesystem into f[offset:offset+Size].
@@ -97,11 +97,11 @@ type Writer struct {
 	buf    []byte // file data staging
 	blk    []byte // one block of scratch
 	dirBuf []byte
-	ibuf   [inodeSize]byte
+	ibuf   [ext4spec.InodeSize]byte
 	win    inodeWindow
 
 	jnlBlocks [17]uint32
-	lpfExts   []extent
+	lpfExts   []ext4spec.Extent
 	stats     Stats
 }
 
@@ -119,7 +119,7 @@ func NewWriter(f *os.File, offset int64, opts Options) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	size := int64(g.blocks) * blockSize
+	size := int64(g.blocks) * ext4spec.BlockSize
 	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() && st.Size() < offset+size {
 		return nil, fmt.Errorf("ext4: %s is %d bytes, need %d for the filesystem at offset %d", f.Name(), st.Size(), offset+size, offset)
 	}
@@ -134,15 +134,15 @@ func NewWriter(f *os.File, offset int64, opts Options) (*Writer, error) {
 		off:     offset,
 		opts:    opts,
 		g:       g,
-		fsSeed:  crc32c(^uint32(0), opts.UUID[:]),
+		fsSeed:  ext4spec.ChecksumSeed(opts.UUID[:]),
 		seed:    hashSeedWords(opts.HashSeed),
 		nextIno: firstIno + 1,
 		dirs:    make([]uint32, g.groups),
 		buf:     make([]byte, dataBuf),
-		blk:     make([]byte, blockSize),
+		blk:     make([]byte, ext4spec.BlockSize),
 	}
 	w.a.g = g
-	w.win.data = make([]byte, winInodes*inodeSize)
+	w.win.data = make([]byte, winInodes*ext4spec.InodeSize)
 	w.stack = []*openDir{{
 		ino:    rootIno,
 		parent: rootIno,
@@ -162,11 +162,11 @@ func (w *Writer) writeReserved() error {
 	// mke2fs leaves inode 1 (bad blocks) with only its times set.
 	b := w.ibuf[:]
 	clear(b)
-	t, _ := encodeTime(w.opts.Time)
+	t, _ := ext4spec.EncodeTime(w.opts.Time)
 	for _, o := range []int{0x08, 0x0C, 0x10} {
 		putU32(b[o:], t)
 	}
-	setInodeChecksum(b, w.fsSeed, 1)
+	ext4spec.SetInodeChecksum(b, w.fsSeed, 1)
 	if err := w.writeInodeBytes(1, b); err != nil {
 		return err
 	}
@@ -180,15 +180,15 @@ func (w *Writer) writeLostFound(h Header) error {
 	// 4 preallocated blocks, like mke2fs, so e2fsck can reconnect files
 	// without allocating.
 	const n = 4
-	data := make([]byte, n*blockSize)
+	data := make([]byte, n*ext4spec.BlockSize)
 	seed := inodeSeed(w.fsSeed, lpfIno)
 	for i := 0; i < n; i++ {
-		b := data[i*blockSize : (i+1)*blockSize]
+		b := data[i*ext4spec.BlockSize : (i+1)*ext4spec.BlockSize]
 		if i == 0 {
 			putDirent(b, lpfIno, 12, []byte("."), ftDir)
-			putDirent(b[12:], rootIno, dirLeafSpace-12, []byte(".."), ftDir)
+			putDirent(b[12:], rootIno, ext4spec.DirLeafSpace-12, []byte(".."), ftDir)
 		} else {
-			putDirent(b, 0, dirLeafSpace, nil, 0)
+			putDirent(b, 0, ext4spec.DirLeafSpace, nil, 0)
 		}
 		putDirTail(b, seed)
 	}
@@ -201,29 +201,29 @@ func (w *Writer) writeLostFound(h Header) error {
 func (w *Writer) rewriteLostFound(h Header) error {
 	const n = 4
 	return w.finishInode(lpfIno, w.lpfExts, &inodeInfo{
-		mode:  sIFDIR | unixMode(h.Mode),
+		mode:  ext4spec.ModeDir | unixMode(h.Mode),
 		uid:   h.Uid,
 		gid:   h.Gid,
-		size:  n * blockSize,
+		size:  n * ext4spec.BlockSize,
 		links: 2,
-		flags: flagExtents,
+		flags: ext4spec.FlagExtents,
 		time:  h.Mtime,
 	}, n)
 }
 
 // writeBlocks maps n logical blocks starting at lblk to newly allocated
 // blocks, writing data (n blocks) there unless data is nil.
-func (w *Writer) writeBlocks(exts *[]extent, lblk uint64, data []byte, n uint64) error {
+func (w *Writer) writeBlocks(exts *[]ext4spec.Extent, lblk uint64, data []byte, n uint64) error {
 	for n > 0 {
 		p, got, err := w.a.alloc(n)
 		if err != nil {
 			return err
 		}
 		if data != nil {
-			if err := w.writeAt(data[:got*blockSize], p); err != nil {
+			if err := w.writeAt(data[:got*ext4spec.BlockSize], p); err != nil {
 				return err
 			}
-			data = data[got*blockSize:]
+			data = data[got*ext4spec.BlockSize:]
 		}
 		*exts = addExtent(*exts, uint32(lblk), p, got)
 		lblk += got
@@ -233,7 +233,7 @@ func (w *Writer) writeBlocks(exts *[]extent, lblk uint64, data []byte, n uint64)
 }
 
 // finishInode builds the extent tree for exts and writes the inode.
-func (w *Writer) finishInode(ino uint32, exts []extent, in *inodeInfo, dataBlocks uint64) error {
+func (w *Writer) finishInode(ino uint32, exts []ext4spec.Extent, in *inodeInfo, dataBlocks uint64) error {
 	ib, nodes, err := w.buildExtentTree(ino, exts)
 	if err != nil {
 		return err
@@ -245,7 +245,7 @@ func (w *Writer) finishInode(ino uint32, exts []extent, in *inodeInfo, dataBlock
 }
 
 func (w *Writer) writeAt(b []byte, block uint64) error {
-	_, err := w.f.WriteAt(b, w.off+int64(block)*blockSize)
+	_, err := w.f.WriteAt(b, w.off+int64(block)*ext4spec.BlockSize)
 	if err != nil {
 		return fmt.Errorf("ext4: write: %w", err)
 	}
@@ -270,18 +270,6 @@ func (w *Writer) fail(err error) error {
 	return err
 }
 
-// SetRoot sets the mode, owner and time of "/". It must come first.
-func (w *Writer) SetRoot(h Header) error {
-	if err := w.usable(); err != nil {
-		return err
-	}
-	if w.started {
-		return errors.New("ext4: SetRoot after entries were added")
-	}
-	w.stack[0].hdr = Header{Mode: h.Mode, Uid: h.Uid, Gid: h.Gid, Mtime: h.Mtime}
-	return nil
-}
-
 func (w *Writer) usable() error {
 	if w.err != nil {
 		return w.err
@@ -289,179 +277,6 @@ func (w *Writer) usable() error {
 	if w.closed {
 		return errClosed
 	}
-	return nil
-}
-
-// enter validates name and makes its parent the innermost open directory,
-// finishing every directory whose subtree has ended.
-func (w *Writer) enter(name string) (*openDir, string, error) {
-	return w.enterAny(name, false)
-}
-
-func (w *Writer) enterAny(name string, lpf bool) (*openDir, string, error) {
-	if err := w.usable(); err != nil {
-		return nil, "", err
-	}
-	if name == "lost+found" && !lpf {
-		return nil, "", fmt.Errorf("ext4: %q is reserved for the preallocated lost+found directory", name)
-	}
-	if w.cur != nil {
-		if w.cur.written != w.cur.hdr.Size {
-			return nil, "", w.fail(fmt.Errorf("%w: %q has %d of %d bytes", ErrWriteTooShort, w.cur.hdr.Name, w.cur.written, w.cur.hdr.Size))
-		}
-		w.cur = nil
-	}
-	i, base, err := findParent(name, len(w.stack), func(i int) string { return w.stack[i].path })
-	if err != nil {
-		return nil, "", err
-	}
-	d := w.stack[i]
-	if err := d.checkNew(base, name); err != nil {
-		return nil, "", err
-	}
-	for len(w.stack) > i+1 {
-		top := w.stack[len(w.stack)-1]
-		w.stack = w.stack[:len(w.stack)-1]
-		if err := w.finishDir(top); err != nil {
-			return nil, "", w.fail(err)
-		}
-	}
-	w.started = true
-	return d, base, nil
-}
-
-func validName(name string) error {
-	if name == "" {
-		return errors.New("ext4: empty name (use SetRoot for the root)")
-	}
-	for _, c := range strings.Split(name, "/") {
-		switch {
-		case c == "" || c == "." || c == "..":
-			return fmt.Errorf("ext4: invalid name %q (no leading/trailing or double slash, no . or ..)", name)
-		case len(c) > 255:
-			return fmt.Errorf("ext4: %q: component longer than 255 bytes", name)
-		case strings.IndexByte(c, 0) >= 0:
-			return fmt.Errorf("ext4: %q contains NUL", name)
-		}
-	}
-	return nil
-}
-
-// Mkdir adds a directory. Its entries must follow before anything outside it.
-func (w *Writer) Mkdir(h Header) error {
-	if h.Name == "lost+found" {
-		return w.setLostFound(h)
-	}
-	parent, base, err := w.enter(h.Name)
-	if err != nil {
-		return err
-	}
-	ino, err := w.allocIno()
-	if err != nil {
-		return err
-	}
-	parent.add(base, ino, ftDir)
-	parent.subdirs++
-	w.dirs[(ino-1)/w.g.ipg]++
-	w.stack = append(w.stack, &openDir{path: h.Name, ino: ino, parent: parent.ino, hdr: h, sorted: true})
-	w.stats.Dirs++
-	return nil
-}
-
-// setLostFound lets a caller (e.g. one copying an existing image) set the
-// attributes of the preallocated /lost+found; it cannot hold entries.
-func (w *Writer) setLostFound(h Header) error {
-	root, _, err := w.enterAny(h.Name, true)
-	if err != nil {
-		return err
-	}
-	if root.lpfSet {
-		return fmt.Errorf("ext4: duplicate entry %q", h.Name)
-	}
-	root.lpfSet = true
-	return w.rewriteLostFound(h)
-}
-
-// Symlink adds a symbolic link: inline ("fast") below 60 bytes, else one
-// data block.
-func (w *Writer) Symlink(h Header, target string) error {
-	if len(target) == 0 || len(target) >= blockSize {
-		return fmt.Errorf("ext4: %q: symlink target length %d not in 1..4095", h.Name, len(target))
-	}
-	parent, base, err := w.enter(h.Name)
-	if err != nil {
-		return err
-	}
-	ino, err := w.allocIno()
-	if err != nil {
-		return err
-	}
-	perm := unixMode(h.Mode)
-	if h.Mode.Perm() == 0 {
-		perm |= 0o777
-	}
-	in := &inodeInfo{mode: sIFLNK | perm, uid: h.Uid, gid: h.Gid, size: uint64(len(target)), links: 1, time: h.Mtime}
-	if len(target) < 60 {
-		copy(in.iblock[:], target)
-		encodeInode(w.ibuf[:], w.fsSeed, ino, in)
-		err = w.writeInodeBytes(ino, w.ibuf[:])
-	} else {
-		clear(w.blk)
-		copy(w.blk, target)
-		var exts []extent
-		if err = w.writeBlocks(&exts, 0, w.blk, 1); err == nil {
-			in.flags = flagExtents
-			err = w.finishInode(ino, exts, in, 1)
-		}
-	}
-	if err != nil {
-		return w.fail(err)
-	}
-	parent.add(base, ino, ftSymlink)
-	w.stats.Symlinks++
-	return nil
-}
-
-// Link adds a hard link to an inode written earlier (a completed regular
-// file or a symlink), incrementing its link count.
-func (w *Writer) Link(name string, ino uint32) error {
-	if err := w.usable(); err != nil {
-		return err
-	}
-	if ino <= firstIno || ino >= w.nextIno {
-		return fmt.Errorf("ext4: link %q: inode %d was not made by this writer", name, ino)
-	}
-	if w.cur != nil && w.cur.ino == ino && w.cur.written != w.cur.hdr.Size {
-		return fmt.Errorf("ext4: link %q: file %q is not complete", name, w.cur.hdr.Name)
-	}
-	parent, base, err := w.enter(name)
-	if err != nil {
-		return err
-	}
-	b := w.ibuf[:]
-	if err := w.readInodeBytes(ino, b); err != nil {
-		return w.fail(err)
-	}
-	var ft uint8
-	switch getU16(b) & sIFMT {
-	case sIFREG:
-		ft = ftReg
-	case sIFLNK:
-		ft = ftSymlink
-	default:
-		return fmt.Errorf("ext4: link %q: inode %d is not a regular file or symlink", name, ino)
-	}
-	links := getU16(b[0x1A:])
-	if links >= linkMax {
-		return fmt.Errorf("ext4: link %q: inode %d has too many links", name, ino)
-	}
-	putU16(b[0x1A:], links+1)
-	setInodeChecksum(b, w.fsSeed, ino)
-	if err := w.writeInodeBytes(ino, b); err != nil {
-		return w.fail(err)
-	}
-	parent.add(base, ino, ft)
-	w.stats.HardLinks++
 	return nil
 }
 
@@ -500,25 +315,4 @@ func (w *Writer) Close() error {
 	}
 	w.closed = true
 	return nil
-}
-
-// findParent splits name and finds its parent among the open directories,
-// given by depth and the path at each level: in depth-first order the parent
-// of a new entry is always still open.
-func findParent(name string, depth int, pathAt func(int) string) (int, string, error) {
-	if err := validName(name); err != nil {
-		return 0, "", err
-	}
-	parent, base := "", name
-	if i := strings.LastIndexByte(name, '/'); i >= 0 {
-		parent, base = name[:i], name[i+1:]
-	}
-	i := depth - 1
-	for i >= 0 && pathAt(i) != parent {
-		i--
-	}
-	if i < 0 {
-		return 0, "", fmt.Errorf("ext4: %q: parent directory %q does not exist or is already complete (entries must come parent first, depth first)", name, parent)
-	}
-	return i, base, nil
 }

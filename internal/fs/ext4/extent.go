@@ -3,37 +3,29 @@ package ext4
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
-const (
-	extentMagic   = 0xF30A
-	maxExtentLen  = 32768 // longest initialized extent
-	extentsInNode = (blockSize - 12 - 4) / 12
-)
-
-type extent struct {
-	lblk uint32
-	len  uint32
-	pblk uint64
-}
+const extentsInNode = (ext4spec.BlockSize - 12 - 4) / 12
 
 // addExtent appends a mapping, merging it into the previous extent when both
 // logical and physical ranges continue it.
-func addExtent(exts []extent, lblk uint32, pblk uint64, n uint64) []extent {
+func addExtent(exts []ext4spec.Extent, lblk uint32, pblk uint64, n uint64) []ext4spec.Extent {
 	for n > 0 {
 		if k := len(exts); k > 0 {
 			e := &exts[k-1]
-			if e.lblk+e.len == lblk && e.pblk+uint64(e.len) == pblk && e.len < maxExtentLen {
-				add := min(n, uint64(maxExtentLen-e.len))
-				e.len += uint32(add)
+			if e.Lblk+e.Len == lblk && e.Pblk+uint64(e.Len) == pblk && e.Len < ext4spec.MaxExtentLen {
+				add := min(n, uint64(ext4spec.MaxExtentLen-e.Len))
+				e.Len += uint32(add)
 				lblk += uint32(add)
 				pblk += add
 				n -= add
 				continue
 			}
 		}
-		add := min(n, maxExtentLen)
-		exts = append(exts, extent{lblk: lblk, len: uint32(add), pblk: pblk})
+		add := min(n, ext4spec.MaxExtentLen)
+		exts = append(exts, ext4spec.Extent{Lblk: lblk, Len: uint32(add), Pblk: pblk})
 		lblk += uint32(add)
 		pblk += add
 		n -= add
@@ -43,19 +35,19 @@ func addExtent(exts []extent, lblk uint32, pblk uint64, n uint64) []extent {
 
 func putExtentHeader(b []byte, entries, maxEntries, depth uint16) {
 	le := binary.LittleEndian
-	le.PutUint16(b[0:], extentMagic)
+	le.PutUint16(b[0:], ext4spec.ExtentMagic)
 	le.PutUint16(b[2:], entries)
 	le.PutUint16(b[4:], maxEntries)
 	le.PutUint16(b[6:], depth)
 	le.PutUint32(b[8:], 0)
 }
 
-func putLeaf(b []byte, e extent) {
+func putLeaf(b []byte, e ext4spec.Extent) {
 	le := binary.LittleEndian
-	le.PutUint32(b[0:], e.lblk)
-	le.PutUint16(b[4:], uint16(e.len))
-	le.PutUint16(b[6:], uint16(e.pblk>>32))
-	le.PutUint32(b[8:], uint32(e.pblk))
+	le.PutUint32(b[0:], e.Lblk)
+	le.PutUint16(b[4:], uint16(e.Len))
+	le.PutUint16(b[6:], uint16(e.Pblk>>32))
+	le.PutUint32(b[8:], uint32(e.Pblk))
 }
 
 func putIndex(b []byte, lblk uint32, child uint64) {
@@ -78,7 +70,7 @@ func extentTreeBlocks(n uint64) uint64 {
 
 // buildExtentTree writes the tree for exts (allocating node blocks) and
 // returns the inode's i_block and the number of node blocks used.
-func (w *Writer) buildExtentTree(ino uint32, exts []extent) (iblock [60]byte, nodes uint64, err error) {
+func (w *Writer) buildExtentTree(ino uint32, exts []ext4spec.Extent) (iblock [60]byte, nodes uint64, err error) {
 	if len(exts) <= 4 {
 		putExtentHeader(iblock[:], uint16(len(exts)), 4, 0)
 		for i, e := range exts {
@@ -106,7 +98,7 @@ func (w *Writer) buildExtentTree(ino uint32, exts []extent) (iblock [60]byte, no
 			return iblock, 0, err
 		}
 		nodes++
-		level = append(level, ref{chunk[0].lblk, p})
+		level = append(level, ref{chunk[0].Lblk, p})
 	}
 	depth := uint16(1)
 	for len(level) > 4 {
@@ -142,7 +134,7 @@ func (w *Writer) buildExtentTree(ino uint32, exts []extent) (iblock [60]byte, no
 // entries) and writes it to a freshly allocated block.
 func (w *Writer) writeNode(b []byte, seed uint32) (uint64, error) {
 	tail := 12 + 12*extentsInNode
-	binary.LittleEndian.PutUint32(b[tail:], crc32c(seed, b[:tail]))
+	binary.LittleEndian.PutUint32(b[tail:], ext4spec.CRC32C(seed, b[:tail]))
 	p, _, err := w.a.alloc(1)
 	if err != nil {
 		return 0, err

@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
 // File receives the content of one regular file: exactly Header.Size bytes
@@ -20,16 +22,16 @@ type File struct {
 	written int64
 	pending int    // bytes staged in w.buf
 	lblk    uint64 // logical block of w.buf[0]
-	exts    []extent
+	exts    []ext4spec.Extent
 	blocks  uint64 // data blocks allocated
 }
 
-var zeroBlock = make([]byte, blockSize)
+var zeroBlock = make([]byte, ext4spec.BlockSize)
 
 // Create adds a regular file of h.Size bytes and returns the writer for its
 // content.
 func (w *Writer) Create(h Header) (*File, error) {
-	if h.Size < 0 || uint64(h.Size) > uint64(1<<32-1)*blockSize {
+	if h.Size < 0 || uint64(h.Size) > uint64(1<<32-1)*ext4spec.BlockSize {
 		return nil, fmt.Errorf("ext4: %q: size %d out of range", h.Name, h.Size)
 	}
 	parent, base, err := w.enter(h.Name)
@@ -103,20 +105,20 @@ func (f *File) flush() error {
 	if f.pending == 0 {
 		return nil
 	}
-	nb := (f.pending + blockSize - 1) / blockSize
-	buf := f.w.buf[:nb*blockSize]
+	nb := (f.pending + ext4spec.BlockSize - 1) / ext4spec.BlockSize
+	buf := f.w.buf[:nb*ext4spec.BlockSize]
 	clear(buf[f.pending:])
 	i := 0
 	for i < nb {
-		if bytes.Equal(buf[i*blockSize:(i+1)*blockSize], zeroBlock) {
+		if bytes.Equal(buf[i*ext4spec.BlockSize:(i+1)*ext4spec.BlockSize], zeroBlock) {
 			i++
 			continue
 		}
 		j := i + 1
-		for j < nb && !bytes.Equal(buf[j*blockSize:(j+1)*blockSize], zeroBlock) {
+		for j < nb && !bytes.Equal(buf[j*ext4spec.BlockSize:(j+1)*ext4spec.BlockSize], zeroBlock) {
 			j++
 		}
-		if err := f.w.writeBlocks(&f.exts, f.lblk+uint64(i), buf[i*blockSize:j*blockSize], uint64(j-i)); err != nil {
+		if err := f.w.writeBlocks(&f.exts, f.lblk+uint64(i), buf[i*ext4spec.BlockSize:j*ext4spec.BlockSize], uint64(j-i)); err != nil {
 			return err
 		}
 		f.blocks += uint64(j - i)
@@ -134,12 +136,12 @@ func (f *File) finish() error {
 	f.pending = -1 // finished
 	h := &f.hdr
 	err := f.w.finishInode(f.ino, f.exts, &inodeInfo{
-		mode:  sIFREG | unixMode(h.Mode),
+		mode:  ext4spec.ModeRegular | unixMode(h.Mode),
 		uid:   h.Uid,
 		gid:   h.Gid,
 		size:  uint64(h.Size),
 		links: 1,
-		flags: flagExtents,
+		flags: ext4spec.FlagExtents,
 		time:  h.Mtime,
 	}, f.blocks)
 	f.w.stats.Bytes += h.Size
@@ -227,15 +229,15 @@ func (f *File) readFromFile(src *os.File) (int64, error) {
 			break
 		}
 		// Whole blocks only; a block may already be done by the last range.
-		lb := max(uint64(ds)/blockSize, f.lblk)
-		le := (uint64(he) + blockSize - 1) / blockSize
+		lb := max(uint64(ds)/ext4spec.BlockSize, f.lblk)
+		le := (uint64(he) + ext4spec.BlockSize - 1) / ext4spec.BlockSize
 		for lb < le {
 			p, got, err := f.w.a.alloc(le - lb)
 			if err != nil {
 				return pos, f.w.fail(err)
 			}
-			from := int64(lb) * blockSize
-			n := min(int64(got)*blockSize, size-from)
+			from := int64(lb) * ext4spec.BlockSize
+			n := min(int64(got)*ext4spec.BlockSize, size-from)
 			if err := f.copyRange(sfd, base+from, p, n, &fallback); err != nil {
 				return pos, f.w.fail(err)
 			}
@@ -254,7 +256,7 @@ func (f *File) readFromFile(src *os.File) (int64, error) {
 		return 0, f.w.fail(fmt.Errorf("%w: %q: source has %d bytes", ErrWriteTooShort, f.hdr.Name, st.Size()-base))
 	}
 	f.written = size
-	f.lblk = (uint64(size) + blockSize - 1) / blockSize
+	f.lblk = (uint64(size) + ext4spec.BlockSize - 1) / ext4spec.BlockSize
 	if err := f.finish(); err != nil {
 		return size, f.w.fail(err)
 	}
@@ -262,7 +264,7 @@ func (f *File) readFromFile(src *os.File) (int64, error) {
 }
 
 func (f *File) copyRange(sfd int, soff int64, block uint64, n int64, fallback *bool) error {
-	doff := f.w.off + int64(block)*blockSize
+	doff := f.w.off + int64(block)*ext4spec.BlockSize
 	dfd := int(f.w.f.Fd())
 	for n > 0 && !*fallback {
 		c, err := copyFileRange(sfd, &soff, dfd, &doff, int(min(n, 1<<30)), 0)

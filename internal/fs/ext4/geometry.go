@@ -3,19 +3,17 @@ package ext4
 import (
 	"fmt"
 	"sort"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
 const (
-	blockSize      = 4096
 	blockShift     = 12
 	blocksPerGroup = 32768
-	inodeSize      = 256
-	inodesPerBlock = blockSize / inodeSize
-	descSize       = 64
 	flexSize       = 16 // groups per flex_bg
 	extraIsize     = 32
 	firstIno       = 11
-	maxIPG         = blockSize * 8 // one bitmap block per group
+	maxIPG         = ext4spec.BlockSize * 8 // one bitmap block per group
 	mib            = 1 << 20
 )
 
@@ -37,24 +35,6 @@ type geometry struct {
 	itable        []uint64
 	reserved      []span // sorted, merged: superblocks, GDTs, bitmaps, inode tables
 	reservedTotal uint64
-}
-
-// isBackupGroup reports whether sparse_super keeps a superblock copy in g:
-// groups 0 and 1 and the powers of 3, 5 and 7.
-func isBackupGroup(g uint32) bool {
-	if g <= 1 {
-		return true
-	}
-	for _, b := range []uint32{3, 5, 7} {
-		n := b
-		for n < g {
-			n *= b
-		}
-		if n == g {
-			return true
-		}
-	}
-	return false
 }
 
 // defaultJournalBlocks follows e2fsprogs' ext2fs_default_journal_size.
@@ -91,21 +71,21 @@ func newGeometry(size int64, inodes uint32, journalBlocks uint32) (*geometry, er
 		blocks -= blocks % blocksPerGroup
 	}
 	if blocks < 64 {
-		return nil, fmt.Errorf("ext4: size %d too small (need at least %d bytes)", size, 64*blockSize)
+		return nil, fmt.Errorf("ext4: size %d too small (need at least %d bytes)", size, 64*ext4spec.BlockSize)
 	}
 	g := &geometry{blocks: blocks}
 	g.groups = uint32((blocks + blocksPerGroup - 1) / blocksPerGroup)
-	g.gdtBlocks = uint32((uint64(g.groups)*descSize + blockSize - 1) / blockSize)
+	g.gdtBlocks = uint32((uint64(g.groups)*ext4spec.DescSize + ext4spec.BlockSize - 1) / ext4spec.BlockSize)
 	if inodes == 0 {
 		inodes = uint32(min(blocks/4, 1<<32-1)) // 1 inode per 16 KiB
 	}
 	ipg := (uint64(inodes) + uint64(g.groups) - 1) / uint64(g.groups)
-	ipg = (ipg + inodesPerBlock - 1) / inodesPerBlock * inodesPerBlock
-	if ipg < inodesPerBlock {
-		ipg = inodesPerBlock
+	ipg = (ipg + ext4spec.InodesPerBlock - 1) / ext4spec.InodesPerBlock * ext4spec.InodesPerBlock
+	if ipg < ext4spec.InodesPerBlock {
+		ipg = ext4spec.InodesPerBlock
 	}
 	if ipg*uint64(g.groups) < firstIno+1 {
-		ipg = 2 * inodesPerBlock
+		ipg = 2 * ext4spec.InodesPerBlock
 	}
 	if ipg > maxIPG {
 		return nil, fmt.Errorf("ext4: %d inodes do not fit in %d groups (max %d per group); make the filesystem larger", inodes, g.groups, maxIPG)
@@ -114,7 +94,7 @@ func newGeometry(size int64, inodes uint32, journalBlocks uint32) (*geometry, er
 		return nil, fmt.Errorf("ext4: too many inodes (%d)", ipg*uint64(g.groups))
 	}
 	g.ipg = uint32(ipg)
-	g.itb = g.ipg / inodesPerBlock
+	g.itb = g.ipg / ext4spec.InodesPerBlock
 	if journalBlocks == 0 {
 		journalBlocks = defaultJournalBlocks(blocks)
 	} else if journalBlocks < 1024 {
@@ -127,7 +107,7 @@ func newGeometry(size int64, inodes uint32, journalBlocks uint32) (*geometry, er
 	g.itable = make([]uint64, g.groups)
 	var res []span
 	for grp := uint32(0); grp < g.groups; grp++ {
-		if isBackupGroup(grp) {
+		if ext4spec.HasSuperBackup(grp) {
 			s := uint64(grp) * blocksPerGroup
 			res = append(res, span{s, s + 1 + uint64(g.gdtBlocks)})
 		}

@@ -3,6 +3,8 @@ package ext4
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
 func putU16(b []byte, v uint16) { binary.LittleEndian.PutUint16(b, v) }
@@ -29,7 +31,7 @@ func (w *Writer) inodePos(ino uint32) (grp, idx uint32) {
 }
 
 func (w *Writer) inodeOffset(grp, idx uint32) int64 {
-	return w.off + int64(w.g.itable[grp])*blockSize + int64(idx)*inodeSize
+	return w.off + int64(w.g.itable[grp])*ext4spec.BlockSize + int64(idx)*ext4spec.InodeSize
 }
 
 func (win *inodeWindow) has(grp, idx uint32) bool {
@@ -42,7 +44,7 @@ func (w *Writer) writeInodeBytes(ino uint32, b []byte) error {
 	if !win.has(grp, idx) {
 		ahead := !win.valid || grp > win.grp || (grp == win.grp && idx >= win.base+win.n)
 		if !ahead {
-			if _, err := w.f.WriteAt(b[:inodeSize], w.inodeOffset(grp, idx)); err != nil {
+			if _, err := w.f.WriteAt(b[:ext4spec.InodeSize], w.inodeOffset(grp, idx)); err != nil {
 				return fmt.Errorf("ext4: write inode: %w", err)
 			}
 			return nil
@@ -54,21 +56,21 @@ func (w *Writer) writeInodeBytes(ino uint32, b []byte) error {
 		*win = inodeWindow{valid: true, grp: grp, base: base, n: min(winInodes, w.g.ipg-base), lo: len(win.data), data: win.data}
 		clear(win.data)
 	}
-	o := int(idx-win.base) * inodeSize
-	copy(win.data[o:], b[:inodeSize])
-	win.lo = min(win.lo, o&^(blockSize-1))
-	win.hi = max(win.hi, (o+inodeSize+blockSize-1)&^(blockSize-1))
+	o := int(idx-win.base) * ext4spec.InodeSize
+	copy(win.data[o:], b[:ext4spec.InodeSize])
+	win.lo = min(win.lo, o&^(ext4spec.BlockSize-1))
+	win.hi = max(win.hi, (o+ext4spec.InodeSize+ext4spec.BlockSize-1)&^(ext4spec.BlockSize-1))
 	return nil
 }
 
 func (w *Writer) readInodeBytes(ino uint32, b []byte) error {
 	grp, idx := w.inodePos(ino)
 	if w.win.has(grp, idx) {
-		o := int(idx-w.win.base) * inodeSize
-		copy(b, w.win.data[o:o+inodeSize])
+		o := int(idx-w.win.base) * ext4spec.InodeSize
+		copy(b, w.win.data[o:o+ext4spec.InodeSize])
 		return nil
 	}
-	if _, err := w.f.ReadAt(b[:inodeSize], w.inodeOffset(grp, idx)); err != nil {
+	if _, err := w.f.ReadAt(b[:ext4spec.InodeSize], w.inodeOffset(grp, idx)); err != nil {
 		return fmt.Errorf("ext4: read inode %d: %w", ino, err)
 	}
 	return nil
@@ -93,26 +95,16 @@ func (w *Writer) writeJournal() error {
 	if n == 0 {
 		return nil
 	}
-	var exts []extent
+	var exts []ext4spec.Extent
 	if err := w.writeBlocks(&exts, 0, nil, n); err != nil {
 		return err
 	}
-	b := w.blk
-	clear(b)
-	be := binary.BigEndian
-	be.PutUint32(b[0x00:], 0xC03B3998) // magic
-	be.PutUint32(b[0x04:], 4)          // superblock v2
-	be.PutUint32(b[0x0C:], blockSize)
-	be.PutUint32(b[0x10:], uint32(n)) // s_maxlen
-	be.PutUint32(b[0x14:], 1)         // s_first
-	be.PutUint32(b[0x18:], 1)         // s_sequence
-	copy(b[0x30:0x40], w.opts.UUID[:])
-	be.PutUint32(b[0x40:], 1) // s_nr_users
-	if err := w.writeAt(b, exts[0].pblk); err != nil {
+	ext4spec.PutEmptyJournalSuper(w.blk, n, w.opts.UUID[:])
+	if err := w.writeAt(w.blk, exts[0].Pblk); err != nil {
 		return err
 	}
-	in := &inodeInfo{mode: sIFREG | 0o600, size: n * blockSize, links: 1, flags: flagExtents, time: w.opts.Time}
-	if err := w.finishInode(journalIno, exts, in, n); err != nil {
+	in := &inodeInfo{mode: ext4spec.ModeRegular | 0o600, size: n * ext4spec.BlockSize, links: 1, flags: ext4spec.FlagExtents, time: w.opts.Time}
+	if err := w.finishInode(ext4spec.JournalIno, exts, in, n); err != nil {
 		return err
 	}
 	// The superblock keeps a copy of the journal inode's block map.
@@ -146,16 +138,11 @@ func countBits(b []byte, n uint64) uint64 {
 	return c
 }
 
-const (
-	bgInodeUninit  = 0x1
-	bgItableZeroed = 0x4
-)
-
 // writeGroups derives every group's bitmaps from the allocation cursors,
 // then writes the descriptors and superblock copies.
 func (w *Writer) writeGroups() error {
 	g := w.g
-	gdt := make([]byte, int(g.gdtBlocks)*blockSize)
+	gdt := make([]byte, int(g.gdtBlocks)*ext4spec.BlockSize)
 	b := w.blk
 	le := binary.LittleEndian
 	var freeBlocks, freeInodes uint64
@@ -178,22 +165,22 @@ func (w *Writer) writeGroups() error {
 		used := countBits(b, nb)
 		setBits(b, nb, blocksPerGroup) // padding past the last block
 		bfree := nb - used
-		bcsum := crc32c(w.fsSeed, b)
+		bcsum := ext4spec.CRC32C(w.fsSeed, b)
 		if err := w.writeAt(b, g.bbitmap[grp]); err != nil {
 			return err
 		}
 
 		base := uint64(grp) * uint64(g.ipg)
 		iused := min(max(usedInodesTotal, base)-base, uint64(g.ipg))
-		flags := uint16(bgItableZeroed)
+		flags := uint16(ext4spec.BgInodeTableZeroed)
 		var icsum uint32
 		if iused == 0 {
-			flags |= bgInodeUninit // the kernel and e2fsck treat its bitmap as empty
+			flags |= ext4spec.BgInodeUninit // the kernel and e2fsck treat its bitmap as empty
 		} else {
 			clear(b)
 			setBits(b, 0, iused)
 			setBits(b, uint64(g.ipg), blocksPerGroup)
-			icsum = crc32c(w.fsSeed, b[:g.ipg/8])
+			icsum = ext4spec.CRC32C(w.fsSeed, b[:g.ipg/8])
 			if err := w.writeAt(b, g.ibitmap[grp]); err != nil {
 				return err
 			}
@@ -202,7 +189,7 @@ func (w *Writer) writeGroups() error {
 		freeBlocks += bfree
 		freeInodes += ifree
 
-		d := gdt[int(grp)*descSize : int(grp+1)*descSize]
+		d := gdt[int(grp)*ext4spec.DescSize : int(grp+1)*ext4spec.DescSize]
 		le.PutUint32(d[0x00:], uint32(g.bbitmap[grp]))
 		le.PutUint32(d[0x04:], uint32(g.ibitmap[grp]))
 		le.PutUint32(d[0x08:], uint32(g.itable[grp]))
@@ -222,26 +209,22 @@ func (w *Writer) writeGroups() error {
 		le.PutUint16(d[0x32:], uint16(ifree>>16))
 		le.PutUint16(d[0x38:], uint16(bcsum>>16))
 		le.PutUint16(d[0x3A:], uint16(icsum>>16))
-		c := crc32cU32(w.fsSeed, grp)
-		c = crc32c(c, d[:0x1E])
-		c = crc32c(c, []byte{0, 0})
-		c = crc32c(c, d[0x20:descSize])
-		le.PutUint16(d[0x1E:], uint16(c))
+		le.PutUint16(d[0x1E:], ext4spec.DescChecksum(w.fsSeed, grp, d))
 	}
 	w.stats.BlocksUsed = g.blocks - freeBlocks
 	sb := w.superblock(freeBlocks, freeInodes)
 	for grp := uint32(0); grp < g.groups; grp++ {
-		if !isBackupGroup(grp) {
+		if !ext4spec.HasSuperBackup(grp) {
 			continue
 		}
 		le.PutUint16(sb[0x5A:], uint16(grp))
-		le.PutUint32(sb[0x3FC:], crc32c(^uint32(0), sb[:0x3FC]))
+		ext4spec.SetSuperChecksum(sb)
 		at := g.groupStart(grp)
 		off := int64(0)
 		if grp == 0 {
 			off = 1024 // boot sector first
 		}
-		if _, err := w.f.WriteAt(sb, w.off+int64(at)*blockSize+off); err != nil {
+		if _, err := w.f.WriteAt(sb, w.off+int64(at)*ext4spec.BlockSize+off); err != nil {
 			return fmt.Errorf("ext4: write superblock: %w", err)
 		}
 		if err := w.writeAt(gdt, at+1); err != nil {
@@ -268,24 +251,25 @@ func (w *Writer) superblock(freeBlocks, freeInodes uint64) []byte {
 	le.PutUint32(sb[0x28:], g.ipg)
 	le.PutUint32(sb[0x30:], t)      // s_wtime
 	le.PutUint16(sb[0x36:], 0xFFFF) // s_max_mnt_count = -1
-	le.PutUint16(sb[0x38:], 0xEF53)
-	le.PutUint16(sb[0x3A:], 1) // clean
+	le.PutUint16(sb[0x38:], ext4spec.SuperMagic)
+	le.PutUint16(sb[0x3A:], ext4spec.StateValid)
 	le.PutUint16(sb[0x3C:], 1) // errors=continue
 	le.PutUint32(sb[0x40:], t) // s_lastcheck
 	le.PutUint32(sb[0x4C:], 1) // dynamic rev
 	le.PutUint32(sb[0x54:], firstIno)
-	le.PutUint16(sb[0x58:], inodeSize)
-	compat := uint32(0x8 | 0x20) // ext_attr, dir_index
+	le.PutUint16(sb[0x58:], ext4spec.InodeSize)
+	compat := uint32(ext4spec.CompatExtAttr | ext4spec.CompatDirIndex)
 	if g.journalBlocks > 0 {
-		compat |= 0x4
+		compat |= ext4spec.CompatHasJournal
 	}
 	le.PutUint32(sb[0x5C:], compat)
-	le.PutUint32(sb[0x60:], 0x2|0x40|0x80|0x200)         // filetype, extents, 64bit, flex_bg
-	le.PutUint32(sb[0x64:], 0x1|0x2|0x8|0x20|0x40|0x400) // sparse_super, large_file, huge_file, dir_nlink, extra_isize, metadata_csum
+	le.PutUint32(sb[0x60:], ext4spec.IncompatFiletype|ext4spec.IncompatExtents|ext4spec.Incompat64bit|ext4spec.IncompatFlexBg)
+	le.PutUint32(sb[0x64:], ext4spec.RoCompatSparse|ext4spec.RoCompatLargeFile|ext4spec.RoCompatHugeFile|
+		ext4spec.RoCompatDirNlink|ext4spec.RoCompatExtraIsize|ext4spec.RoCompatMetaCsum)
 	copy(sb[0x68:0x78], w.opts.UUID[:])
 	copy(sb[0x78:0x88], w.opts.Label)
 	if g.journalBlocks > 0 {
-		le.PutUint32(sb[0xE0:], journalIno)
+		le.PutUint32(sb[0xE0:], ext4spec.JournalIno)
 		for i, v := range w.jnlBlocks {
 			le.PutUint32(sb[0x10C+4*i:], v)
 		}
@@ -293,7 +277,7 @@ func (w *Writer) superblock(freeBlocks, freeInodes uint64) []byte {
 	}
 	copy(sb[0xEC:0xFC], w.opts.HashSeed[:])
 	sb[0xFC] = dxHashHalfMD4
-	le.PutUint16(sb[0xFE:], descSize)
+	le.PutUint16(sb[0xFE:], ext4spec.DescSize)
 	le.PutUint32(sb[0x100:], 0x4|0x8) // default mount: user_xattr, acl
 	le.PutUint32(sb[0x108:], t)       // s_mkfs_time
 	le.PutUint32(sb[0x150:], uint32(g.blocks>>32))
@@ -303,6 +287,6 @@ func (w *Writer) superblock(freeBlocks, freeInodes uint64) []byte {
 	le.PutUint32(sb[0x160:], 1) // signed directory hash
 	sb[0x174] = 4               // log2(flex_bg size)
 	sb[0x175] = 1               // crc32c
-	le.PutUint64(sb[0x178:], (g.blocks-freeBlocks)*(blockSize/1024))
+	le.PutUint64(sb[0x178:], (g.blocks-freeBlocks)*(ext4spec.BlockSize/1024))
 	return sb
 }

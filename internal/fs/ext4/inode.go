@@ -5,17 +5,10 @@ import (
 	"io/fs"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
 const (
-	sIFREG = 0x8000
-	sIFDIR = 0x4000
-	sIFLNK = 0xA000
-	sIFMT  = 0xF000
-
-	flagIndex   = 0x1000
-	flagExtents = 0x80000
-
 	ftReg     = 1
 	ftDir     = 2
 	ftSymlink = 7
@@ -39,22 +32,16 @@ type inodeInfo struct {
 // unixMode is the st_mode permission and special bits of m.
 func unixMode(m fs.FileMode) uint16 { return uint16(unixmode.Perm(m)) }
 
-// encodeTime splits seconds into the 32-bit field and the epoch bits of the
-// *_extra field, so times past 2038 (and before 1970) survive.
-func encodeTime(t int64) (lo, extra uint32) {
-	return uint32(t), uint32((t-int64(int32(t)))>>32) & 3
-}
-
 func inodeSeed(fsSeed, ino uint32) uint32 {
-	return crc32cU32(crc32cU32(fsSeed, ino), 0) // generation is always 0
+	return ext4spec.InodeSeed(fsSeed, ino, 0) // generation is always 0
 }
 
 // encodeInode fills b (256 bytes) and sets its checksum.
 func encodeInode(b []byte, fsSeed, ino uint32, in *inodeInfo) {
-	clear(b[:inodeSize])
+	clear(b[:ext4spec.InodeSize])
 	le := binary.LittleEndian
-	t, tx := encodeTime(in.time)
-	sectors := in.blocks * (blockSize / 512)
+	t, tx := ext4spec.EncodeTime(in.time)
+	sectors := in.blocks * (ext4spec.BlockSize / 512)
 	le.PutUint16(b[0x00:], in.mode)
 	le.PutUint16(b[0x02:], uint16(in.uid))
 	le.PutUint32(b[0x04:], uint32(in.size))
@@ -76,19 +63,5 @@ func encodeInode(b []byte, fsSeed, ino uint32, in *inodeInfo) {
 	le.PutUint32(b[0x8C:], tx) // atime_extra
 	le.PutUint32(b[0x90:], t)  // crtime
 	le.PutUint32(b[0x94:], tx)
-	setInodeChecksum(b, fsSeed, ino)
-}
-
-func setInodeChecksum(b []byte, fsSeed, ino uint32) {
-	le := binary.LittleEndian
-	le.PutUint16(b[0x7C:], 0)
-	hasHi := le.Uint16(b[0x80:]) >= 4
-	if hasHi {
-		le.PutUint16(b[0x82:], 0)
-	}
-	c := crc32c(inodeSeed(fsSeed, ino), b[:inodeSize])
-	le.PutUint16(b[0x7C:], uint16(c))
-	if hasHi {
-		le.PutUint16(b[0x82:], uint16(c>>16))
-	}
+	ext4spec.SetInodeChecksum(b, fsSeed, ino)
 }

@@ -3,6 +3,8 @@ package ext4
 import (
 	"fmt"
 	"math/bits"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
 // Sizer takes the same calls as a Writer, does no I/O, and tells how big a
@@ -97,7 +99,7 @@ func (s *Sizer) Create(h Header) (uint32, error) {
 	if _, err := s.enter(h.Name); err != nil {
 		return 0, err
 	}
-	s.record((uint64(h.Size) + blockSize - 1) / blockSize)
+	s.record((uint64(h.Size) + ext4spec.BlockSize - 1) / ext4spec.BlockSize)
 	return s.newIno(), nil
 }
 
@@ -143,24 +145,24 @@ func (s *Sizer) Plan(extraBytes int64) (size int64, inodes uint32) {
 	used := uint64(s.nextIno - 1)
 	in := used + used/10 + uint64(extraBytes)/(64<<10)
 	inodes = uint32(min(in, 1<<32-1))
-	extra := (uint64(extraBytes) + blockSize - 1) / blockSize
+	extra := (uint64(extraBytes) + ext4spec.BlockSize - 1) / ext4spec.BlockSize
 
 	var data uint64
 	for _, b := range hist {
 		data += b.blocks
 	}
-	const step = mib / blockSize
+	const step = mib / ext4spec.BlockSize
 	groupsForInodes := (in + maxIPG - 1) / maxIPG
-	blocks := max(data+extra+in/inodesPerBlock, (groupsForInodes-1)*blocksPerGroup+step, 2*step)
+	blocks := max(data+extra+in/ext4spec.InodesPerBlock, (groupsForInodes-1)*blocksPerGroup+step, 2*step)
 	blocks = (blocks + step - 1) / step * step
 	for {
-		g, err := newGeometry(int64(blocks)*blockSize, inodes, s.JournalBlocks)
+		g, err := newGeometry(int64(blocks)*ext4spec.BlockSize, inodes, s.JournalBlocks)
 		if err != nil && blocks < 1<<40 {
 			blocks += step
 			continue
 		}
 		if err != nil {
-			return int64(blocks) * blockSize, inodes // beyond any real tree; NewWriter will say why
+			return int64(blocks) * ext4spec.BlockSize, inodes // beyond any real tree; NewWriter will say why
 		}
 		gap := g.minGap()
 		need := data + extra + 4 // lost+found
@@ -174,12 +176,12 @@ func (s *Sizer) Plan(extraBytes int64) (size int64, inodes uint32) {
 				continue // every file of this bucket fits in the inode
 			}
 			// Sum of per-file bounds: each ceil() adds at most one.
-			ext := b.blocks/maxExtentLen + b.blocks/gap + 3*b.count
+			ext := b.blocks/ext4spec.MaxExtentLen + b.blocks/gap + 3*b.count
 			need += ext/(extentsInNode-1) + 4*b.count
 		}
 		avail := g.blocks - g.reservedTotal
 		if need <= avail {
-			return int64(blocks) * blockSize, inodes
+			return int64(blocks) * ext4spec.BlockSize, inodes
 		}
 		blocks += (need - avail + step - 1) / step * step
 	}
@@ -191,5 +193,5 @@ func extentBound(n, gap uint64) uint64 {
 	if n == 0 {
 		return 0
 	}
-	return (n+maxExtentLen-1)/maxExtentLen + (n+gap-1)/gap + 1
+	return (n+ext4spec.MaxExtentLen-1)/ext4spec.MaxExtentLen + (n+gap-1)/gap + 1
 }

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
 // smallFilesTree is the shape that exhausted inodes in nixpkgs' image
@@ -127,7 +129,7 @@ func TestSizerBigFiles(t *testing.T) {
 	img, w := writeTree(t, ents, Options{Size: size, Inodes: inodes, UUID: testUUID, Time: testTime})
 	fsck(t, img)
 	st := w.Stats()
-	slack := int64(st.BlocksTotal-st.BlocksUsed) * blockSize
+	slack := int64(st.BlocksTotal-st.BlocksUsed) * ext4spec.BlockSize
 	t.Logf("plan %d MiB; %d blocks free (%d KiB)", size>>20, st.BlocksTotal-st.BlocksUsed, slack>>10)
 	if slack >= 2*mib {
 		t.Errorf("plan not tight: %d bytes free", slack)
@@ -152,7 +154,7 @@ func TestSizerBigFiles(t *testing.T) {
 	size2, inodes2, _ := plan(t, ents, extra)
 	_, w2 := writeTree(t, ents, Options{Size: size2, Inodes: inodes2, Time: testTime})
 	st2 := w2.Stats()
-	if free := int64(st2.BlocksTotal-st2.BlocksUsed) * blockSize; free < extra || free > extra+2*mib {
+	if free := int64(st2.BlocksTotal-st2.BlocksUsed) * ext4spec.BlockSize; free < extra || free > extra+2*mib {
 		t.Errorf("asked for %d free, got %d", extra, free)
 	}
 	if st2.InodesTotal-st2.InodesUsed < extra/(64<<10) {

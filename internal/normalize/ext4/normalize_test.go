@@ -16,26 +16,34 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	writer "github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
 
-const normTime = 1700000500
+const (
+	normTime = 1700000500
+	testTime = 1700000000 // the writer's own times in normImage
+)
 
-// normImage writes a small tree with Writer and returns the image path.
+// normImage writes a small tree with the writer and returns the image path:
+// its output is the normal form the kernel's history is reduced to.
 func normImage(t *testing.T) string {
 	t.Helper()
-	p, f := newImage(t, 64<<20)
-	w, err := NewWriter(f, 0, Options{Size: 64 << 20, UUID: testUUID, HashSeed: testSeed, Time: testTime, Label: "norm"})
+	p, f := imagecheck.SparseFile(t, "fs.img", 64<<20)
+	uuid := [16]byte{0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}
+	seed := [16]byte{0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x01}
+	w, err := writer.NewWriter(f, 0, writer.Options{Size: 64 << 20, UUID: uuid, HashSeed: seed, Time: testTime, Label: "norm"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := func(name string) {
-		if err := w.Mkdir(Header{Name: name, Mode: 0o755, Mtime: 1600000000}); err != nil {
+		if err := w.Mkdir(writer.Header{Name: name, Mode: 0o755, Mtime: 1600000000}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	file := func(name, data string) {
-		fw, err := w.Create(Header{Name: name, Mode: 0o644, Mtime: 1600000001, Size: int64(len(data))})
+		fw, err := w.Create(writer.Header{Name: name, Mode: 0o644, Mtime: 1600000001, Size: int64(len(data))})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -62,9 +70,9 @@ func requireMount(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for loop mounts")
 	}
-	requireTool(t, "mount")
-	requireTool(t, "umount")
-	requireTool(t, "cp")
+	imagecheck.RequireTool(t, "mount")
+	imagecheck.RequireTool(t, "umount")
+	imagecheck.RequireTool(t, "cp")
 }
 
 func run(t *testing.T, name string, args ...string) {
@@ -203,13 +211,13 @@ func diffBlocks(t *testing.T, a, b string) string {
 		t.Fatal(err)
 	}
 	var out []string
-	for i := 0; i < len(x) && len(out) < 20; i += blockSize {
-		if !bytes.Equal(x[i:i+blockSize], y[i:i+blockSize]) {
+	for i := 0; i < len(x) && len(out) < 20; i += ext4spec.BlockSize {
+		if !bytes.Equal(x[i:i+ext4spec.BlockSize], y[i:i+ext4spec.BlockSize]) {
 			j := 0
 			for x[i+j] == y[i+j] {
 				j++
 			}
-			out = append(out, fmt.Sprintf("block %d (first byte +%#x)", i/blockSize, j))
+			out = append(out, fmt.Sprintf("block %d (first byte +%#x)", i/ext4spec.BlockSize, j))
 		}
 	}
 	return strings.Join(out, ", ")
@@ -252,7 +260,7 @@ func TestNormalizeKernelWrittenImagesIdentical(t *testing.T) {
 	// The normalised times and generation are what debugfs reads.
 	timeRe := regexp.MustCompile(`(?m)^\s*(ctime|atime|mtime|crtime): 0x([0-9a-f]+):([0-9a-f]+)`)
 	for _, p := range []string{"/etc/hostname", "/boot/loader/entries/nixos.conf", "/var", "/etc/keep", "/"} {
-		out := debugfs(t, imgs[0], "stat "+p)
+		out := imagecheck.Debugfs(t, imagecheck.FS{Image: imgs[0]}, "stat "+p)
 		ms := timeRe.FindAllStringSubmatch(out, -1)
 		if len(ms) != 4 {
 			t.Fatalf("stat %s: %d time lines\n%s", p, len(ms), out)
@@ -268,7 +276,7 @@ func TestNormalizeKernelWrittenImagesIdentical(t *testing.T) {
 		}
 	}
 	// An empty journal at sequence 1, exactly as the writer leaves it.
-	if got, want := debugfs(t, imgs[0], "logdump"), debugfs(t, base, "logdump"); got != want {
+	if got, want := imagecheck.Debugfs(t, imagecheck.FS{Image: imgs[0]}, "logdump"), imagecheck.Debugfs(t, imagecheck.FS{Image: base}, "logdump"); got != want {
 		t.Errorf("journal: logdump %q, writer's %q", got, want)
 	}
 
@@ -317,20 +325,20 @@ func TestNormalizeClampAndSet(t *testing.T) {
 	if rep.TimesChanged != 4 { // inodes 1, 2 (root), 8 (journal), 11 (lost+found)
 		t.Errorf("clamp report: %+v", rep)
 	}
-	out := debugfs(t, img, "stat /")
+	out := imagecheck.Debugfs(t, imagecheck.FS{Image: img}, "stat /")
 	if !strings.Contains(out, fmt.Sprintf("mtime: %#x:00000000", 1650000000)) {
 		t.Errorf("root mtime not clamped:\n%s", out)
 	}
-	out = debugfs(t, img, "stat /etc/hostname")
+	out = imagecheck.Debugfs(t, imagecheck.FS{Image: img}, "stat /etc/hostname")
 	if !strings.Contains(out, fmt.Sprintf("mtime: %#x:00000000", 1600000001)) {
 		t.Errorf("file mtime changed by clamp:\n%s", out)
 	}
-	fsck(t, img)
+	imagecheck.Fsck(t, imagecheck.FS{Image: img})
 	rep = normalizeFile(t, img, NormalizeOptions{Time: normTime})
 	if rep.TimesChanged != rep.Inodes {
 		t.Errorf("set mode: %d of %d inodes changed", rep.TimesChanged, rep.Inodes)
 	}
-	fsck(t, img)
+	imagecheck.Fsck(t, imagecheck.FS{Image: img})
 }
 
 func TestNormalizeRefusesMountedCopy(t *testing.T) {
@@ -360,7 +368,7 @@ func TestNormalizeRefusesMountedCopy(t *testing.T) {
 }
 
 func TestNormalizeRefusesOthers(t *testing.T) {
-	p, f := newImage(t, 4<<20)
+	p, f := imagecheck.SparseFile(t, "fs.img", 4<<20)
 	if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 8192), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +390,7 @@ func TestNormalizeRefusesOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	ro := binary.LittleEndian.Uint32(sb[0x64:])
-	binary.LittleEndian.PutUint32(sb[0x64:], ro&^roCompatMetaCsum)
+	binary.LittleEndian.PutUint32(sb[0x64:], ro&^ext4spec.RoCompatMetaCsum)
 	if _, err := g.WriteAt(sb, 1024); err != nil {
 		t.Fatal(err)
 	}
