@@ -1,4 +1,4 @@
-// Package disklayout plans and writes the partition tables of the six
+// Package disk plans and writes the partition tables of the six
 // partitionTableType layouts of nixpkgs' nixos/lib/make-disk-image.nix.
 //
 // The offsets are those that make-disk-image's parted calls produce (parted
@@ -31,11 +31,14 @@ package disk
 import (
 	"fmt"
 	"strings"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/gptspec"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/seedguid"
 )
 
 // Sizes used throughout, in bytes.
 const (
-	SectorSize = 512
+	SectorSize = gptspec.SectorSize
 	MiB        = 1 << 20
 
 	// DefaultBootSize is make-disk-image's bootSize default ("256M").
@@ -70,7 +73,7 @@ const (
 	MBRTypeLinux        byte = 0x83
 	MBRTypeEFI          byte = 0xEF
 	MBRTypeXBootLdr     byte = 0xEA
-	MBRTypeGPTProtector byte = 0xEE
+	MBRTypeGPTProtector byte = gptspec.MBRTypeGPTProtector
 )
 
 // Type is make-disk-image's partitionTableType.
@@ -293,17 +296,17 @@ func Plan(o Options) (*Layout, error) {
 	}
 
 	l := &Layout{Type: t, HybridMBR: o.HybridMBR}
-	g := guidSource{seed: o.Seed}
+	g := seedguid.Source{Seed: o.Seed}
 	rootGUID := ""
 	if t.IsGPT() {
-		if l.DiskGUID, err = g.pick("disk GUID", o.DiskGUID, "disk"); err != nil {
+		if l.DiskGUID, err = pickGUID(g, "disk GUID", o.DiskGUID, seedguid.DiskRole); err != nil {
 			return nil, err
 		}
 		def := o.RootGUID
 		if def == "" {
 			def = DefaultRootGUID
 		}
-		if rootGUID, err = g.pick("root partition GUID", def, ""); err != nil {
+		if rootGUID, err = pickGUID(g, "root partition GUID", def, ""); err != nil {
 			return nil, err
 		}
 	} else if o.RootGUID != "" {
@@ -312,7 +315,7 @@ func Plan(o Options) (*Layout, error) {
 		}
 	}
 	if t != None {
-		l.MBRSignature = g.mbrSignature()
+		l.MBRSignature = g.MBRSignature()
 	}
 
 	// The partitions before the root one, and where the root one starts.
@@ -320,7 +323,7 @@ func Plan(o Options) (*Layout, error) {
 	var rootStart int64
 	esp := func(end int64) Partition {
 		return Partition{Role: RoleESP, Name: "ESP", Start: espStart, Size: end - espStart,
-			TypeGUID: TypeESP, MBRType: MBRTypeEFI, GUID: g.derive("esp")}
+			TypeGUID: TypeESP, MBRType: MBRTypeEFI, GUID: g.GUID("esp")}
 	}
 	switch t {
 	case Legacy:
@@ -328,7 +331,7 @@ func Plan(o Options) (*Layout, error) {
 	case LegacyGPT:
 		// mkpart no-fs 1MB 2MB; set 1 bios_grub on (parted aligns to 1 MiB)
 		fixed = []Partition{{Role: RoleBIOSBoot, Name: "no-fs", Start: 1 * MiB, Size: 1 * MiB,
-			TypeGUID: TypeBIOSBoot, MBRType: MBRTypeEFI, GUID: g.derive("biosboot")}}
+			TypeGUID: TypeBIOSBoot, MBRType: MBRTypeEFI, GUID: g.GUID("biosboot")}}
 		rootStart = 2 * MiB
 	case EFI, Hybrid:
 		if o.BootSize != 0 && o.BootSize < espStart {
@@ -341,7 +344,7 @@ func Plan(o Options) (*Layout, error) {
 			// usable sector, 34, and ends it at sector 2048 inclusive.
 			fixed = append(fixed, Partition{Role: RoleBIOSBoot, Name: "no-fs",
 				Start: gptFirstUsableLBA * SectorSize, Size: (2049 - gptFirstUsableLBA) * SectorSize,
-				TypeGUID: TypeBIOSBoot, MBRType: MBRTypeEFI, GUID: g.derive("biosboot")})
+				TypeGUID: TypeBIOSBoot, MBRType: MBRTypeEFI, GUID: g.GUID("biosboot")})
 		}
 	case EFIXBootLdr:
 		xbEnd := bootEnd(bootSize)
@@ -351,7 +354,7 @@ func Plan(o Options) (*Layout, error) {
 			return nil, fmt.Errorf("boot size %d bytes is too small for efixbootldr: the XBOOTLDR partition runs from 100 MiB to (boot size / 1 MiB + 1) MiB, so boot size must be at least %d bytes (100 MiB)", o.BootSize, int64(xbootldrStart))
 		}
 		fixed = []Partition{esp(xbootldrStart), {Role: RoleXBootLdr, Name: "BOOT", Start: xbootldrStart,
-			Size: xbEnd - xbootldrStart, TypeGUID: TypeXBootLdr, MBRType: MBRTypeXBootLdr, GUID: g.derive("xbootldr")}}
+			Size: xbEnd - xbootldrStart, TypeGUID: TypeXBootLdr, MBRType: MBRTypeXBootLdr, GUID: g.GUID("xbootldr")}}
 		rootStart = xbEnd
 	}
 

@@ -7,6 +7,8 @@ import (
 
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/diskfs/go-diskfs/partition/mbr"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/gptspec"
 )
 
 // MBREntry is one of the four primary entries of sector 0.
@@ -145,7 +147,7 @@ func (l *Layout) Write(f *os.File) error {
 	// Disk signature, then the two reserved bytes (0: not copy-protected).
 	var sig [6]byte
 	binary.LittleEndian.PutUint32(sig[:4], l.MBRSignature)
-	if _, err := f.WriteAt(sig[:], 440); err != nil {
+	if _, err := f.WriteAt(sig[:], gptspec.MBRSignatureOffset); err != nil {
 		return fmt.Errorf("writing MBR disk signature: %w", err)
 	}
 	return nil

@@ -7,13 +7,15 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fattest"
 )
 
 // BenchmarkWrite writes a 1 GiB ESP holding 256 MiB in 32 files of 8 MiB,
 // from memory (Write) and from files (copy_file_range).
 func BenchmarkWrite(b *testing.B) {
 	const size, fileSize, files = 1 << 30, 8 << 20, 32
-	data := random(5, fileSize)
+	data := fattest.Random(5, fileSize)
 	src := filepath.Join(b.TempDir(), "src")
 	if err := os.WriteFile(src, data, 0o644); err != nil {
 		b.Fatal(err)

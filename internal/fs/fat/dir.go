@@ -5,16 +5,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 	"unicode/utf16"
-)
 
-const (
-	attrReadOnly = 0x01
-	attrVolumeID = 0x08
-	attrDir      = 0x10
-	attrArchive  = 0x20 // set on new files by every FAT driver
-	attrLongName = 0x0F
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/fatspec"
 )
 
 // dirent is one entry of an open directory.
@@ -75,9 +68,9 @@ func (w *Writer) writeDirs() error {
 		if err := d.shortNames(); err != nil {
 			return err
 		}
-		size := int64(d.slots(hasLabel)) * 32
-		if size > maxDirSize {
-			return fmt.Errorf("fat: directory %q needs %d entries, FAT allows 65536", d.path, size/32)
+		size := int64(d.slots(hasLabel)) * fatspec.DirEntrySize
+		if size > fatspec.MaxDirSize {
+			return fmt.Errorf("fat: directory %q needs %d entries, FAT allows 65536", d.path, size/fatspec.DirEntrySize)
 		}
 		d.clusters = uint32(max(1, (size+cs-1)/cs))
 		need += d.clusters
@@ -120,21 +113,21 @@ func (w *Writer) encodeDir(d *dir, hasLabel bool) []byte {
 	p := b
 	put := func(name [11]byte, attr byte, first, size uint32, t int64) {
 		putShort(p, name, attr, first, size, t)
-		p = p[32:]
+		p = p[fatspec.DirEntrySize:]
 	}
 	switch {
 	case d.parent != nil:
 		var dot, dotdot [11]byte
 		fill11(&dot, ".", "")
 		fill11(&dotdot, "..", "")
-		put(dot, attrDir, d.first, 0, d.mtime)
+		put(dot, fatspec.AttrDir, d.first, 0, d.mtime)
 		up := d.parent.first
 		if d.parent.parent == nil {
 			up = 0 // the spec's way to name the root here, whatever its cluster
 		}
-		put(dotdot, attrDir, up, 0, d.mtime)
+		put(dotdot, fatspec.AttrDir, up, 0, d.mtime)
 	case hasLabel:
-		put(w.label, attrVolumeID, 0, 0, w.opts.Time)
+		put(w.label, fatspec.AttrVolumeID, 0, 0, w.opts.Time)
 	}
 	for _, e := range d.ents {
 		if e.lfn {
@@ -151,35 +144,11 @@ func (w *Writer) encodeDir(d *dir, hasLabel bool) []byte {
 	return b
 }
 
-func putU16(b []byte, v uint16) { binary.LittleEndian.PutUint16(b, v) }
-
 // putShort encodes a short (8.3) entry; all three times are t.
 func putShort(b []byte, name [11]byte, attr byte, first, size uint32, t int64) {
-	copy(b[0:11], name[:])
-	b[11] = attr
-	date, tod, tenth := fatTime(t)
-	b[13] = tenth
-	putU16(b[14:], tod) // creation
-	putU16(b[16:], date)
-	putU16(b[18:], date) // last access (date only)
-	putU16(b[20:], uint16(first>>16))
-	putU16(b[22:], tod) // last write
-	putU16(b[24:], date)
-	putU16(b[26:], uint16(first))
-	binary.LittleEndian.PutUint32(b[28:], size)
-}
-
-var (
-	fatEpoch = time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
-	fatLast  = time.Date(2107, 12, 31, 23, 59, 59, 0, time.UTC).Unix()
-)
-
-// fatTime encodes unix seconds as FAT's date and 2-second time of day, in
-// UTC, clamped to FAT's range. tenth (creation only, in 10 ms units) keeps
-// the odd second.
-func fatTime(t int64) (date, tod uint16, tenth byte) {
-	tm := time.Unix(min(max(t, fatEpoch), fatLast), 0).UTC()
-	date = uint16(tm.Year()-1980)<<9 | uint16(tm.Month())<<5 | uint16(tm.Day())
-	tod = uint16(tm.Hour())<<11 | uint16(tm.Minute())<<5 | uint16(tm.Second()/2)
-	return date, tod, byte(tm.Second()%2) * 100
+	copy(b[fatspec.DirName:fatspec.DirName+11], name[:])
+	b[fatspec.DirAttr] = attr
+	fatspec.PutTimes(b, fatspec.EncodeTime(t))
+	fatspec.PutFirstCluster(b, first)
+	binary.LittleEndian.PutUint32(b[fatspec.DirFileSize:], size)
 }

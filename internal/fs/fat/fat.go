@@ -37,6 +37,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/fatspec"
 )
 
 // Options describe the filesystem to create.
@@ -74,17 +76,15 @@ var (
 )
 
 const (
-	sectorSize  = 512
+	sectorSize  = fatspec.SectorSize
 	reserved    = 32 // sectors before the first FAT, as mkfs.fat uses for FAT32
 	numFATs     = 2
 	fsInfoSec   = 1
 	backupSec   = 6
-	minClusters = 65525      // fewer and every reader takes the volume for FAT12/16
-	maxClusters = 0x0FFFFFF5 // cluster numbers from 0x0FFFFFF7 up are reserved
+	minClusters = 65525 // fewer and every reader takes the volume for FAT12/16
 	rootCluster = 2
-	eoc         = 0x0FFFFFFF // end of chain
-	maxDirSize  = 65536 * 32 // the spec limits a directory to 65536 entries
-	chunk       = 1 << 20    // FAT and data staging
+	eoc         = fatspec.EndOfChain
+	chunk       = 1 << 20 // FAT and data staging
 )
 
 // geometry is the layout derived from Options.
@@ -172,8 +172,8 @@ func newGeometry(size int64, clusterSize int) (*geometry, error) {
 	spc := uint32(cs / sectorSize)
 	fatSectors, clusters := layout(sectors, spc)
 	switch {
-	case clusters > maxClusters:
-		return nil, fmt.Errorf("fat: %d clusters of %d bytes exceed FAT32's %d; use larger clusters", clusters, cs, maxClusters)
+	case clusters > fatspec.MaxClusters:
+		return nil, fmt.Errorf("fat: %d clusters of %d bytes exceed FAT32's %d; use larger clusters", clusters, cs, fatspec.MaxClusters)
 	case clusters < minClusters && cs > sectorSize:
 		return nil, fmt.Errorf("fat: %d bytes give %d clusters of %d bytes; FAT32 needs %d, so at least %d bytes (%d with 512-byte clusters)",
 			size, clusters, cs, minClusters, MinSize(cs), MinSize(sectorSize))
@@ -312,7 +312,7 @@ func (w *Writer) Mkdir(h Header) error {
 		return err
 	}
 	d := &dir{path: h.Name, parent: parent, mtime: h.Mtime, keys: map[string]bool{}}
-	parent.add(dirent{name: base, attr: attrDir, mtime: h.Mtime, sub: d})
+	parent.add(dirent{name: base, attr: fatspec.AttrDir, mtime: h.Mtime, sub: d})
 	w.dirs[h.Name] = d
 	w.all = append(w.all, d)
 	return nil
@@ -379,7 +379,7 @@ func (w *Writer) writeFATs() error {
 		put := func(c, v uint32) { binary.LittleEndian.PutUint32(b[(c-first)*4:], v) }
 		if first == 0 {
 			put(0, 0x0FFFFF00|mediaFixed)
-			put(1, eoc) // also the "cleanly unmounted, no I/O errors" bits
+			put(1, eoc) // also fatspec.CleanBits: cleanly unmounted, no I/O errors
 		}
 		for ri < len(w.runs) && w.runs[ri].start < last {
 			r := w.runs[ri]
@@ -414,42 +414,40 @@ func (w *Writer) writeBoot() error {
 	bs, fi := b[:sectorSize], b[sectorSize:]
 	le := binary.LittleEndian
 
-	copy(bs[0:], []byte{0xEB, 0x58, 0x90}) // jmp to the boot code at 0x5A
-	copy(bs[3:11], "MSWIN4.1")             // the OEM name the spec recommends
-	le.PutUint16(bs[11:], sectorSize)
-	bs[13] = byte(g.spc)
-	le.PutUint16(bs[14:], reserved)
-	bs[16] = numFATs
-	// 17: root entries, 19: 16-bit sector count, 22: 16-bit FAT size: 0 on FAT32
-	bs[21] = mediaFixed
-	le.PutUint16(bs[24:], 32) // CHS geometry mkfs.fat uses for files; unused by LBA readers
-	le.PutUint16(bs[26:], 64)
-	le.PutUint32(bs[28:], uint32(w.off/sectorSize))
-	le.PutUint32(bs[32:], g.sectors)
-	le.PutUint32(bs[36:], g.fatSectors)
-	// 40: flags 0 = FATs mirrored; 42: version 0.0
-	le.PutUint32(bs[44:], rootCluster)
-	le.PutUint16(bs[48:], fsInfoSec)
-	le.PutUint16(bs[50:], backupSec)
-	bs[64] = 0x80 // drive number: hard disk
-	bs[66] = 0x29 // the next three fields are valid
-	le.PutUint32(bs[67:], w.opts.VolumeID)
-	copy(bs[71:82], w.label[:])
-	copy(bs[82:90], "FAT32   ")
+	copy(bs[fatspec.BootJump:], []byte{0xEB, 0x58, 0x90})           // jmp to the boot code at 0x5A
+	copy(bs[fatspec.BootOEMName:fatspec.BootOEMName+8], "MSWIN4.1") // the OEM name the spec recommends
+	le.PutUint16(bs[fatspec.BootBytesPerSector:], sectorSize)
+	bs[fatspec.BootSectorsPerCluster] = byte(g.spc)
+	le.PutUint16(bs[fatspec.BootReservedSectors:], reserved)
+	bs[fatspec.BootNumFATs] = numFATs
+	// Root entries, the 16-bit sector count and the 16-bit FAT size: 0 on FAT32.
+	bs[fatspec.BootMedia] = mediaFixed
+	le.PutUint16(bs[fatspec.BootSectorsPerTrack:], 32) // CHS geometry mkfs.fat uses for files; unused by LBA readers
+	le.PutUint16(bs[fatspec.BootHeads:], 64)
+	le.PutUint32(bs[fatspec.BootHiddenSectors:], uint32(w.off/sectorSize))
+	le.PutUint32(bs[fatspec.BootTotalSectors32:], g.sectors)
+	le.PutUint32(bs[fatspec.BootFATSize32:], g.fatSectors)
+	// Flags 0 = FATs mirrored; version 0.0.
+	le.PutUint32(bs[fatspec.BootRootCluster:], rootCluster)
+	le.PutUint16(bs[fatspec.BootFSInfoSector:], fsInfoSec)
+	le.PutUint16(bs[fatspec.BootBackupSector:], backupSec)
+	bs[fatspec.BootDriveNumber] = 0x80  // hard disk
+	bs[fatspec.BootExtSignature] = 0x29 // the next three fields are valid
+	le.PutUint32(bs[fatspec.BootVolumeID:], w.opts.VolumeID)
+	copy(bs[fatspec.BootVolumeLabel:fatspec.BootVolumeLabel+11], w.label[:])
+	copy(bs[fatspec.BootFSType:fatspec.BootFSType+8], "FAT32   ")
 	// Boot code: not bootable, so ask the BIOS for the next device (int 18h)
 	// and halt if it returns.
-	copy(bs[90:], []byte{0xCD, 0x18, 0xF4, 0xEB, 0xFD})
-	bs[510], bs[511] = 0x55, 0xAA
+	copy(bs[fatspec.BootCode:], []byte{0xCD, 0x18, 0xF4, 0xEB, 0xFD})
+	fatspec.SetBootSignature(bs)
 
-	le.PutUint32(fi[0:], 0x41615252)
-	le.PutUint32(fi[484:], 0x61417272)
-	le.PutUint32(fi[488:], w.free())
-	nextFree := uint32(0xFFFFFFFF) // unknown: there is none
+	fatspec.SetFSInfoSignatures(fi)
+	le.PutUint32(fi[fatspec.FSInfoFreeCount:], w.free())
+	nextFree := uint32(fatspec.FSInfoUnknown) // there is none
 	if w.free() > 0 {
 		nextFree = w.next
 	}
-	le.PutUint32(fi[492:], nextFree)
-	le.PutUint32(fi[508:], 0xAA550000)
+	le.PutUint32(fi[fatspec.FSInfoNextFree:], nextFree)
 
 	if !w.zeroed {
 		if err := w.writeAt(make([]byte, reserved*sectorSize), 0); err != nil {

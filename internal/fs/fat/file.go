@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/fatspec"
 )
 
 // file receives the content of one regular file: exactly Header.Size bytes,
@@ -41,9 +43,9 @@ func (w *Writer) Create(h Header) (io.Writer, error) {
 			return nil, fmt.Errorf("fat: %q: %w", h.Name, err)
 		}
 	}
-	attr := byte(attrArchive)
+	attr := byte(fatspec.AttrArchive)
 	if h.Mode&0o222 == 0 {
-		attr |= attrReadOnly
+		attr |= fatspec.AttrReadOnly
 	}
 	parent.add(dirent{name: base, attr: attr, mtime: h.Mtime, first: first, size: uint32(h.Size)})
 	f := &file{w: w, name: h.Name, size: h.Size}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/fatspec"
 )
 
 const maxLongName = 255 // UTF-16 code units
@@ -184,7 +186,7 @@ func longEntries(name string, sum byte) []byte {
 		if k == n {
 			e[0] |= 0x40
 		}
-		e[11] = attrLongName
+		e[fatspec.DirAttr] = fatspec.AttrLongName
 		e[13] = sum
 		for j, at := range slots {
 			i := (k-1)*13 + j

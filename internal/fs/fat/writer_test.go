@@ -15,6 +15,8 @@ import (
 
 	dfile "github.com/diskfs/go-diskfs/backend/file"
 	dfat32 "github.com/diskfs/go-diskfs/filesystem/fat32"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fattest"
 )
 
 // TestESP writes an ESP-like tree at the sizes make-disk-image produces
@@ -35,11 +37,11 @@ func TestESP(t *testing.T) {
 				t.Skip("short")
 			}
 			img, f := newImage(t, tc.offset+tc.size+(1<<20))
-			tree := espTree(8 << 20)
+			tree := fattest.ESPTree(8 << 20)
 			opts := Options{Size: tc.size, Label: "esp", VolumeID: 0x1234ABCD, Time: testTime}
 			write(t, f, tc.offset, opts, tree)
 
-			v := fsckVfat(t, img, tc.offset, tc.size)
+			v := fattest.FsckVfat(t, img, tc.offset, tc.size)
 			for _, want := range []string{"32 bit entries", " " + tc.cluster + " bytes per cluster", "32 reserved sectors", "Media byte 0xf8", fmt.Sprintf("%d hidden sectors", tc.offset/512)} {
 				if !strings.Contains(v, want) {
 					t.Errorf("fsck.vfat -vn lacks %q:\n%s", want, v)
@@ -47,14 +49,14 @@ func TestESP(t *testing.T) {
 			}
 			checkMtools(t, img, tc.offset, tree)
 			spec := fmt.Sprintf("%s@@%d", img, tc.offset)
-			info := string(mtools(t, "minfo", "-i", spec, "::"))
+			info := string(fattest.Mtools(t, "minfo", "-i", spec, "::"))
 			for _, want := range []string{`disk label="ESP        "`, "serial number: 1234ABCD", `disk type="FAT32   "`, "backup boot sector=6"} {
 				if !strings.Contains(info, want) {
 					t.Errorf("minfo lacks %q:\n%s", want, info)
 				}
 			}
 			// mlabel reads the root directory's label entry, minfo the boot sector's.
-			if l := string(mtools(t, "mlabel", "-s", "-i", spec, "::")); strings.TrimSpace(l) != "Volume label is ESP" {
+			if l := string(fattest.Mtools(t, "mlabel", "-s", "-i", spec, "::")); strings.TrimSpace(l) != "Volume label is ESP" {
 				t.Errorf("mlabel -s: %q", l)
 			}
 			readDiskfs(t, img, tc.offset, tc.size, tree)
@@ -62,7 +64,7 @@ func TestESP(t *testing.T) {
 			// Sparse: little more than the content and the used FAT is allocated.
 			var content int64
 			for _, e := range tree {
-				content += int64(len(e.data))
+				content += int64(len(e.Data))
 			}
 			st, _ := f.Stat()
 			if used := st.Sys().(*syscall.Stat_t).Blocks * 512; used > content+(4<<20) {
@@ -75,7 +77,7 @@ func TestESP(t *testing.T) {
 // readDiskfs reads the files back with go-diskfs, a third reader. Its
 // v1.9.4 FAT32 reader refusing our image is logged, not failed; a read
 // that succeeds with other bytes fails.
-func readDiskfs(t *testing.T, img string, offset, size int64, tree []entry) {
+func readDiskfs(t *testing.T, img string, offset, size int64, tree []fattest.Entry) {
 	t.Helper()
 	f, err := os.Open(img)
 	if err != nil {
@@ -92,17 +94,17 @@ func readDiskfs(t *testing.T, img string, offset, size int64, tree []entry) {
 	}
 	var read int
 	for _, e := range tree {
-		if e.dir {
+		if e.Dir {
 			continue
 		}
-		got, err := readDiskfsFile(d, e.h.Name)
+		got, err := readDiskfsFile(d, e.Name)
 		if err != nil {
-			t.Logf("go-diskfs: %s: %v (reader limitation, not checked)", e.h.Name, err)
+			t.Logf("go-diskfs: %s: %v (reader limitation, not checked)", e.Name, err)
 			continue
 		}
 		read++
-		if !bytes.Equal(got, e.data) {
-			t.Errorf("go-diskfs %s: %d bytes, want %d", e.h.Name, len(got), len(e.data))
+		if !bytes.Equal(got, e.Data) {
+			t.Errorf("go-diskfs %s: %d bytes, want %d", e.Name, len(got), len(e.Data))
 		}
 	}
 	t.Logf("go-diskfs read %d files back", read)
@@ -124,9 +126,9 @@ func readDiskfsFile(d *dfat32.FileSystem, name string) (data []byte, err error) 
 
 func TestDeterministic(t *testing.T) {
 	const size = 64 << 20
-	tree := espTree(1 << 20)
+	tree := fattest.ESPTree(1 << 20)
 	opts := Options{Size: size, Label: "ESP", VolumeID: 1, Time: testTime}
-	build := func(o Options, tr []entry) []byte {
+	build := func(o Options, tr []fattest.Entry) []byte {
 		p, f := newImage(t, size)
 		write(t, f, 0, o, tr)
 		b, err := os.ReadFile(p)
@@ -150,8 +152,8 @@ func TestDeterministic(t *testing.T) {
 	if bytes.Equal(a, build(o, tree)) {
 		t.Error("Time does not change the image")
 	}
-	tr := append([]entry(nil), tree...)
-	tr[2].h.Mtime += 86400
+	tr := append([]fattest.Entry(nil), tree...)
+	tr[2].Mtime += 86400
 	if bytes.Equal(a, build(opts, tr)) {
 		t.Error("a file's Mtime does not change the image")
 	}
@@ -209,17 +211,17 @@ func TestShortNamesOrderIndependent(t *testing.T) {
 func TestManyEntries(t *testing.T) {
 	const size = 64 << 20
 	img, f := newImage(t, size)
-	tree := []entry{{dir: true, h: Header{Name: "many", Mtime: testTime}}}
+	tree := []fattest.Entry{{Dir: true, Name: "many", Mtime: testTime}}
 	for i := range 300 {
 		name := fmt.Sprintf("a rather long file name number %03d.conf", i)
-		tree = append(tree, entry{h: Header{Name: name, Mode: 0o444, Mtime: testTime, Size: 3}, data: []byte("abc")})
-		tree = append(tree, entry{h: Header{Name: "many/" + name, Mode: 0o644, Mtime: testTime, Size: 1}, data: []byte{byte(i)}})
+		tree = append(tree, fattest.Entry{Name: name, Mode: 0o444, Mtime: testTime, Data: []byte("abc")})
+		tree = append(tree, fattest.Entry{Name: "many/" + name, Mode: 0o644, Mtime: testTime, Data: []byte{byte(i)}})
 	}
 	write(t, f, 0, Options{Size: size, VolumeID: 9, Time: testTime}, tree)
-	fsckVfat(t, img, 0, size)
+	fattest.FsckVfat(t, img, 0, size)
 	checkMtools(t, img, 0, tree)
 	// Read-only files show as such.
-	if l := string(mtools(t, "mattrib", "-i", img, "::/a rather long file name number 007.conf")); !strings.Contains(l, "R") {
+	if l := string(fattest.Mtools(t, "mattrib", "-i", img, "::/a rather long file name number 007.conf")); !strings.Contains(l, "R") {
 		t.Errorf("mattrib: %q, want the read-only attribute", l)
 	}
 }
@@ -238,7 +240,7 @@ func TestTooSmall(t *testing.T) {
 		}
 		write(t, f, 0, Options{Size: min, ClusterSize: cs}, nil)
 		if cs <= 4096 { // fsck.vfat itself is fine; keep the run short
-			fsckVfat(t, img, 0, min)
+			fattest.FsckVfat(t, img, 0, min)
 		}
 	}
 	// The default follows mkfs.fat's FAT32 table.
@@ -278,7 +280,7 @@ func TestFull(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	fsckVfat(t, img, 0, size)
+	fattest.FsckVfat(t, img, 0, size)
 
 	// Fill every cluster, then ask for one more directory.
 	w, err = NewWriter(f, 0, Options{Size: size, Time: testTime})
@@ -364,7 +366,7 @@ func TestErrors(t *testing.T) {
 func TestReadFromFile(t *testing.T) {
 	const size = 64 << 20
 	img, f := newImage(t, size)
-	data := random(11, 5<<20+123)
+	data := fattest.Random(11, 5<<20+123)
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.WriteFile(src, data, 0o644); err != nil {
 		t.Fatal(err)
@@ -409,8 +411,8 @@ func TestReadFromFile(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	fsckVfat(t, img, 0, size)
-	checkMtools(t, img, 0, []entry{{h: Header{Name: "kernel.efi"}, data: data}})
+	fattest.FsckVfat(t, img, 0, size)
+	checkMtools(t, img, 0, []fattest.Entry{{Name: "kernel.efi", Data: data}})
 }
 
 // TestOracle: fsck.vfat -n notices each kind of damage our writer must
@@ -419,7 +421,7 @@ func TestOracle(t *testing.T) {
 	requireTool(t, "fsck.vfat")
 	const size = 64 << 20
 	img, f := newImage(t, size)
-	write(t, f, 0, Options{Size: size, Label: "ESP", Time: testTime}, espTree(1<<20))
+	write(t, f, 0, Options{Size: size, Label: "ESP", Time: testTime}, fattest.ESPTree(1<<20))
 	orig, err := os.ReadFile(img)
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,7 @@
-package disk
+// Package partition normalises the partition table (GPT or MBR) of a disk
+// image that other tools made and lists its partitions; every byte it reads
+// is untrusted.
+package partition
 
 import (
 	"bytes"
@@ -8,12 +11,15 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/gptspec"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/seedguid"
 )
 
 // NormalizeOptions configure Normalize.
 type NormalizeOptions struct {
-	// Seed derives every identifier Normalize writes, as Options.Seed does
-	// for Plan. Same seed, same bytes.
+	// Seed derives every identifier Normalize writes, as disk.Options.Seed
+	// does for disk.Plan. Same seed, same bytes.
 	Seed []byte
 }
 
@@ -34,16 +40,18 @@ type NormalizeReport struct {
 // image are byte-identical. f is an image with 512-byte sectors; it is
 // rewritten in place.
 //
-//   - MBR disk signature (bytes 440..443): guidSource.mbrSignature, the
-//     same value Plan gives, for legacy MBRs, hybrid MBRs and protective
-//     MBRs alike. sgdisk leaves it 0 on a protective MBR but Write sets
-//     it, so Normalize does too: an image Write made with the same seed
-//     keeps its signature.
-//   - GPT disk GUID: role "disk", as Plan, so it too is kept.
+//   - MBR disk signature (bytes 440..443): seedguid.Source.MBRSignature,
+//     the same value disk.Plan gives, for legacy MBRs, hybrid MBRs and
+//     protective MBRs alike. sgdisk leaves it 0 on a protective MBR but
+//     disk.Layout.Write sets it, so Normalize does too: an image Write
+//     made with the same seed keeps its signature.
+//   - GPT disk GUID: role seedguid.DiskRole, as disk.Plan, so it too is
+//     kept.
 //   - GPT unique partition GUIDs: role "partition-N", N the 1-based entry
-//     index, for every entry with a non-nil type GUID. Plan uses other
-//     roles ("esp", "biosboot", "xbootldr", and DefaultRootGUID for the
-//     root), so Normalize changes the partition GUIDs of a Write image.
+//     index, for every entry with a non-nil type GUID. disk.Plan uses
+//     other roles ("esp", "biosboot", "xbootldr", and disk.DefaultRootGUID
+//     for the root), so Normalize changes the partition GUIDs of a Write
+//     image.
 //
 // The primary GPT is then re-checksummed and the backup header and entry
 // array are rewritten from it at the end of the disk (repairing a stale
@@ -67,15 +75,15 @@ func normalize(f *os.File, o NormalizeOptions) (NormalizeReport, error) {
 	if err != nil {
 		return NormalizeReport{}, err
 	}
-	sectors := st.Size() / SectorSize
-	s0, s1 := make([]byte, SectorSize), make([]byte, SectorSize)
+	sectors := st.Size() / gptspec.SectorSize
+	s0, s1 := make([]byte, gptspec.SectorSize), make([]byte, gptspec.SectorSize)
 	if sectors >= 1 {
 		if err := readAt(f, s0, 0); err != nil {
 			return NormalizeReport{}, err
 		}
 	}
 	if sectors >= 2 {
-		if err := readAt(f, s1, SectorSize); err != nil {
+		if err := readAt(f, s1, gptspec.SectorSize); err != nil {
 			return NormalizeReport{}, err
 		}
 	}
@@ -87,11 +95,11 @@ func normalize(f *os.File, o NormalizeOptions) (NormalizeReport, error) {
 	if table == "none" {
 		return r, nil
 	}
-	g := guidSource{seed: o.Seed}
+	g := seedguid.Source{Seed: o.Seed}
 	var sig [4]byte
-	binary.LittleEndian.PutUint32(sig[:], g.mbrSignature())
+	binary.LittleEndian.PutUint32(sig[:], g.MBRSignature())
 	var w writes
-	if !bytes.Equal(s0[mbrSignatureOffset:mbrSignatureOffset+4], sig[:]) {
+	if !bytes.Equal(s0[gptspec.MBRSignatureOffset:gptspec.MBRSignatureOffset+4], sig[:]) {
 		r.Fields = append(r.Fields, "MBR disk signature")
 	}
 	if table == "gpt" {
@@ -102,7 +110,7 @@ func normalize(f *os.File, o NormalizeOptions) (NormalizeReport, error) {
 		r.Fields = append(r.Fields, fields...)
 	}
 	// Sector 0 last, after the GPT, which matters more.
-	w.add(mbrSignatureOffset, s0[mbrSignatureOffset:mbrSignatureOffset+4], sig[:])
+	w.add(gptspec.MBRSignatureOffset, s0[gptspec.MBRSignatureOffset:gptspec.MBRSignatureOffset+4], sig[:])
 	for _, x := range w {
 		if _, err := f.WriteAt(x.data, x.off); err != nil {
 			return r, fmt.Errorf("writing: %w", err)
@@ -114,74 +122,6 @@ func normalize(f *os.File, o NormalizeOptions) (NormalizeReport, error) {
 		}
 	}
 	return r, nil
-}
-
-// Sector 0 and GPT header offsets (UEFI 2.10, 5.2 and 5.3.2).
-const (
-	mbrSignatureOffset = 440
-	mbrEntriesOffset   = 446
-	mbrBootSigOffset   = 510
-
-	gptHdrCRC         = 16
-	gptHdrMyLBA       = 24
-	gptHdrAltLBA      = 32
-	gptHdrFirstUsable = 40
-	gptHdrLastUsable  = 48
-	gptHdrDiskGUID    = 56
-	gptHdrEntriesLBA  = 72
-	gptHdrNumEntries  = 80
-	gptHdrEntrySize   = 84
-	gptHdrEntriesCRC  = 88
-	gptHdrMinSize     = 92
-
-	gptEntryGUID = 16
-	// maxGPTEntries bounds what a header may make us read; sgdisk's
-	// default is 16 KiB.
-	maxGPTEntries = 1 << 20
-)
-
-// classify decides from sectors 0 and 1 which table the image has,
-// refusing the combinations tools disagree about.
-func classify(s0, s1 []byte) (string, error) {
-	magic := s0[mbrBootSigOffset] == 0x55 && s0[mbrBootSigOffset+1] == 0xAA
-	hasGPT := string(s1[:8]) == "EFI PART"
-	var protective, claims, badBoot bool
-	for i := 0; i < 4; i++ {
-		e := s0[mbrEntriesOffset+16*i : mbrEntriesOffset+16*(i+1)]
-		if bytes.Equal(e, make([]byte, 16)) {
-			continue
-		}
-		claims = true
-		protective = protective || e[4] == MBRTypeGPTProtector
-		badBoot = badBoot || (e[0] != 0 && e[0] != 0x80)
-	}
-	switch {
-	case hasGPT && !magic:
-		return "", errors.New("LBA 1 holds a GPT header but sector 0 lacks the 0x55AA boot signature: the protective MBR is missing or corrupt")
-	case hasGPT && !protective:
-		return "", errors.New("LBA 1 holds a GPT header but the MBR has no 0xEE protective entry: tools disagree whether this is a GPT or an MBR disk")
-	case hasGPT:
-		return "gpt", nil
-	case magic && protective:
-		return "", errors.New("the MBR has a 0xEE GPT-protective entry but LBA 1 holds no GPT header: the primary GPT is corrupt (or the sectors are not 512 bytes)")
-	case !magic && claims && !badBoot:
-		return "", errors.New("sector 0 has MBR partition entries but lacks the 0x55AA boot signature: the MBR is corrupt")
-	case !magic, isBootRecord(s0), badBoot:
-		// As libblkid: a boot flag other than 0x00/0x80 is no DOS table.
-		return "none", nil
-	}
-	return "mbr", nil
-}
-
-// isBootRecord reports a FAT, exFAT or NTFS boot sector, which carries
-// 0x55AA too: the image is a bare filesystem, not a partitioned disk.
-func isBootRecord(s0 []byte) bool {
-	if s0[0] != 0xEB && s0[0] != 0xE9 {
-		return false
-	}
-	oem := string(s0[3:11])
-	return oem == "NTFS    " || oem == "EXFAT   " ||
-		string(s0[54:57]) == "FAT" || string(s0[82:87]) == "FAT32"
 }
 
 // writes are the regions to rewrite, in order.
@@ -203,46 +143,46 @@ func (w *writes) add(off int64, old, new []byte) {
 // normalizeGPT checks the primary GPT whose header is hdr (LBA 1), queues
 // the backup and then the primary rewritten, and returns the fields that
 // change. Nothing is queued if the primary is unsound.
-func normalizeGPT(f *os.File, hdr []byte, last int64, g guidSource, w *writes) ([]string, error) {
+func normalizeGPT(f *os.File, hdr []byte, last int64, g seedguid.Source, w *writes) ([]string, error) {
 	le := binary.LittleEndian
-	size := le.Uint32(hdr[12:])
-	if size < gptHdrMinSize || size > SectorSize {
-		return nil, fmt.Errorf("primary GPT header size %d is outside %d..%d bytes", size, gptHdrMinSize, SectorSize)
+	size := le.Uint32(hdr[gptspec.GPTHdrSize:])
+	if size < gptspec.GPTHdrMinSize || size > gptspec.SectorSize {
+		return nil, fmt.Errorf("primary GPT header size %d is outside %d..%d bytes", size, gptspec.GPTHdrMinSize, gptspec.SectorSize)
 	}
-	if got, want := headerCRC(hdr, size), le.Uint32(hdr[gptHdrCRC:]); got != want {
+	if got, want := gptspec.HeaderCRC(hdr, size), le.Uint32(hdr[gptspec.GPTHdrCRC:]); got != want {
 		return nil, fmt.Errorf("primary GPT header CRC32 is %08x but the header records %08x: the header is corrupt", got, want)
 	}
-	if my := le.Uint64(hdr[gptHdrMyLBA:]); my != 1 {
+	if my := le.Uint64(hdr[gptspec.GPTHdrMyLBA:]); my != 1 {
 		return nil, fmt.Errorf("primary GPT header says it is at LBA %d, not 1", my)
 	}
-	if alt := le.Uint64(hdr[gptHdrAltLBA:]); alt != uint64(last) {
+	if alt := le.Uint64(hdr[gptspec.GPTHdrAltLBA:]); alt != uint64(last) {
 		return nil, fmt.Errorf("primary GPT header puts the backup at LBA %d but the last sector is %d: the image was resized (sgdisk -e moves the backup)", alt, last)
 	}
-	n, esz := le.Uint32(hdr[gptHdrNumEntries:]), le.Uint32(hdr[gptHdrEntrySize:])
+	n, esz := le.Uint32(hdr[gptspec.GPTHdrNumEntries:]), le.Uint32(hdr[gptspec.GPTHdrEntrySize:])
 	if esz < 128 || esz&(esz-1) != 0 || n == 0 || uint64(n)*uint64(esz) > maxGPTEntries {
 		return nil, fmt.Errorf("primary GPT header describes %d entries of %d bytes: want entries of 128 bytes times a power of 2, at most %d bytes in all", n, esz, maxGPTEntries)
 	}
 	arrayBytes := int64(n) * int64(esz)
-	arraySectors := (arrayBytes + SectorSize - 1) / SectorSize
-	entriesLBA := int64(le.Uint64(hdr[gptHdrEntriesLBA:]))
-	firstUsable, lastUsable := int64(le.Uint64(hdr[gptHdrFirstUsable:])), int64(le.Uint64(hdr[gptHdrLastUsable:]))
+	arraySectors := (arrayBytes + gptspec.SectorSize - 1) / gptspec.SectorSize
+	entriesLBA := int64(le.Uint64(hdr[gptspec.GPTHdrEntriesLBA:]))
+	firstUsable, lastUsable := int64(le.Uint64(hdr[gptspec.GPTHdrFirstUsable:])), int64(le.Uint64(hdr[gptspec.GPTHdrLastUsable:]))
 	backupEntriesLBA := last - arraySectors
 	if entriesLBA < 2 || entriesLBA+arraySectors > firstUsable || firstUsable > lastUsable || lastUsable >= backupEntriesLBA {
 		return nil, fmt.Errorf("primary GPT areas overlap: entries at LBA %d..%d, usable LBA %d..%d, backup entries from LBA %d",
 			entriesLBA, entriesLBA+arraySectors-1, firstUsable, lastUsable, backupEntriesLBA)
 	}
 	entries := make([]byte, arrayBytes)
-	if err := readAt(f, entries, entriesLBA*SectorSize); err != nil {
+	if err := readAt(f, entries, entriesLBA*gptspec.SectorSize); err != nil {
 		return nil, err
 	}
-	if got, want := crc32.ChecksumIEEE(entries), le.Uint32(hdr[gptHdrEntriesCRC:]); got != want {
+	if got, want := crc32.ChecksumIEEE(entries), le.Uint32(hdr[gptspec.GPTHdrEntriesCRC:]); got != want {
 		return nil, fmt.Errorf("primary GPT partition entries CRC32 is %08x but the header records %08x: the entry array is corrupt", got, want)
 	}
-	oldBackupHdr, oldBackupEntries := make([]byte, SectorSize), make([]byte, arrayBytes)
-	if err := readAt(f, oldBackupHdr, last*SectorSize); err != nil {
+	oldBackupHdr, oldBackupEntries := make([]byte, gptspec.SectorSize), make([]byte, arrayBytes)
+	if err := readAt(f, oldBackupHdr, last*gptspec.SectorSize); err != nil {
 		return nil, err
 	}
-	if err := readAt(f, oldBackupEntries, backupEntriesLBA*SectorSize); err != nil {
+	if err := readAt(f, oldBackupEntries, backupEntriesLBA*gptspec.SectorSize); err != nil {
 		return nil, err
 	}
 	// What the backup should be before our changes: differences from it
@@ -251,26 +191,26 @@ func normalizeGPT(f *os.File, hdr []byte, last int64, g guidSource, w *writes) (
 	staleEntries := !bytes.Equal(oldBackupEntries, entries)
 
 	newHdr := bytes.Clone(hdr)
-	diskGUID := gptBytes(g.uuid("disk"))
-	copy(newHdr[gptHdrDiskGUID:], diskGUID[:])
+	diskGUID := gptspec.GUIDBytes(g.UUID(seedguid.DiskRole))
+	copy(newHdr[gptspec.GPTHdrDiskGUID:], diskGUID[:])
 	newEntries := bytes.Clone(entries)
 	var fields []string
-	if !bytes.Equal(hdr[gptHdrDiskGUID:gptHdrDiskGUID+16], diskGUID[:]) {
+	if !bytes.Equal(hdr[gptspec.GPTHdrDiskGUID:gptspec.GPTHdrDiskGUID+16], diskGUID[:]) {
 		fields = append(fields, "disk GUID")
 	}
 	for i := int64(0); i < int64(n); i++ {
 		e := newEntries[i*int64(esz) : (i+1)*int64(esz)]
-		if bytes.Equal(e[:16], make([]byte, 16)) {
+		if bytes.Equal(e[gptspec.GPTEntryTypeGUID:gptspec.GPTEntryTypeGUID+16], make([]byte, 16)) {
 			continue // the nil type GUID marks an unused entry
 		}
-		u := gptBytes(g.uuid(fmt.Sprintf("partition-%d", i+1)))
-		if !bytes.Equal(e[gptEntryGUID:gptEntryGUID+16], u[:]) {
-			copy(e[gptEntryGUID:], u[:])
+		u := gptspec.GUIDBytes(g.UUID(fmt.Sprintf("partition-%d", i+1)))
+		if !bytes.Equal(e[gptspec.GPTEntryGUID:gptspec.GPTEntryGUID+16], u[:]) {
+			copy(e[gptspec.GPTEntryGUID:], u[:])
 			fields = append(fields, fmt.Sprintf("partition %d GUID", i+1))
 		}
 	}
-	le.PutUint32(newHdr[gptHdrEntriesCRC:], crc32.ChecksumIEEE(newEntries))
-	le.PutUint32(newHdr[gptHdrCRC:], headerCRC(newHdr, size))
+	le.PutUint32(newHdr[gptspec.GPTHdrEntriesCRC:], crc32.ChecksumIEEE(newEntries))
+	le.PutUint32(newHdr[gptspec.GPTHdrCRC:], gptspec.HeaderCRC(newHdr, size))
 
 	if staleHdr {
 		fields = append(fields, "backup GPT header")
@@ -280,10 +220,10 @@ func normalizeGPT(f *os.File, hdr []byte, last int64, g guidSource, w *writes) (
 	}
 	// The backup first: interrupted half-way, one of the two copies is
 	// always consistent on its own, old or new.
-	w.add(backupEntriesLBA*SectorSize, oldBackupEntries, newEntries)
-	w.add(last*SectorSize, oldBackupHdr, backupHeader(newHdr, size, last, backupEntriesLBA))
-	w.add(entriesLBA*SectorSize, entries, newEntries)
-	w.add(SectorSize, hdr, newHdr)
+	w.add(backupEntriesLBA*gptspec.SectorSize, oldBackupEntries, newEntries)
+	w.add(last*gptspec.SectorSize, oldBackupHdr, backupHeader(newHdr, size, last, backupEntriesLBA))
+	w.add(entriesLBA*gptspec.SectorSize, entries, newEntries)
+	w.add(gptspec.SectorSize, hdr, newHdr)
 	return fields, nil
 }
 
@@ -291,28 +231,14 @@ func normalizeGPT(f *os.File, hdr []byte, last int64, g guidSource, w *writes) (
 // header with its own and the alternate LBA swapped, entries just before
 // it, and zeros after the header as sgdisk writes.
 func backupHeader(hdr []byte, size uint32, last, entriesLBA int64) []byte {
-	b := make([]byte, SectorSize)
+	b := make([]byte, gptspec.SectorSize)
 	copy(b, hdr[:size])
 	le := binary.LittleEndian
-	le.PutUint64(b[gptHdrMyLBA:], uint64(last))
-	le.PutUint64(b[gptHdrAltLBA:], 1)
-	le.PutUint64(b[gptHdrEntriesLBA:], uint64(entriesLBA))
-	le.PutUint32(b[gptHdrCRC:], headerCRC(b, size))
+	le.PutUint64(b[gptspec.GPTHdrMyLBA:], uint64(last))
+	le.PutUint64(b[gptspec.GPTHdrAltLBA:], 1)
+	le.PutUint64(b[gptspec.GPTHdrEntriesLBA:], uint64(entriesLBA))
+	le.PutUint32(b[gptspec.GPTHdrCRC:], gptspec.HeaderCRC(b, size))
 	return b
-}
-
-// headerCRC is the CRC32 of the first size bytes with the CRC field zero.
-func headerCRC(hdr []byte, size uint32) uint32 {
-	h := bytes.Clone(hdr[:size])
-	clear(h[gptHdrCRC : gptHdrCRC+4])
-	return crc32.ChecksumIEEE(h)
-}
-
-// gptBytes converts an RFC 4122 UUID to GPT's on-disk order, where the
-// first three fields are little-endian.
-func gptBytes(u [16]byte) [16]byte {
-	return [16]byte{u[3], u[2], u[1], u[0], u[5], u[4], u[7], u[6],
-		u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]}
 }
 
 func readAt(f *os.File, b []byte, off int64) error {

@@ -1,4 +1,4 @@
-package disk
+package partition
 
 import (
 	"os"
@@ -8,16 +8,18 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/disktest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
 
 // ReadPartitions finds what Write laid out, for every table type, and
 // nothing on a bare filesystem.
 func TestReadPartitions(t *testing.T) {
-	for _, typ := range []Type{Legacy, LegacyGPT, EFI, EFIXBootLdr, Hybrid, None} {
+	for _, typ := range []disk.Type{disk.Legacy, disk.LegacyGPT, disk.EFI, disk.EFIXBootLdr, disk.Hybrid, disk.None} {
 		t.Run(string(typ), func(t *testing.T) {
-			l := planDefault(t, typ)
-			f, err := os.Open(writeImage(t, l))
+			l := disktest.PlanDefault(t, typ)
+			f, err := os.Open(disktest.WriteImage(t, l))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -26,7 +28,7 @@ func TestReadPartitions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if typ == None {
+			if typ == disk.None {
 				if len(got) != 0 {
 					t.Fatalf("a bare filesystem has partitions %+v", got)
 				}

@@ -1,4 +1,4 @@
-package disk
+package partition
 
 import (
 	"crypto/sha256"
@@ -13,10 +13,14 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/gptspec"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/seedguid"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/disktest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
 
-const normDisk = 32 * MiB
+const normDisk = 32 * disk.MiB
 
 // blank returns the path of a new sparse file of normDisk bytes.
 func blank(t *testing.T, name string) string {
@@ -37,7 +41,7 @@ func blank(t *testing.T, name string) string {
 func sgdiskImage(t *testing.T) string {
 	t.Helper()
 	img := blank(t, "sgdisk.img")
-	run(t, "sgdisk", "-o", "-n1:2048:+8M", "-t1:ef00", "-c1:EFI system", "-n2:0:0", "-t2:8300", "-c2:root", "-A2:set:2", img)
+	disktest.Run(t, "sgdisk", "-o", "-n1:2048:+8M", "-t1:ef00", "-c1:EFI system", "-n2:0:0", "-t2:8300", "-c2:root", "-A2:set:2", img)
 	return img
 }
 
@@ -95,14 +99,14 @@ func copyImage(t *testing.T, src string) string {
 
 func checkSgdiskV(t *testing.T, img string) {
 	t.Helper()
-	if out := run(t, "sgdisk", "-v", img); !strings.Contains(out, "No problems found") {
+	if out := disktest.Run(t, "sgdisk", "-v", img); !strings.Contains(out, "No problems found") {
 		t.Errorf("sgdisk -v:\n%s", out)
 	}
 }
 
 // samePartitions compares what sfdisk reads before and after, apart from
 // the unique GUIDs.
-func samePartitions(t *testing.T, before, after sfdiskJSON) {
+func samePartitions(t *testing.T, before, after disktest.SfdiskJSON) {
 	t.Helper()
 	b, a := before.PartitionTable.Partitions, after.PartitionTable.Partitions
 	if before.PartitionTable.Label != after.PartitionTable.Label || len(a) != len(b) {
@@ -122,15 +126,15 @@ func samePartitions(t *testing.T, before, after sfdiskJSON) {
 // signature, the disk GUID and two CRCs of each header, and each used
 // entry's unique GUID in each array.
 func gptRanges(size int64, used int) [][2]int64 {
-	last := size/SectorSize - 1
+	last := size/gptspec.SectorSize - 1
 	r := [][2]int64{{440, 444}}
 	for _, h := range []int64{1, last} {
-		o := h * SectorSize
+		o := h * gptspec.SectorSize
 		r = append(r, [2]int64{o + 16, o + 20}, [2]int64{o + 56, o + 72}, [2]int64{o + 88, o + 92})
 	}
 	for _, a := range []int64{2, last - 32} {
 		for i := 0; i < used; i++ {
-			o := a*SectorSize + int64(i)*128 + 16
+			o := a*gptspec.SectorSize + int64(i)*128 + 16
 			r = append(r, [2]int64{o, o + 16})
 		}
 	}
@@ -151,8 +155,8 @@ func ends(t *testing.T, path string) map[int64][]byte {
 		t.Fatal(err)
 	}
 	m := map[int64][]byte{}
-	for _, off := range []int64{0, st.Size() - MiB} {
-		m[off] = make([]byte, MiB)
+	for _, off := range []int64{0, st.Size() - disk.MiB} {
+		m[off] = make([]byte, disk.MiB)
 		if _, err := f.ReadAt(m[off], off); err != nil {
 			t.Fatal(err)
 		}
@@ -186,7 +190,7 @@ func TestNormalizeGPT(t *testing.T) {
 	if digest(t, a) == digest(t, b) {
 		t.Fatal("two sgdisk runs made identical images: the test would prove nothing")
 	}
-	before, beforeMBR, raw := sfdisk(t, a), sfdisk(t, "-Y", "dos", a), ends(t, a)
+	before, beforeMBR, raw := disktest.Sfdisk(t, a), disktest.Sfdisk(t, "-Y", "dos", a), ends(t, a)
 
 	want := []string{"MBR disk signature", "disk GUID", "partition 1 GUID", "partition 2 GUID"}
 	for _, img := range []string{a, b} {
@@ -200,21 +204,21 @@ func TestNormalizeGPT(t *testing.T) {
 	checkSgdiskV(t, a)
 	changedOnly(t, raw, ends(t, a), gptRanges(normDisk, 2))
 
-	g := guidSource{seed: []byte("s1")}
-	after := sfdisk(t, a)
+	g := seedguid.Source{Seed: []byte("s1")}
+	after := disktest.Sfdisk(t, a)
 	samePartitions(t, before, after)
-	if after.PartitionTable.ID != g.derive("disk") {
-		t.Errorf("disk GUID %s, want %s", after.PartitionTable.ID, g.derive("disk"))
+	if after.PartitionTable.ID != g.GUID("disk") {
+		t.Errorf("disk GUID %s, want %s", after.PartitionTable.ID, g.GUID("disk"))
 	}
 	for i, p := range after.PartitionTable.Partitions {
-		if want := g.derive(fmt.Sprintf("partition-%d", i+1)); p.UUID != want {
+		if want := g.GUID(fmt.Sprintf("partition-%d", i+1)); p.UUID != want {
 			t.Errorf("partition %d GUID %s, want %s", i+1, p.UUID, want)
 		}
 	}
 	// sgdisk leaves the protective MBR's signature 0; we set it as Write does.
-	afterMBR := sfdisk(t, "-Y", "dos", a)
+	afterMBR := disktest.Sfdisk(t, "-Y", "dos", a)
 	samePartitions(t, beforeMBR, afterMBR)
-	if want := fmt.Sprintf("0x%08x", g.mbrSignature()); afterMBR.PartitionTable.ID != want {
+	if want := fmt.Sprintf("0x%08x", g.MBRSignature()); afterMBR.PartitionTable.ID != want {
 		t.Errorf("MBR signature %s, want %s", afterMBR.PartitionTable.ID, want)
 	}
 
@@ -229,7 +233,7 @@ func TestNormalizeGPT(t *testing.T) {
 		t.Fatalf("go-diskfs: %v", err)
 	}
 	tab, ok := pt.(*gpt.Table)
-	if !ok || tab.GUID != g.derive("disk") || len(tab.Partitions) != 2 {
+	if !ok || tab.GUID != g.GUID("disk") || len(tab.Partitions) != 2 {
 		t.Fatalf("go-diskfs read %+v", pt)
 	}
 	for i, p := range tab.Partitions {
@@ -257,7 +261,7 @@ func TestNormalizeGPT(t *testing.T) {
 		t.Errorf("seed s2 changed %q, want %q", r.Fields, want)
 	}
 	checkSgdiskV(t, c)
-	other := sfdisk(t, c)
+	other := disktest.Sfdisk(t, c)
 	if other.PartitionTable.ID == after.PartitionTable.ID {
 		t.Error("disk GUID does not depend on the seed")
 	}
@@ -279,7 +283,7 @@ func TestNormalizeBackup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = f.WriteAt(make([]byte, 33*SectorSize), normDisk-33*SectorSize)
+	_, err = f.WriteAt(make([]byte, 33*gptspec.SectorSize), normDisk-33*gptspec.SectorSize)
 	f.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -316,17 +320,17 @@ func TestNormalizeRefuses(t *testing.T) {
 		damage func(*testing.T, string)
 		want   []string
 	}{
-		{"header CRC", gptImg, poke(SectorSize+56, 0xff), []string{"primary GPT header CRC32", "corrupt"}},
-		{"header CRC field", gptImg, poke(SectorSize+16, 0, 0, 0, 0), []string{"primary GPT header CRC32"}},
-		{"entries CRC", gptImg, poke(2*SectorSize+56, 'X'), []string{"partition entries CRC32", "corrupt"}},
+		{"header CRC", gptImg, poke(gptspec.SectorSize+56, 0xff), []string{"primary GPT header CRC32", "corrupt"}},
+		{"header CRC field", gptImg, poke(gptspec.SectorSize+16, 0, 0, 0, 0), []string{"primary GPT header CRC32"}},
+		{"entries CRC", gptImg, poke(2*gptspec.SectorSize+56, 'X'), []string{"partition entries CRC32", "corrupt"}},
 		{"GPT without 55AA", gptImg, poke(510, 0, 0), []string{"0x55AA", "GPT"}},
 		{"GPT without protective entry", gptImg, poke(446+4, 0x83), []string{"0xEE", "GPT"}},
-		{"0xEE without GPT header", gptImg, poke(SectorSize, 0), []string{"0xEE", "no GPT header"}},
+		{"0xEE without GPT header", gptImg, poke(gptspec.SectorSize, 0), []string{"0xEE", "no GPT header"}},
 		{"resized", gptImg, func(t *testing.T, img string) {
-			if err := os.Truncate(img, normDisk+MiB); err != nil {
+			if err := os.Truncate(img, normDisk+disk.MiB); err != nil {
 				t.Fatal(err)
 			}
-		}, []string{"resized", fmt.Sprint(normDisk/SectorSize - 1)}},
+		}, []string{"resized", fmt.Sprint(normDisk/gptspec.SectorSize - 1)}},
 		{"DOS without 55AA", dosImg, poke(511, 0), []string{"0x55AA", "MBR"}},
 	}
 	for _, c := range cases {
@@ -356,7 +360,7 @@ func TestNormalizeDOS(t *testing.T) {
 	if digest(t, a) == digest(t, b) {
 		t.Fatal("two sfdisk runs made identical images: the test would prove nothing")
 	}
-	before, raw := sfdisk(t, a), ends(t, a)
+	before, raw := disktest.Sfdisk(t, a), ends(t, a)
 	for _, img := range []string{a, b} {
 		if r := mustNormalize(t, img, "s1"); r.Table != "mbr" || !slices.Equal(r.Fields, []string{"MBR disk signature"}) {
 			t.Errorf("report %+v", r)
@@ -366,16 +370,16 @@ func TestNormalizeDOS(t *testing.T) {
 		t.Fatal("the two images differ after Normalize with the same seed")
 	}
 	changedOnly(t, raw, ends(t, a), [][2]int64{{440, 444}})
-	after := sfdisk(t, a)
+	after := disktest.Sfdisk(t, a)
 	samePartitions(t, before, after)
-	if want := fmt.Sprintf("0x%08x", guidSource{seed: []byte("s1")}.mbrSignature()); after.PartitionTable.ID != want {
+	if want := fmt.Sprintf("0x%08x", seedguid.Source{Seed: []byte("s1")}.MBRSignature()); after.PartitionTable.ID != want {
 		t.Errorf("disk identifier %s, want %s", after.PartitionTable.ID, want)
 	}
 	if r := mustNormalize(t, a, "s1"); len(r.Fields) != 0 {
 		t.Errorf("second Normalize changed %q", r.Fields)
 	}
-	if r := mustNormalize(t, a, "s2"); len(r.Fields) != 1 || sfdisk(t, a).PartitionTable.ID == after.PartitionTable.ID {
-		t.Errorf("seed s2: %+v, id %s", r, sfdisk(t, a).PartitionTable.ID)
+	if r := mustNormalize(t, a, "s2"); len(r.Fields) != 1 || disktest.Sfdisk(t, a).PartitionTable.ID == after.PartitionTable.ID {
+		t.Errorf("seed s2: %+v, id %s", r, disktest.Sfdisk(t, a).PartitionTable.ID)
 	}
 }
 
@@ -388,7 +392,7 @@ func TestNormalizeNone(t *testing.T) {
 			img := blank(t, name+".img")
 			if mkfs != nil {
 				imagecheck.RequireTool(t, mkfs[0])
-				run(t, mkfs[0], append(mkfs[1:], img)...)
+				disktest.Run(t, mkfs[0], append(mkfs[1:], img)...)
 			}
 			sum := digest(t, img)
 			r, err := normalizeFile(t, img, "s1")
@@ -415,26 +419,26 @@ func TestNormalizeNone(t *testing.T) {
 // GUIDs change to the partition-N ones, and the disk stays valid.
 func TestNormalizeWritten(t *testing.T) {
 	imagecheck.RequireTool(t, "sgdisk", "sfdisk")
-	for _, o := range []Options{{Type: Legacy}, {Type: LegacyGPT}, {Type: EFI}, {Type: EFIXBootLdr}, {Type: Hybrid}, {Type: Hybrid, HybridMBR: true}} {
+	for _, o := range []disk.Options{{Type: disk.Legacy}, {Type: disk.LegacyGPT}, {Type: disk.EFI}, {Type: disk.EFIXBootLdr}, {Type: disk.Hybrid}, {Type: disk.Hybrid, HybridMBR: true}} {
 		name := o.Type.String()
 		if o.HybridMBR {
 			name += "+mbr"
 		}
 		t.Run(name, func(t *testing.T) {
-			o.RootSize, o.Seed = rootSize, []byte("test")
-			l, err := Plan(o)
+			o.RootSize, o.Seed = disktest.RootSize, []byte("test")
+			l, err := disk.Plan(o)
 			if err != nil {
 				t.Fatal(err)
 			}
-			img := writeImage(t, l)
-			before, raw := sfdisk(t, img), ends(t, img)
+			img := disktest.WriteImage(t, l)
+			before, raw := disktest.Sfdisk(t, img), ends(t, img)
 			r := mustNormalize(t, img, "test")
-			g := guidSource{seed: o.Seed}
+			g := seedguid.Source{Seed: o.Seed}
 			var want []string
 			if o.Type.IsGPT() {
 				for i := range l.Partitions {
 					want = append(want, fmt.Sprintf("partition %d GUID", i+1))
-					l.Partitions[i].GUID = g.derive(fmt.Sprintf("partition-%d", i+1))
+					l.Partitions[i].GUID = g.GUID(fmt.Sprintf("partition-%d", i+1))
 				}
 				checkSgdiskV(t, img)
 				changedOnly(t, raw, ends(t, img), gptRanges(l.DiskSize, len(l.Partitions)))
@@ -442,9 +446,9 @@ func TestNormalizeWritten(t *testing.T) {
 			if wantTable := map[bool]string{true: "gpt", false: "mbr"}[o.Type.IsGPT()]; r.Table != wantTable || !slices.Equal(r.Fields, want) {
 				t.Errorf("report %+v, want %s %q", r, wantTable, want)
 			}
-			samePartitions(t, before, sfdisk(t, img))
-			checkMBR(t, l, img)
-			checkDiskfs(t, l, img)
+			samePartitions(t, before, disktest.Sfdisk(t, img))
+			disktest.CheckMBR(t, l, img)
+			disktest.CheckDiskfs(t, l, img)
 			if r := mustNormalize(t, img, "test"); len(r.Fields) != 0 {
 				t.Errorf("second Normalize changed %q", r.Fields)
 			}

@@ -12,6 +12,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	fatw "github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/fat"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fattest"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
 
 // normTime has an odd second, so the creation 10 ms field is exercised.
@@ -24,6 +28,23 @@ func normRead(t testing.TB, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// writerImage returns a new sparse image of size bytes that holds, at
+// offset, the filesystem our Writer (internal/fs/fat) makes of tree with
+// opts: an ESP as the builder writes it.
+func writerImage(t *testing.T, size, offset int64, opts fatw.Options, tree []fattest.Entry) string {
+	t.Helper()
+	p, f := imagecheck.SparseFile(t, "disk.img", size)
+	defer f.Close()
+	w, err := fatw.NewWriter(f, offset, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fattest.Write(t, w, func(e fattest.Entry) fatw.Header {
+		return fatw.Header{Name: e.Name, Mode: e.Mode, Mtime: e.Mtime, Size: int64(len(e.Data))}
+	}, tree)
+	return p
 }
 
 func normRun(t testing.TB, p string, offset int64, tm int64) NormalizeReport {
@@ -57,42 +78,40 @@ func normGuestOps(t *testing.T, spec, src, random string) {
 	grub := local("grubx64.efi", strings.Repeat("grub", 5000))
 	tmp := local("tmp", "temporary\n")
 	cfg := local("loader.conf", "timeout 3\n")
-	mtools(t, "mmd", "-i", spec, "::/EFI/grub")
-	mtools(t, "mcopy", "-i", spec, tmp, "::/EFI/grub/.grubx64.efi."+random)
-	mtools(t, "mcopy", "-i", spec, grub, "::/EFI/grub/grubx64.efi")
-	mtools(t, "mdel", "-i", spec, "::/EFI/grub/.grubx64.efi."+random)
+	fattest.Mtools(t, "mmd", "-i", spec, "::/EFI/grub")
+	fattest.Mtools(t, "mcopy", "-i", spec, tmp, "::/EFI/grub/.grubx64.efi."+random)
+	fattest.Mtools(t, "mcopy", "-i", spec, grub, "::/EFI/grub/grubx64.efi")
+	fattest.Mtools(t, "mdel", "-i", spec, "::/EFI/grub/.grubx64.efi."+random)
 	// Too long for the hole just left, so it goes last.
 	long := "::/EFI/grub/.grub-installer-state." + random + random + random
-	mtools(t, "mcopy", "-i", spec, tmp, long)
-	mtools(t, "mdel", "-i", spec, long)
-	mtools(t, "mcopy", "-D", "o", "-i", spec, cfg, "::/loader/loader.conf")
-	mtools(t, "mdel", "-i", spec, "::/README.TXT")
-	mtools(t, "mdel", "-i", spec, "::/loader/entries/nixos-generation-1.conf")
-	mtools(t, "mcopy", "-i", spec, cfg, "::/grub.cfg")
+	fattest.Mtools(t, "mcopy", "-i", spec, tmp, long)
+	fattest.Mtools(t, "mdel", "-i", spec, long)
+	fattest.Mtools(t, "mcopy", "-D", "o", "-i", spec, cfg, "::/loader/loader.conf")
+	fattest.Mtools(t, "mdel", "-i", spec, "::/README.TXT")
+	fattest.Mtools(t, "mdel", "-i", spec, "::/loader/entries/nixos-generation-1.conf")
+	fattest.Mtools(t, "mcopy", "-i", spec, cfg, "::/grub.cfg")
 	// A random file deleted leaves its bytes in a free cluster, as
 	// systemd-boot's random seed does when an image drops it.
 	seed := local("random-seed", strings.Repeat(random, 6))
-	mtools(t, "mcopy", "-i", spec, seed, "::/loader/old-seed")
-	mtools(t, "mdel", "-i", spec, "::/loader/old-seed")
+	fattest.Mtools(t, "mcopy", "-i", spec, seed, "::/loader/old-seed")
+	fattest.Mtools(t, "mdel", "-i", spec, "::/loader/old-seed")
 }
 
 func TestNormalizeMtools(t *testing.T) {
 	const size, offset = 64 << 20, 1 << 20
-	a, f := newImage(t, offset+size)
-	write(t, f, offset, Options{Size: size, Label: "ESP", VolumeID: 9, Time: testTime}, espTree(1<<20))
-	f.Close()
+	a := writerImage(t, offset+size, offset, fatw.Options{Size: size, Label: "ESP", VolumeID: 9, Time: fattest.Time}, fattest.ESPTree(1<<20))
 	b := filepath.Join(t.TempDir(), "b.img")
 	if err := os.WriteFile(b, normRead(t, a), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	specA, specB := fmt.Sprintf("%s@@%d", a, offset), fmt.Sprintf("%s@@%d", b, offset)
 	normGuestOps(t, specA, t.TempDir(), "3f9a2c")
-	time.Sleep(2100 * time.Millisecond) // FAT write normTimes have 2 s resolution
+	time.Sleep(2100 * time.Millisecond) // FAT write times have 2 s resolution
 	normGuestOps(t, specB, t.TempDir(), "b71e05")
 	if bytes.Equal(normRead(t, a), normRead(t, b)) {
 		t.Fatal("the copies are identical before Normalize; the test proves nothing")
 	}
-	names := string(mtools(t, "mdir", "-/", "-b", "-i", specA, "::"))
+	names := string(fattest.Mtools(t, "mdir", "-/", "-b", "-i", specA, "::"))
 
 	ra, rb := normRun(t, a, offset, normTime), normRun(t, b, offset, normTime)
 	if ra != rb {
@@ -103,20 +122,20 @@ func TestNormalizeMtools(t *testing.T) {
 	}
 	t.Logf("report: %+v", ra)
 	imgA := normRead(t, a)
-	if i := normMismatch(imgA, normRead(t, b)); i >= 0 {
+	if i := mismatch(imgA, normRead(t, b)); i >= 0 {
 		t.Fatalf("normalised images differ at byte %d (filesystem offset %d)", i, int64(i)-offset)
 	}
 
-	fsckVfat(t, a, offset, size)
-	if got := string(mtools(t, "mdir", "-/", "-b", "-i", specA, "::")); got != names {
+	fattest.FsckVfat(t, a, offset, size)
+	if got := string(fattest.Mtools(t, "mdir", "-/", "-b", "-i", specA, "::")); got != names {
 		t.Errorf("entries changed:\nbefore\n%s\nafter\n%s", names, got)
 	}
-	if got := mtools(t, "mcopy", "-n", "-i", specA, "::/EFI/grub/grubx64.efi", "-"); string(got) != strings.Repeat("grub", 5000) {
+	if got := fattest.Mtools(t, "mcopy", "-n", "-i", specA, "::/EFI/grub/grubx64.efi", "-"); string(got) != strings.Repeat("grub", 5000) {
 		t.Errorf("grubx64.efi reads back %d bytes", len(got))
 	}
 	// Every listed entry, . and .. included, shows the normalised time.
 	want := time.Unix(normTime, 0).UTC().Format("2006-01-02  15:04")
-	dates := regexp.MustCompile(`\d{4}-\d\d-\d\d +\d+:\d\d`).FindAllString(string(mtools(t, "mdir", "-/", "-a", "-i", specA, "::")), -1)
+	dates := regexp.MustCompile(`\d{4}-\d\d-\d\d +\d+:\d\d`).FindAllString(string(fattest.Mtools(t, "mdir", "-/", "-a", "-i", specA, "::")), -1)
 	if len(dates) < ra.Entries-1 { // the label has no listing line
 		t.Errorf("mdir shows %d dates for %d entries", len(dates), ra.Entries)
 	}
@@ -141,13 +160,11 @@ func TestNormalizeMtools(t *testing.T) {
 // undone to exactly the Writer's bytes.
 func TestNormalizeWriterImage(t *testing.T) {
 	const size = 64 << 20
-	tree := espTree(1 << 20)
+	tree := fattest.ESPTree(1 << 20)
 	for i := range tree {
-		tree[i].h.Mtime = normTime
+		tree[i].Mtime = normTime
 	}
-	p, f := newImage(t, size)
-	write(t, f, 0, Options{Size: size, Label: "ESP", VolumeID: 3, Time: normTime}, tree)
-	f.Close()
+	p := writerImage(t, size, 0, fatw.Options{Size: size, Label: "ESP", VolumeID: 3, Time: normTime}, tree)
 	orig := normRead(t, p)
 	rep := normRun(t, p, 0, normTime)
 	if rep.Entries == 0 || rep != (NormalizeReport{Entries: rep.Entries}) {
@@ -158,13 +175,13 @@ func TestNormalizeWriterImage(t *testing.T) {
 	}
 
 	img := bytes.Clone(orig)
-	fatSecs := int64(normLE.Uint32(img[36:]))
-	img[65] |= 1                           // Linux: mounted
-	normLE.PutUint32(img[512+488:], 12345) // FSInfo free count
-	normLE.PutUint32(img[512+492:], 77)    // next-free hint
+	fatSecs := int64(le.Uint32(img[36:]))
+	img[65] |= 1                       // Linux: mounted
+	le.PutUint32(img[512+488:], 12345) // FSInfo free count
+	le.PutUint32(img[512+492:], 77)    // next-free hint
 	// Windows: not cleanly unmounted, and a copy that disagrees.
-	normLE.PutUint32(img[32*512+4:], 0x03FFFFFF)
-	normLE.PutUint32(img[(32+fatSecs)*512+4:], 0x07FFFFFF)
+	le.PutUint32(img[32*512+4:], 0x03FFFFFF)
+	le.PutUint32(img[(32+fatSecs)*512+4:], 0x07FFFFFF)
 	if err := os.WriteFile(p, img, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -172,13 +189,13 @@ func TestNormalizeWriterImage(t *testing.T) {
 	if !rep.FSInfoFixed || !rep.BootFixed || rep.TimesChanged != 0 || rep.Cleared != 0 {
 		t.Errorf("report %+v", rep)
 	}
-	if i := normMismatch(normRead(t, p), orig); i >= 0 {
+	if i := mismatch(normRead(t, p), orig); i >= 0 {
 		t.Errorf("differs from the Writer's image at byte %d", i)
 	}
 }
 
 func TestNormalizeRefuses(t *testing.T) {
-	requireTool(t, "mkfs.vfat")
+	imagecheck.RequireTool(t, "mkfs.vfat")
 	t.Run("FAT16", func(t *testing.T) {
 		p := filepath.Join(t.TempDir(), "fat16.img")
 		if out, err := exec.Command("mkfs.vfat", "-F", "16", "-C", p, "65536").CombinedOutput(); err != nil {
@@ -187,16 +204,14 @@ func TestNormalizeRefuses(t *testing.T) {
 		normRefuse(t, p, ErrNotFAT32, "fixed root directory of 512 entries")
 	})
 	t.Run("NoBootSector", func(t *testing.T) {
-		p, _ := newImage(t, 1<<20)
+		p, _ := imagecheck.SparseFile(t, "disk.img", 1<<20)
 		normRefuse(t, p, ErrNotFAT32, "no boot sector signature")
 	})
 
 	// Damage a Writer image with b (filesystem bytes, FAT size in sectors).
 	damaged := func(t *testing.T, damage func(b []byte, fatSecs int64)) string {
 		const size = 64 << 20
-		p, f := newImage(t, size)
-		write(t, f, 0, Options{Size: size, Time: testTime}, espTree(1<<10))
-		f.Close()
+		p := writerImage(t, size, 0, fatw.Options{Size: size, Time: fattest.Time}, fattest.ESPTree(1<<10))
 		b := normRead(t, p)
 		damage(b, int64(binary.LittleEndian.Uint32(b[36:])))
 		if err := os.WriteFile(p, b, 0o644); err != nil {
