@@ -9,8 +9,8 @@ import (
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/fat"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize/fat"
 )
 
 // stepNormalize undoes what is not reproducible in the installer VM's

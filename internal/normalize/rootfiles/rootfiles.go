@@ -1,4 +1,8 @@
-package normalize
+// Package rootfiles settles, inside an ext4 filesystem someone else wrote,
+// the files of an installed NixOS root that record the moment or the
+// machine of its build (account files' order, Nix database registration
+// times, machine-id), rewriting them over their own blocks with debugfs.
+package rootfiles
 
 import (
 	"bytes"
@@ -11,6 +15,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
 // The files inside an installed root that record the moment or the
@@ -126,19 +132,19 @@ func (d debugfs) read(path string, size int64) ([]byte, error) {
 	return b, err
 }
 
-// rootFiles settles, in the ext4 filesystem at off, what an installed
+// Settle settles, in the ext4 filesystem at off, what an installed
 // system records of its build: the order of /etc/shadow and friends
 // (activation appends accounts in hash order), every path's
 // registrationTime in the Nix database, and /etc/machine-id (removed, its
 // bytes zeroed first). It runs before ext4.Normalize, which then clears the
 // traces of debugfs' own writes (times, the freed inode). Files that are
 // not there are skipped; nothing is said of a filesystem that holds none.
-func rootFiles(f *os.File, off int64, o Options) ([]string, error) {
+func Settle(f *os.File, off int64, t int64) ([]string, error) {
 	if err := f.Sync(); err != nil {
 		return nil, err
 	}
 	d := debugfs{image: f.Name(), off: off}
-	const blockSize = 4096 // ext4.Normalize accepts nothing else
+	const blockSize = ext4spec.BlockSize // ext4.Normalize accepts nothing else
 	var done []string
 	for _, p := range AccountFiles {
 		size, blocks, err := d.stat(p)
@@ -163,7 +169,7 @@ func rootFiles(f *os.File, off int64, o Options) ([]string, error) {
 	}
 
 	if size, blocks, err := d.stat(nixDB); err == nil {
-		line, err := d.nixDB(f, size, blocks, blockSize, o.Time)
+		line, err := d.nixDB(f, size, blocks, blockSize, t)
 		if err != nil {
 			return nil, err
 		}

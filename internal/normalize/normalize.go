@@ -1,8 +1,10 @@
-// Package reproduce makes disk images byte-identical across rebuilds of
-// the same inputs: the partition table's GUIDs and MBR signature, the ext4
-// and FAT filesystems' history (times, generations, journal, FSInfo hints),
-// and a container format's UUIDs and time stamps. It joins the packages that
-// know each layer; nixos-reproducible, nixos-convert and the builder share it.
+// Package normalize makes disk images someone else wrote byte-identical
+// across rebuilds of the same inputs: the partition table's GUIDs and MBR
+// signature, the ext4 and FAT filesystems' history (times, generations,
+// journal, FSInfo hints), an installed root's files, and a container
+// format's UUIDs and time stamps. It joins the readers below it, one per
+// layer, each of which treats every byte it reads as untrusted;
+// nixos-reproducible, nixos-convert and the builder share it.
 package normalize
 
 import (
@@ -20,10 +22,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/fat"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize/container"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize/fat"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize/partition"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize/rootfiles"
 )
 
 // Options say what invented values become.
@@ -190,7 +193,7 @@ func Image(path string, o Options) ([]string, error) {
 	}
 
 	var lines []string
-	pt, err := disk.Normalize(f, disk.NormalizeOptions{Seed: o.Seed})
+	pt, err := partition.Normalize(f, partition.NormalizeOptions{Seed: o.Seed})
 	if err != nil {
 		return nil, err
 	}
@@ -203,12 +206,12 @@ func Image(path string, o Options) ([]string, error) {
 		lines = append(lines, fmt.Sprintf("partition table (%s): %s", pt.Table, strings.Join(pt.Fields, ", ")))
 	}
 
-	parts, err := disk.ReadPartitions(f)
+	parts, err := partition.ReadPartitions(f)
 	if err != nil {
 		return nil, err
 	}
 	if pt.Table == "none" {
-		parts = []disk.Extent{{Number: 0, Start: 0, Size: fi.Size()}}
+		parts = []partition.Extent{{Number: 0, Start: 0, Size: fi.Size()}}
 	}
 	for _, p := range parts {
 		name := fmt.Sprintf("partition %d", p.Number)
@@ -240,7 +243,7 @@ func filesystem(f *os.File, off int64, name string, o Options) (string, error) {
 		if err != nil {
 			return fmt.Sprintf("left alone: %s (ext4): %v", name, err), nil
 		}
-		files, err := rootFiles(f, off, o)
+		files, err := rootfiles.Settle(f, off, o.Time)
 		if err != nil {
 			return "", fmt.Errorf("%s (ext4): %w", name, err)
 		}
