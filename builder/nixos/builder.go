@@ -45,9 +45,12 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 	state.Put("config", &b.config)
 	state.Put("hook", hook)
 	state.Put("ui", ui)
+	// The host programs the steps run, each behind its interface (driver.go).
 	state.Put("store", &nixstore.Store{Dir: "/nix/store"})
-	state.Put("qemu-img", qemuimg.Driver{})
+	state.Put("nix-db", nixstore.DBWriter{})
 	state.Put("nix", NixDriver{})
+	state.Put("cp", CpDriver{})
+	state.Put("qemu-img", qemuimg.ExecDriver{})
 	state.Put("qemu", qemu.New())
 
 	var steps []multistep.Step
@@ -76,7 +79,7 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 			&stepNixState{},
 			&stepPlan{},
 			&stepWriteImage{},
-			&stepInstall{},
+			&stepInstall{writeInitrd: writeInstallerInitrd},
 			new(commonsteps.StepProvision),
 			&stepFinishInstall{},
 			&stepNormalize{},

@@ -14,6 +14,7 @@ import (
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
 )
 
@@ -262,4 +263,23 @@ func (s *storeComm) DownloadDir(src, dst string, exclude []string) error {
 		}
 		return err
 	})
+}
+
+// checkUploads refuses provisioner uploads that would replace a store path
+// or the registration at the store filesystem's root.
+func checkUploads(dir string, closure []nixstore.PathInfo) error {
+	taken := map[string]bool{nixstore.StoreImageRegistrationPath: true, "lost+found": true}
+	for _, info := range closure {
+		taken[filepath.Base(info.Path)] = true
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if taken[e.Name()] {
+			return fmt.Errorf("a provisioner uploaded /%s, which the store image already holds (a store path, the registration or lost+found)", e.Name())
+		}
+	}
+	return nil
 }

@@ -9,17 +9,7 @@ import (
 	"strings"
 )
 
-// NixBuilder builds the system to install from a flake or a Nix file.
-type NixBuilder interface {
-	// BuildFlake builds ref#nixosConfigurations.name.config.system.build.toplevel.
-	BuildFlake(ctx context.Context, ref, name string) (string, error)
-	// BuildFile builds attribute attr of the Nix file.
-	BuildFile(ctx context.Context, file, attr string) (string, error)
-	// AddToStore adds a directory to the store (nix-store --add).
-	AddToStore(ctx context.Context, dir string) (string, error)
-}
-
-// NixDriver runs nix and nix-build.
+// NixDriver runs nix, nix-build and nix-store.
 type NixDriver struct{}
 
 func (NixDriver) BuildFlake(ctx context.Context, ref, name string) (string, error) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -38,8 +37,8 @@ func (s *stepChannel) Run(ctx context.Context, state multistep.StateBag) multist
 		return halt(state, err)
 	}
 	dst := filepath.Join(stage, "nixos")
-	if out, err := exec.CommandContext(ctx, "cp", "-r", "--no-preserve=mode,ownership,timestamps", "--", c.Channel, dst).CombinedOutput(); err != nil {
-		return halt(state, fmt.Errorf("channel: copying %s: %v: %s", c.Channel, err, out))
+	if err := state.Get("cp").(FileCopier).CopyTree(ctx, c.Channel, dst); err != nil {
+		return halt(state, fmt.Errorf("channel: copying %s: %w", c.Channel, err))
 	}
 	os.RemoveAll(filepath.Join(dst, ".git"))
 	if _, err := os.Lstat(filepath.Join(dst, "nixpkgs")); os.IsNotExist(err) {

@@ -6,8 +6,6 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
-
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 )
 
 // stepClosure checks every root against the host's Nix database and computes
@@ -17,7 +15,7 @@ type stepClosure struct{}
 func (s *stepClosure) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	c := state.Get("config").(*Config)
 	ui := state.Get("ui").(packersdk.Ui)
-	store := state.Get("store").(*nixstore.Store)
+	store := state.Get("store").(ClosureReader)
 
 	roots := c.Roots()
 	if t, ok := state.GetOk("system"); ok {
@@ -46,22 +44,3 @@ func (s *stepClosure) Run(ctx context.Context, state multistep.StateBag) multist
 }
 
 func (s *stepClosure) Cleanup(multistep.StateBag) {}
-
-func halt(state multistep.StateBag, err error) multistep.StepAction {
-	state.Put("error", err)
-	state.Get("ui").(packersdk.Ui).Error(err.Error())
-	return multistep.ActionHalt
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}

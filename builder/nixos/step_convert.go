@@ -50,7 +50,7 @@ func (s *stepConvert) Run(ctx context.Context, state multistep.StateBag) multist
 		}
 		ui.Say(fmt.Sprintf("Converting the image to %s...", c.format.Name))
 		bar := uiprogress.New(ui, c.ImageFile(), 10000)
-		err := state.Get("qemu-img").(qemuimg.Driver).ConvertTo(ctx, c.format, raw, "raw", final, bar.Percent, finish)
+		err := qemuimg.ConvertTo(ctx, state.Get("qemu-img").(qemuimg.Driver), c.format, raw, "raw", final, bar.Percent, finish)
 		bar.Close()
 		if err != nil {
 			return halt(state, err)

@@ -1,18 +1,11 @@
 package nixos
 
 import (
-	"bytes"
 	"context"
-	"debug/elf"
-	"errors"
 	"fmt"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentclient"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/initrd"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,9 +13,9 @@ import (
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentclient"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/qemu"
 )
 
@@ -32,6 +25,10 @@ import (
 // switch-to-configuration boot. The closure is already on the disk; the VM
 // only runs the target's own tools.
 type stepInstall struct {
+	// writeInitrd writes the installer VM's initrd for the system:
+	// writeInstallerInitrd, or in tests a stand-in for a VM that needs none.
+	writeInitrd func(path string, system *toplevel) error
+
 	phases []string // "name duration", for the summary line
 	mark   time.Time
 	start  time.Time
@@ -58,11 +55,6 @@ const guestClockMin = 946684800
 // EFIVarsFile is the name of the EFI variable store touch_efi_vars keeps.
 const EFIVarsFile = "efi-vars.fd"
 
-const (
-	guestRoot     = "/mnt"
-	systemProfile = "/nix/var/nix/profiles/system"
-)
-
 func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	c := state.Get("config").(*Config)
 	ui := state.Get("ui").(packersdk.Ui)
@@ -79,7 +71,7 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	s.dir = dir
 	initrdPath := filepath.Join(dir, "initrd.gz")
-	if err := writeInstallerInitrd(initrdPath, system); err != nil {
+	if err := s.writeInitrd(initrdPath, system); err != nil {
 		return halt(state, err)
 	}
 
@@ -169,9 +161,11 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 			return halt(state, fmt.Errorf("starting the installer VM: %w", err))
 		}
 		readyCtx, cancelReady := context.WithTimeout(runCtx, 2*time.Minute)
+		// Read here, not in the goroutine: stepFinishInstall clears s.vm.
+		vmDone := s.vm.Done()
 		go func() { // a VM that dies ends the wait at once
 			select {
-			case <-s.vm.Done():
+			case <-vmDone:
 				cancelReady()
 			case <-readyCtx.Done():
 			}
@@ -202,50 +196,6 @@ func (s *stepInstall) timeoutError(c *Config, err error) error {
 	}
 	return err
 }
-
-// stepFinishInstall ends the installer VM after the provisioners: it
-// removes /etc/machine-id, unmounts, syncs and powers off, and keeps the
-// EFI variables.
-type stepFinishInstall struct{}
-
-func (f *stepFinishInstall) Run(_ context.Context, state multistep.StateBag) multistep.StepAction {
-	c := state.Get("config").(*Config)
-	ui := state.Get("ui").(packersdk.Ui)
-	s := state.Get("installer").(*stepInstall)
-	s.phase("provisioners")
-	if *c.Deterministic {
-		// systemd-boot's seed lives on the ESP (mounted on /boot, or /efi
-		// beside an XBOOTLDR /boot); a layout without one has none.
-		var espDirs []string
-		if _, ok := state.Get("plan").(*plan).layout.Find(disk.RoleESP); ok {
-			espDirs = mountDirs(c.layout)[:1] // the first is the ESP's
-		}
-		if err := s.deterministicFiles(s.ctx, ui, espDirs); err != nil {
-			return halt(state, s.vmError("making the installed files deterministic", s.timeoutError(c, err)))
-		}
-	}
-	if err := s.finish(s.ctx, ui); err != nil {
-		return halt(state, s.vmError("finishing the installation", s.timeoutError(c, err)))
-	}
-	if err := s.vm.Wait(); err != nil {
-		return halt(state, fmt.Errorf("the installer VM did not power off cleanly: %w", err))
-	}
-	s.vm = nil
-	s.phase("shutdown")
-	if s.vars != "" {
-		final := filepath.Join(c.OutputDir, EFIVarsFile)
-		if err := os.Rename(s.vars, final); err != nil {
-			return halt(state, err)
-		}
-		s.vars = ""
-		state.Put("efi_vars", final)
-		ui.Say("EFI variables: " + final)
-	}
-	ui.Say(fmt.Sprintf("Installed in %s (%s)", time.Since(s.start).Round(100*time.Millisecond), strings.Join(s.phases, ", ")))
-	return multistep.ActionContinue
-}
-
-func (f *stepFinishInstall) Cleanup(multistep.StateBag) {}
 
 // install mounts the target, activates it and installs the boot loader.
 func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p *plan, system *toplevel) error {
@@ -296,7 +246,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	}
 	// nixos-enter then lets systemd-tmpfiles create what the system's
 	// tmpfiles.d asks for (/var, /tmp contents...), where the system has it.
-	if tmpfiles := filepath.Join(system.path, "sw/bin/systemd-tmpfiles"); fileExists(tmpfiles) {
+	if system.has("sw/bin/systemd-tmpfiles") {
 		status, err := cl.Exec(ctx, protocol.ExecRequest{Argv: []string{systemProfile + "/sw/bin/systemd-tmpfiles", "--create", "--remove", "-E"}, Env: env, Chroot: guestRoot}, out, out)
 		if err != nil {
 			return fmt.Errorf("systemd-tmpfiles: %w", err)
@@ -324,85 +274,11 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	return nil
 }
 
-// deterministicFiles undoes what activation and the boot loader's
-// installation leave to chance: the order of /etc/shadow and friends
-// (update-users-groups.pl appends new accounts in Perl's random hash order)
-// and systemd-boot's random seed. The seed is dropped rather than fixed: a
-// seed shared by every copy of an image is no seed, and systemd writes a
-// fresh one on the first boot (systemd-boot-random-seed.service).
-func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui, espDirs []string) error {
-	cl := s.client
-	var done []string
-	for _, f := range normalize.AccountFiles {
-		var buf bytes.Buffer
-		fi, err := cl.Download(ctx, guestRoot+f, &buf)
-		if isNotExist(err) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		sorted := normalize.SortLines(buf.Bytes())
-		if bytes.Equal(sorted, buf.Bytes()) {
-			continue
-		}
-		if err := cl.Upload(ctx, guestRoot+f, unixmode.FileMode(fi.Mode), fi.Uid, fi.Gid, bytes.NewReader(sorted), int64(len(sorted))); err != nil {
-			return err
-		}
-		done = append(done, "sorted "+f)
-	}
-	for _, dir := range espDirs {
-		err := cl.Remove(ctx, guestRoot+"/"+dir+"/loader/random-seed", false)
-		if err == nil {
-			done = append(done, "removed /"+dir+"/loader/random-seed")
-		} else if !isNotExist(err) {
-			return err
-		}
-	}
-	if len(done) > 0 {
-		ui.Say("Deterministic image: " + strings.Join(done, ", "))
-	}
-	return nil
-}
-
-// finish leaves the image as nixos-install does and powers the VM off.
-func (s *stepInstall) finish(ctx context.Context, ui packersdk.Ui) error {
-	cl := s.client
-	// Every image would share one machine identity otherwise.
-	if err := cl.Remove(ctx, guestRoot+normalize.MachineIDFile, false); err != nil && !isNotExist(err) {
-		return err
-	}
-	if err := cl.Unmount(ctx, guestRoot); err != nil {
-		return err
-	}
-	if err := cl.Sync(ctx); err != nil {
-		return err
-	}
-	ui.Say("Powering the installer VM off...")
-	return cl.Poweroff(ctx)
-}
-
 // phase records how long the phase that ends now took.
 func (s *stepInstall) phase(name string) {
 	now := time.Now()
 	s.phases = append(s.phases, fmt.Sprintf("%s %s", name, now.Sub(s.mark).Round(100*time.Millisecond)))
 	s.mark = now
-}
-
-func isNotExist(err error) bool {
-	var re *agentclient.RemoteError
-	return errors.As(err, &re) && strings.Contains(strings.ToLower(re.Message), "no such file")
-}
-
-// partIndex is the 1-based number of the partition with role r, as the
-// guest kernel names it (/dev/vdaN).
-func partIndex(l *disk.Layout, r disk.Role) int {
-	for i, p := range l.Partitions {
-		if p.Role == r {
-			return i + 1
-		}
-	}
-	return 0
 }
 
 // vmError adds the VM's last console lines to err, which is what tells a
@@ -437,79 +313,4 @@ func (s *stepInstall) Cleanup(multistep.StateBag) {
 	if s.vars != "" {
 		os.Remove(s.vars)
 	}
-}
-
-// writeInstallerInitrd puts this plugin binary, as /init, and the modules
-// the installer needs from the system's own kernel into an initrd.
-func writeInstallerInitrd(path string, system *toplevel) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	if err := checkStatic(exe); err != nil {
-		return err
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := initrd.Build(f, initrd.Options{Agent: exe, ModulesDir: system.modulesDir}); err != nil {
-		return err
-	}
-	return f.Close()
-}
-
-// checkStatic refuses a dynamically linked plugin binary: it could not run
-// as /init in an initrd with no libc.
-func checkStatic(exe string) error {
-	f, err := elf.Open(exe)
-	if err != nil {
-		return fmt.Errorf("reading the plugin binary %s: %w", exe, err)
-	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("the plugin binary %s is dynamically linked, so it cannot run as the installer VM's /init: build it with CGO_ENABLED=0 (make build does)", exe)
-		}
-	}
-	return nil
-}
-
-// lineWriter turns a byte stream into whole lines for the UI.
-type lineWriter struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	emit func(string)
-}
-
-func newLineWriter(emit func(string)) *lineWriter { return &lineWriter{emit: emit} }
-
-func (w *lineWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	for {
-		i := bytes.IndexByte(w.buf.Bytes(), '\n')
-		if i < 0 {
-			break
-		}
-		line := strings.TrimRight(string(w.buf.Next(i+1)), "\r\n")
-		w.emit(line)
-	}
-	return len(p), nil
-}
-
-func (w *lineWriter) Flush() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.buf.Len() > 0 {
-		w.emit(strings.TrimRight(w.buf.String(), "\r\n"))
-		w.buf.Reset()
-	}
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }

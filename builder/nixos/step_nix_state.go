@@ -36,7 +36,7 @@ func (s *stepNixState) Run(ctx context.Context, state multistep.StateBag) multis
 		regTime = time.Now().Unix()
 	}
 	ui.Say(fmt.Sprintf("Registering %d store paths in the image's Nix database...", len(closure)))
-	if err := (nixstore.DBWriter{}).Write(ctx, dir, closure, regTime); err != nil {
+	if err := state.Get("nix-db").(NixDBWriter).Write(ctx, dir, closure, regTime); err != nil {
 		return halt(state, err)
 	}
 	profiles := filepath.Join(dir, "nix", "var", "nix", "profiles")

@@ -4,10 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -149,42 +146,3 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 }
 
 func (s *stepPlan) Cleanup(multistep.StateBag) {}
-
-func fsUUID(c *Config) ([16]byte, error) {
-	var u [16]byte
-	if c.RootFSUUID == "" {
-		rand.Read(u[:])
-		u[6] = u[6]&0x0f | 0x40
-		u[8] = u[8]&0x3f | 0x80
-		return u, nil
-	}
-	return ParseUUID(c.RootFSUUID)
-}
-
-// hashSeed derives the htree hash seed from the filesystem UUID, so a fixed
-// UUID gives a fixed directory layout.
-func hashSeed(uuid [16]byte) [16]byte {
-	sum := sha256.Sum256(append([]byte("packer-plugin-nixos ext4 hash seed\x00"), uuid[:]...))
-	var s [16]byte
-	copy(s[:], sum[:])
-	return s
-}
-
-// checkUploads refuses provisioner uploads that would replace a store path
-// or the registration at the store filesystem's root.
-func checkUploads(dir string, closure []nixstore.PathInfo) error {
-	taken := map[string]bool{nixstore.StoreImageRegistrationPath: true, "lost+found": true}
-	for _, info := range closure {
-		taken[filepath.Base(info.Path)] = true
-	}
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		if taken[e.Name()] {
-			return fmt.Errorf("a provisioner uploaded /%s, which the store image already holds (a store path, the registration or lost+found)", e.Name())
-		}
-	}
-	return nil
-}

@@ -3,8 +3,6 @@ package nixos
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
@@ -56,32 +54,3 @@ func (s *stepResolveSystem) Run(ctx context.Context, state multistep.StateBag) m
 }
 
 func (s *stepResolveSystem) Cleanup(multistep.StateBag) {}
-
-// toplevel is what install mode needs from a system.build.toplevel.
-type toplevel struct {
-	path          string
-	kernel        string // bzImage
-	modulesDir    string // <kernel-modules>/lib/modules/<version>, "" if the kernel has no modules
-	kernelVersion string
-}
-
-// inspectToplevel checks that path is a NixOS system: it has the switch
-// script the installer runs and a kernel to boot the installer VM with.
-func inspectToplevel(path string) (*toplevel, error) {
-	t := &toplevel{path: path}
-	for _, need := range []string{"bin/switch-to-configuration", "kernel", "activate"} {
-		if _, err := os.Stat(filepath.Join(path, need)); err != nil {
-			return nil, fmt.Errorf("%s is not a NixOS system (config.system.build.toplevel): it has no %s", path, need)
-		}
-	}
-	t.kernel = filepath.Join(path, "kernel")
-	t.kernelVersion = "with everything built in"
-	if _, err := os.Stat(filepath.Join(path, "kernel-modules")); err == nil {
-		dir, err := ModulesDir(filepath.Join(path, "kernel-modules"))
-		if err != nil {
-			return nil, err
-		}
-		t.modulesDir, t.kernelVersion = dir, filepath.Base(dir)
-	}
-	return t, nil
-}

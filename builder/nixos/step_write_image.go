@@ -2,10 +2,7 @@ package nixos
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -13,9 +10,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/fat"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 )
@@ -74,85 +69,9 @@ func (s *stepWriteImage) Run(ctx context.Context, state multistep.StateBag) mult
 	return multistep.ActionContinue
 }
 
-// formatFAT makes empty FAT32 filesystems on the ESP (label ESP) and
-// XBOOTLDR (label BOOT) partitions, as make-disk-image's mkfs.vfat calls do;
-// the boot loader installation fills them. Volume IDs come from the seed.
-func formatFAT(f *os.File, p *plan) error {
-	for _, part := range []struct {
-		role  disk.Role
-		label string
-	}{{disk.RoleESP, "ESP"}, {disk.RoleXBootLdr, "BOOT"}} {
-		pt, ok := p.layout.Find(part.role)
-		if !ok {
-			continue
-		}
-		sum := sha256.Sum256(append([]byte("fat volume id\x00"+part.label+"\x00"), p.seed...))
-		w, err := fat.NewWriter(f, pt.Start, fat.Options{Size: pt.Size, Label: part.label,
-			VolumeID: binary.LittleEndian.Uint32(sum[:4]), Time: p.epoch})
-		if err == nil {
-			err = w.Close()
-		}
-		if err != nil {
-			return fmt.Errorf("formatting the %s partition: %w", part.label, err)
-		}
-	}
-	return nil
-}
-
 func (s *stepWriteImage) Cleanup(state multistep.StateBag) {
 	// The partial file is renamed away on success; anything left is debris.
 	if s.partial != "" {
 		os.Remove(s.partial)
 	}
 }
-
-// progress drives Packer's progress bar from byte counts: the bar wraps a
-// reader, so it is fed by reading the counted number of bytes through it.
-type progress struct {
-	src     *countSource
-	tracked io.ReadCloser
-	buf     []byte
-
-	// Packer draws the bar only on a terminal; CI logs get a line now and then.
-	ui          packersdk.Ui
-	done, total int64
-	lastLine    time.Time
-}
-
-type countSource struct{ pending int64 }
-
-func (c *countSource) Read(p []byte) (int, error) {
-	if c.pending == 0 {
-		return 0, io.EOF
-	}
-	n := int64(len(p))
-	if n > c.pending {
-		n = c.pending
-	}
-	c.pending -= n
-	return int(n), nil
-}
-
-func newProgress(ui packersdk.Ui, name string, total int64) *progress {
-	src := &countSource{}
-	return &progress{src: src, tracked: ui.TrackProgress(name, 0, total, io.NopCloser(src)), buf: make([]byte, 32<<10),
-		ui: ui, total: total, lastLine: time.Now()}
-}
-
-const progressLineEvery = 15 * time.Second
-
-func (p *progress) Add(n int64) {
-	p.done += n
-	if time.Since(p.lastLine) >= progressLineEvery {
-		p.lastLine = time.Now()
-		p.ui.Message(fmt.Sprintf("%s of %s written (%d%%)", humanBytes(p.done), humanBytes(p.total), p.done*100/max(p.total, 1)))
-	}
-	p.src.pending += n
-	for p.src.pending > 0 {
-		if _, err := p.tracked.Read(p.buf); err != nil {
-			return
-		}
-	}
-}
-
-func (p *progress) Close() { p.tracked.Close() }

@@ -89,7 +89,7 @@ func (s *storeTree) walk(ctx context.Context, t hosttree.Target, setRoot func(ex
 // installTree is the root filesystem nixos-install leaves before the
 // installer VM activates the system: the skeleton, /nix/store with the
 // closure, and /nix/var/nix with the database and the system profile
-// (prepared on the host in stateDir by prepareNixState).
+// (prepared on the host in stateDir by stepNixState).
 type installTree struct {
 	treeBase
 	stateDir    string // holds nix/var/nix

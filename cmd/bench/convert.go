@@ -50,7 +50,7 @@ func benchConvert(ctx context.Context, c config, fixture string) ([]*convertRow,
 			out := filepath.Join(dir, "out."+spec.Ext)
 			os.Remove(out)
 			start := time.Now()
-			if err := (qemuimg.Driver{}).Convert(ctx, spec, raw, "raw", out, nil); err != nil {
+			if err := (qemuimg.ExecDriver{}).Convert(ctx, spec, raw, "raw", out, nil); err != nil {
 				return nil, row{}, 0, err
 			}
 			r.qemu.times = append(r.qemu.times, time.Since(start))

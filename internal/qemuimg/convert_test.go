@@ -39,7 +39,7 @@ func rawImage(t *testing.T, size int64) string {
 func TestEveryFormat(t *testing.T) {
 	imagecheck.RequireTool(t, "qemu-img")
 	src := rawImage(t, 64<<20)
-	d := Driver{}
+	d := ExecDriver{}
 	for _, c := range []struct{ format, compression string }{
 		{"raw", ""}, {"qcow2", ""}, {"qcow2-compressed", ""}, {"qcow2", "zstd"}, {"qcow2-compressed", "zlib"},
 		{"vdi", ""}, {"vpc", ""}, {"vhdx", ""}, {"vmdk", ""},

@@ -59,7 +59,7 @@ type Config struct {
 
 type PostProcessor struct {
 	config Config
-	driver qemuimg.Driver
+	driver qemuimg.Driver // qemu-img; Configure sets the real one unless a test gave a fake
 }
 
 var _ packersdk.PostProcessor = (*PostProcessor)(nil)
@@ -67,6 +67,9 @@ var _ packersdk.PostProcessor = (*PostProcessor)(nil)
 func (p *PostProcessor) ConfigSpec() hcldec.ObjectSpec { return p.config.FlatMapstructure().HCL2Spec() }
 
 func (p *PostProcessor) Configure(raws ...interface{}) error {
+	if p.driver == nil {
+		p.driver = qemuimg.ExecDriver{}
+	}
 	c := &p.config
 	if err := config.Decode(c, &config.DecodeOpts{
 		PluginType:         "nixos-convert",
@@ -145,7 +148,7 @@ func (p *PostProcessor) PostProcess(ctx context.Context, ui packersdk.Ui, in pac
 	}
 	ui.Say(fmt.Sprintf("Converting %s (%s) to %s: %s", disk.Path, disk.Format.Qemu, c.spec.Name, out))
 	bar := uiprogress.New(ui, filepath.Base(out), 10000)
-	err = p.driver.ConvertTo(ctx, c.spec, disk.Path, disk.Format.Qemu, out, bar.Percent, finish)
+	err = qemuimg.ConvertTo(ctx, p.driver, c.spec, disk.Path, disk.Format.Qemu, out, bar.Percent, finish)
 	bar.Close()
 	if err != nil {
 		return nil, false, false, err

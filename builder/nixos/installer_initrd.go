@@ -1,0 +1,46 @@
+package nixos
+
+import (
+	"debug/elf"
+	"fmt"
+	"os"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/initrd"
+)
+
+// writeInstallerInitrd puts this plugin binary, as /init, and the modules
+// the installer needs from the system's own kernel into an initrd.
+func writeInstallerInitrd(path string, system *toplevel) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := checkStatic(exe); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := initrd.Build(f, initrd.Options{Agent: exe, ModulesDir: system.modulesDir}); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// checkStatic refuses a dynamically linked plugin binary: it could not run
+// as /init in an initrd with no libc.
+func checkStatic(exe string) error {
+	f, err := elf.Open(exe)
+	if err != nil {
+		return fmt.Errorf("reading the plugin binary %s: %w", exe, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("the plugin binary %s is dynamically linked, so it cannot run as the installer VM's /init: build it with CGO_ENABLED=0 (make build does)", exe)
+		}
+	}
+	return nil
+}
