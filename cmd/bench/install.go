@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,9 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -216,213 +213,6 @@ build {
 `, system, out)
 }
 
-// qemuPoll is how often the bench reads the installer VM's VmHWM. VmHWM is
-// the process's own high-water mark, so polling misses only what QEMU adds
-// in its last poll interval before it exits.
-const qemuPoll = 50 * time.Millisecond
-
-// packerBuild runs one `packer build` and returns the builder's figures
-// from its output, and the largest VmHWM of any QEMU process descended from
-// it.
-func packerBuild(ctx context.Context, limit time.Duration, packer string, env []string, dir, tmpl string) (installRun, []byte, error) {
-	cctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	var out bytes.Buffer
-	cmd := exec.Command(packer, "build", "-color=false", tmpl)
-	cmd.Dir, cmd.Env = dir, env
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.WaitDelay = 10 * time.Second
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return installRun{}, nil, err
-	}
-	// QEMU runs in a process group of its own, so a timeout stops it by pid.
-	w := &qemuWatch{root: cmd.Process.Pid, seen: map[int]bool{}}
-	stop := context.AfterFunc(cctx, func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		w.kill()
-	})
-	done := make(chan struct{})
-	polled := make(chan struct{})
-	go func() {
-		defer close(polled)
-		t := time.NewTicker(qemuPoll)
-		defer t.Stop()
-		for {
-			w.poll()
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	err := cmd.Wait()
-	close(done)
-	<-polled
-	stop()
-	if cctx.Err() != nil && ctx.Err() == nil {
-		return installRun{}, out.Bytes(), context.DeadlineExceeded
-	}
-	if err != nil {
-		return installRun{}, out.Bytes(), err
-	}
-	run, err := parseInstall(out.Bytes())
-	if err != nil {
-		return run, out.Bytes(), err
-	}
-	if len(w.seen) == 0 {
-		return run, out.Bytes(), errors.New("no QEMU process seen during the build")
-	}
-	run.rss = w.peak
-	return run, out.Bytes(), nil
-}
-
-var (
-	wroteLine     = regexp.MustCompile(`(?m)Wrote \d+ store paths: .* in (\S+)\s*$`)
-	installedLine = regexp.MustCompile(`(?m)Installed in (\S+) \(([^)]*)\)\s*$`)
-)
-
-// parseInstall reads the builder's "Wrote ... in X" and "Installed in X
-// (boot B, activation A, boot loader L, shutdown S)" lines.
-func parseInstall(out []byte) (installRun, error) {
-	var run installRun
-	m := wroteLine.FindSubmatch(out)
-	if m == nil {
-		return run, errors.New(`no "Wrote ... store paths ... in" line in packer's output`)
-	}
-	var err error
-	if run.write, err = time.ParseDuration(string(m[1])); err != nil {
-		return run, fmt.Errorf("host write time: %w", err)
-	}
-	m = installedLine.FindSubmatch(out)
-	if m == nil {
-		return run, errors.New(`no "Installed in" line in packer's output`)
-	}
-	if run.guest, err = time.ParseDuration(string(m[1])); err != nil {
-		return run, fmt.Errorf("guest phase: %w", err)
-	}
-	run.phases = map[string]time.Duration{}
-	for _, p := range strings.Split(string(m[2]), ", ") {
-		i := strings.LastIndexByte(p, ' ')
-		if i < 0 {
-			return run, fmt.Errorf("phase %q: no duration", p)
-		}
-		d, err := time.ParseDuration(p[i+1:])
-		if err != nil {
-			return run, fmt.Errorf("phase %q: %w", p, err)
-		}
-		run.phases[p[:i]] = d
-	}
-	for _, name := range installPhases {
-		if _, ok := run.phases[name]; !ok {
-			return run, fmt.Errorf("the Installed line has no %s phase: %q", name, m[2])
-		}
-	}
-	return run, nil
-}
-
-// qemuWatch finds the QEMU processes descended from root in /proc and keeps
-// the largest VmHWM any of them reached.
-type qemuWatch struct {
-	root int
-	seen map[int]bool
-	peak int64
-}
-
-func (w *qemuWatch) poll() {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return
-	}
-	parent := map[int]int{}
-	var qemus []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		comm, ppid, ok := procStat(pid)
-		if !ok {
-			continue
-		}
-		parent[pid] = ppid
-		// comm is cut at 15 bytes: "qemu-system-x86".
-		if strings.HasPrefix(comm, "qemu-system-") {
-			qemus = append(qemus, pid)
-		}
-	}
-	for _, pid := range qemus {
-		if !descends(parent, pid, w.root) {
-			continue
-		}
-		w.seen[pid] = true
-		if hwm, ok := vmHWM(pid); ok {
-			w.peak = max(w.peak, hwm)
-		}
-	}
-}
-
-// kill stops the QEMU processes the watch has seen that still run.
-func (w *qemuWatch) kill() {
-	for pid := range w.seen {
-		if comm, _, ok := procStat(pid); ok && strings.HasPrefix(comm, "qemu-system-") {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-}
-
-func descends(parent map[int]int, pid, root int) bool {
-	for i := 0; i < 64 && pid > 1; i++ {
-		if pid == root {
-			return true
-		}
-		pid = parent[pid]
-	}
-	return false
-}
-
-// procStat reads a process's command name and parent from /proc/PID/stat:
-// "PID (COMM) STATE PPID ...", where COMM may itself hold ") ".
-func procStat(pid int) (string, int, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return "", 0, false
-	}
-	s := string(b)
-	open, shut := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if open < 0 || shut < open {
-		return "", 0, false
-	}
-	f := strings.Fields(s[shut+1:])
-	if len(f) < 2 {
-		return "", 0, false
-	}
-	ppid, err := strconv.Atoi(f[1])
-	if err != nil {
-		return "", 0, false
-	}
-	return s[open+1 : shut], ppid, true
-}
-
-// vmHWM is a process's peak resident set, from /proc/PID/status.
-func vmHWM(pid int) (int64, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			f := strings.Fields(v)
-			if len(f) == 2 && f[1] == "kB" {
-				kb, err := strconv.ParseInt(f[0], 10, 64)
-				return kb << 10, err == nil
-			}
-		}
-	}
-	return 0, false
-}
-
 func printInstallTable(w io.Writer, c config, rows []*installRow) {
 	fmt.Fprintf(w, "### install mode: `packer build` of the test systems\n\n")
 	fmt.Fprintf(w, "The real `packer build` with the plugin built from this tree: legacy layout, additional_space 16M, TCG guest with 256 MiB. "+
@@ -491,19 +281,4 @@ func installTargets(rows []*installRow) []string {
 	d := l - s
 	measured := fmt.Sprintf("%s (%s) − %s (%s) = %+.1f MiB", human(l), human(large.bytes), human(s), human(small.bytes), float64(d)/(1<<20))
 	return append(out, fmt.Sprintf("| %s | %s | %s |", target, measured, verdict(max(d, -d) <= qemuRSSSpread)))
-}
-
-// defaultPacker is where `make setup` puts packer (the Makefile's PACKER),
-// else packer on PATH.
-func defaultPacker() string {
-	if home, err := os.UserHomeDir(); err == nil {
-		p := filepath.Join(home, ".cache", "packer-plugin-nixos", "packer")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("packer"); err == nil {
-		return p
-	}
-	return "packer"
 }

@@ -1,12 +1,14 @@
-// Command bench compares the store-only ext4 writer with its peers on the same
-// closures and prints a Markdown table (run it as `make bench`).
+// Command bench times the plugin against its peers and its targets and
+// prints Markdown tables (run it as `make bench`): the store-only ext4
+// writer against other writers on the same closures (run.go), the
+// post-processing formats (convert.go) and install mode (install.go).
 //
 // Every contender, ours included, runs as a separate child process so that
 // its peak RSS (the child's rusage Maxrss) is its own. Go contenders are this
 // binary re-executed with the hidden subcommand in child.go.
 //
-// The install section (install.go, -install, on by default, about a minute
-// and a half) builds the test systems with the real `packer build` and the
+// The install section (-install, on by default, about a minute and a
+// half) builds the test systems with the real `packer build` and the
 // plugin built from this tree, and reports the install mode's phase times
 // and the installer VM's peak RSS. `go run ./cmd/bench -fixtures=` runs
 // it alone; -install=false leaves it out.

@@ -171,7 +171,7 @@ func benchFixture(ctx context.Context, c config, name string) (*fixtureResult, e
 		cs = append(cs, contender{key: "read", name: "read only (floor)", cmd: child("read")})
 	}
 	if want("ours") {
-		cs = append(cs, contender{key: "ours", name: "ours (treecopy → ext4)", image: true, cmd: child("ours")})
+		cs = append(cs, contender{key: "ours", name: "ours (hosttree → ext4)", image: true, cmd: child("ours")})
 	}
 	if want("mkfs") {
 		cs = append(cs,

@@ -1,8 +1,8 @@
 // Package bootcheck is test support: it boots the host's Linux kernel under
 // QEMU (TCG) with a tiny busybox initramfs, mounts a filesystem from a raw
 // disk image read-only and reports the SHA-256 of chosen files. A real kernel
-// reading our images is the oracle for the ext4, partition table and initrd
-// writers.
+// reading our images is the oracle for the ext4, partition table and cpio
+// (initrd) writers.
 //
 // Requirements on the host: qemu-system-x86_64, a kernel in /boot with its
 // modules in /lib/modules/<version> (Debian's linux-image-amd64), and a

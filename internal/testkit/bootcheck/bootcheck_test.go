@@ -13,9 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/kmod"
-
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/kmod"
 )
 
 // fixture is a small tree: a text file, a multi-block binary file in a

@@ -1,4 +1,4 @@
-// Package acc is test support for acceptance tests: it runs a template
+// Package packertest is test support for acceptance tests: it runs a template
 // through the real packer binary with the SDK's acctest harness and hands
 // back the exit status and log, since failing builds are expected results in
 // many tests, not harness errors.

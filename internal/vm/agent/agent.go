@@ -9,7 +9,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"log"
 	"os"
 	"os/signal"
@@ -22,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 )
 
 // IsAgent reports whether this process should be the guest agent: it is

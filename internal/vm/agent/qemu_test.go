@@ -5,9 +5,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentclient"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/initrd"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"io"
 	"os"
 	"os/exec"
@@ -17,9 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/kmod"
-
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentclient"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/initrd"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/kmod"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 )
 
 var (

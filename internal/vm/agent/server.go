@@ -5,10 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"io"
 	"log"
 	"time"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 )
 
 // System performs the agent's operations. Linux is the real one; Serve

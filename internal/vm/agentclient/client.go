@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 	"io"
 	"io/fs"
 	"net"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 )
 
 // cancelGrace is how long a cancelled call waits for the agent to confirm

@@ -24,7 +24,7 @@ var DefaultModules = []string{
 	"ext4", "vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii", "efivarfs",
 }
 
-// Options says what goes into the installer cpio.
+// Options says what goes into the installer initrd.
 type Options struct {
 	// Agent is the static binary to install as /init, normally the
 	// plugin itself (os.Executable()).

@@ -9,9 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/kmod"
-
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/kmod"
 )
 
 // fakeModules makes a modules directory with one module of each
@@ -63,7 +62,7 @@ func listCpio(t *testing.T, gz []byte) (names []string, tree string) {
 	return strings.Fields(string(b)), tree
 }
 
-func TestBuildInitrd(t *testing.T) {
+func TestBuild(t *testing.T) {
 	agent := filepath.Join(t.TempDir(), "agent")
 	if err := os.WriteFile(agent, []byte("#!agent"), 0o755); err != nil {
 		t.Fatal(err)
@@ -106,8 +105,8 @@ func TestBuildInitrd(t *testing.T) {
 	}
 }
 
-// TestBuildInitrdHost: the default set resolves on the host's kernel.
-func TestBuildInitrdHost(t *testing.T) {
+// TestBuildHost: the default set resolves on the host's kernel.
+func TestBuildHost(t *testing.T) {
 	_, dir, err := kmod.HostKernel()
 	if err != nil {
 		t.Skip(err)

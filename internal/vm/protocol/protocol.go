@@ -33,9 +33,10 @@
 //
 // Readiness: QEMU's chardev socket (server=on,wait=off) accepts the host
 // before the guest has opened its port, and the guest's virtio_console
-// driver discards whatever arrives while the port is closed. agentclient.Client.Hello
-// therefore resends Hello, with a fresh id, until one is answered. The
-// agent resynchronises on the magic if a frame was cut by such a drop.
+// driver discards whatever arrives while the port is closed. The client's
+// Hello (agentclient.Client.Hello) therefore resends Hello, with a fresh
+// id, until one is answered. The agent resynchronises on the magic if a
+// frame was cut by such a drop.
 //
 // When the host disconnects (the agent reads EOF), a running Exec is killed,
 // the port is closed and reopened, and the agent waits for the next host.

@@ -141,7 +141,7 @@ func buildGuest() (string, string, error) {
 	if err != nil {
 		return "", "", err
 	}
-	rd := filepath.Join(dir, "cpio.cpio")
+	rd := filepath.Join(dir, "initrd.cpio")
 	return kernel, rd, os.WriteFile(rd, buf.Bytes(), 0o644)
 }
 
@@ -205,7 +205,6 @@ func waitConsole(t *testing.T, v VM, console *syncBuffer, marker string, timeout
 	return time.Since(start)
 }
 
-// assertGone checks that nothing of v is left: process, sockets, run dir.
 // assertEmptyDir fails the test if dir (a VM's WorkDir) holds anything.
 func assertEmptyDir(t *testing.T, dir string) {
 	t.Helper()
@@ -214,6 +213,7 @@ func assertEmptyDir(t *testing.T, dir string) {
 	}
 }
 
+// assertGone checks that nothing of v is left: process, sockets, run dir.
 func assertGone(t *testing.T, v VM) {
 	t.Helper()
 	select {

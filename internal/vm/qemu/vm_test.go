@@ -3,44 +3,15 @@ package qemu
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
-
-func TestVersion(t *testing.T) {
-	v, err := New().Version(ctxTimeout(t, 10*time.Second), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !regexp.MustCompile(`^\d+\.\d+`).MatchString(v) {
-		t.Errorf("version %q", v)
-	}
-	t.Logf("QEMU %s", v)
-}
-
-func TestMissingBinary(t *testing.T) {
-	_, err := New().Version(context.Background(), "qemu-does-not-exist")
-	if err == nil || !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "qemu-does-not-exist not found") {
-		t.Errorf("Version: %v", err)
-	}
-	_, err = New().Start(context.Background(), VMConfig{Binary: "qemu-does-not-exist", Accel: TCG})
-	if err == nil || !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "qemu-does-not-exist") {
-		t.Errorf("Start: %v", err)
-	}
-	if _, err := New().Version(context.Background(), ""); err == nil {
-		t.Log("default binary present, as expected")
-	}
-}
 
 func TestBootPoweroff(t *testing.T) {
 	t.Parallel()
@@ -285,59 +256,6 @@ func TestGuestPanicIsAnError(t *testing.T) {
 	assertGone(t, v)
 }
 
-func TestBadArgument(t *testing.T) {
-	t.Parallel()
-	for _, extra := range [][]string{
-		{"-bogus-flag"},                   // exits before QMP exists
-		{"-device", "no-such-device-xyz"}, // exits during machine setup
-	} {
-		c := VMConfig{Accel: TCG, WorkDir: t.TempDir(), ExtraArgs: extra}
-		start := time.Now()
-		v, err := New().Start(ctxTimeout(t, time.Minute), c)
-		if err == nil {
-			err = v.Wait()
-		}
-		var ee *ExitError
-		if !errors.As(err, &ee) || !strings.Contains(err.Error(), extra[len(extra)-1]) || ee.State == nil || ee.State.ExitCode() == 0 {
-			t.Errorf("%v: %v", extra, err)
-		}
-		t.Logf("%v failed in %s: %v", extra, time.Since(start).Round(time.Millisecond), err)
-		assertEmptyDir(t, c.WorkDir)
-	}
-}
-
-func TestConfigErrors(t *testing.T) {
-	code, vars, err := FindOVMF()
-	if err != nil {
-		t.Skip(err)
-	}
-	dir := t.TempDir()
-	cases := []struct {
-		c    VMConfig
-		want string
-		key  string
-	}{
-		{VMConfig{Accel: TCG, EFI: &EFI{Code: "/nonexistent/CODE.fd", Vars: vars}}, "/nonexistent/CODE.fd", "efi_firmware_code"},
-		{VMConfig{Accel: TCG, EFI: &EFI{Code: code, Vars: filepath.Join(dir, "missing.fd")}}, "missing.fd", "efi_firmware_vars"},
-		{VMConfig{Accel: TCG, EFI: &EFI{Code: code, Vars: "/usr/share/OVMF/OVMF_VARS.fd"}}, "same OVMF build", "efi_firmware_vars"},
-		{VMConfig{Accel: TCG, Kernel: "/nonexistent/vmlinuz"}, "kernel file /nonexistent/vmlinuz", ""},
-		{VMConfig{Accel: TCG, Disks: []Disk{{Path: "/nonexistent/disk.raw"}}}, "disk file /nonexistent/disk.raw", ""},
-		{VMConfig{Accel: "hvf"}, "unknown accelerator", ""},
-		{VMConfig{Accel: TCG, AgentSocket: "/" + strings.Repeat("x", 120)}, "at most 107", ""},
-	}
-	for _, tc := range cases {
-		_, err := New().Start(context.Background(), tc.c)
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("want %q, got %v", tc.want, err)
-			continue
-		}
-		var fe *FileError
-		if tc.key != "" && (!errors.As(err, &fe) || fe.Key != tc.key) {
-			t.Errorf("%v: key %+v, want %s", err, fe, tc.key)
-		}
-	}
-}
-
 // A WorkDir too long for a unix socket falls back to a short private dir.
 func TestLongWorkDir(t *testing.T) {
 	t.Parallel()
@@ -358,161 +276,4 @@ func TestLongWorkDir(t *testing.T) {
 		t.Error(err)
 	}
 	assertGone(t, v)
-}
-
-func TestOVMF(t *testing.T) {
-	t.Parallel()
-	code, tmpl, err := FindOVMF()
-	if err != nil {
-		t.Skip(err)
-	}
-	t.Logf("OVMF: %s + %s", code, tmpl)
-	dir := t.TempDir()
-	vars := filepath.Join(dir, "efi-vars.fd")
-	if err := CopyVars(tmpl, vars); err != nil {
-		t.Fatal(err)
-	}
-	disk := filepath.Join(dir, "disk.raw")
-	if err := os.Truncate(mustCreate(t, disk), 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	codeSum, tmplSum := fileSum(t, code), fileSum(t, tmpl)
-
-	var console syncBuffer
-	c := VMConfig{Accel: TCG, EFI: &EFI{Code: code, Vars: vars}, Disks: []Disk{{Path: disk}},
-		Console: &console, WorkDir: dir}
-	v, err := New().Start(ctxTimeout(t, 2*time.Minute), c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	took := waitConsole(t, v, &console, "BdsDxe", 60*time.Second)
-	t.Logf("OVMF reached BdsDxe in %s", took.Round(time.Millisecond))
-
-	// How QEMU opened the flash files proves the wiring: code read-only,
-	// vars read-write.
-	for path, want := range map[string]int{code: unix.O_RDONLY, vars: unix.O_RDWR} {
-		if got, ok := openMode(v.PID(), path); !ok || got != want {
-			t.Errorf("%s opened with access mode %d (found %v), want %d", path, got, ok, want)
-		}
-	}
-	// Let the shell come up (OVMF has written its boot options by then).
-	waitConsole(t, v, &console, "Shell>", 60*time.Second)
-	if err := v.Quit(); err != nil {
-		t.Error(err)
-	}
-	assertGone(t, v)
-	if fileSum(t, vars) == tmplSum {
-		t.Error("OVMF did not write its vars copy")
-	}
-	if fileSum(t, code) != codeSum || fileSum(t, tmpl) != tmplSum {
-		t.Error("OVMF code or vars template changed")
-	}
-	if tail := v.ConsoleTail(5); len(tail) == 0 || strings.Contains(strings.Join(tail, ""), "\x1b") {
-		t.Errorf("console tail %q", tail)
-	}
-}
-
-func mustCreate(t *testing.T, path string) string {
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	return path
-}
-
-func fileSum(t *testing.T, path string) [32]byte {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sha256.Sum256(b)
-}
-
-// openMode finds the fd of pid that has path open and returns its access mode.
-func openMode(pid int, path string) (int, bool) {
-	fdDir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
-	ents, _ := os.ReadDir(fdDir)
-	for _, e := range ents {
-		if target, err := os.Readlink(filepath.Join(fdDir, e.Name())); err != nil || target != path {
-			continue
-		}
-		info, err := os.ReadFile(filepath.Join(filepath.Dir(fdDir), "fdinfo", e.Name()))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(info), "\n") {
-			if f, ok := strings.CutPrefix(line, "flags:"); ok {
-				var flags int
-				for _, ch := range strings.TrimSpace(f) { // octal
-					flags = flags*8 + int(ch-'0')
-				}
-				return flags & unix.O_ACCMODE, true
-			}
-		}
-	}
-	return 0, false
-}
-
-func TestFindOVMFPair(t *testing.T) {
-	code, vars, err := FindOVMF()
-	if err != nil {
-		t.Skip(err)
-	}
-	if !strings.HasSuffix(code, "OVMF_CODE_4M.fd") || !strings.HasSuffix(vars, "OVMF_VARS_4M.fd") {
-		t.Errorf("FindOVMF = %s, %s; want Debian's 4M pair", code, vars)
-	}
-	if err := CopyVars("/nonexistent", filepath.Join(t.TempDir(), "x")); err == nil {
-		t.Error("CopyVars of a missing file succeeded")
-	}
-}
-
-func TestProbeAccelFallsBack(t *testing.T) {
-	t.Parallel()
-	var console syncBuffer
-	c := guestConfig(t, "sleep", &console)
-	never := func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
-	start := time.Now()
-	p, err := ProbeAccel(ctxTimeout(t, time.Minute), New(), c, never, 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("probe: %+v after %s (KVMUsable: %v)", p, time.Since(start).Round(time.Millisecond), KVMUsable())
-	if p.Accel != TCG || p.VM != nil || p.Reason == "" {
-		t.Errorf("probe %+v", p)
-	}
-	if time.Since(start) > 15*time.Second {
-		t.Errorf("probe took %s", time.Since(start))
-	}
-	if pids := processesMentioning(c.WorkDir); len(pids) > 0 {
-		t.Errorf("probe VM left running: %v", pids)
-	}
-	assertEmptyDir(t, c.WorkDir)
-}
-
-func TestProbeAccelConfigError(t *testing.T) {
-	if KVMUsable() != nil {
-		t.Skip("KVM unusable: the probe never starts QEMU")
-	}
-	_, err := ProbeAccel(context.Background(), New(), VMConfig{Binary: "qemu-does-not-exist"},
-		func(context.Context) error { return nil }, time.Second)
-	if !errors.Is(err, ErrNotFound) {
-		t.Errorf("ProbeAccel: %v", err)
-	}
-}
-
-func TestLineRing(t *testing.T) {
-	r := newLineRing(3)
-	r.Write([]byte("\x1b[2J\x1b[01;01Ha\r\nb\n"))
-	r.Write([]byte("c\nd\ne"))
-	if got := strings.Join(r.Tail(10), "|"); got != "b|c|d|e" {
-		t.Errorf("tail %q", got)
-	}
-	if got := strings.Join(r.Tail(2), "|"); got != "d|e" {
-		t.Errorf("tail(2) %q", got)
-	}
-	r.Write([]byte(strings.Repeat("x", 3*maxLine) + "\n"))
-	if got := r.Tail(1)[0]; len(got) != maxLine {
-		t.Errorf("long line kept %d bytes", len(got))
-	}
 }

@@ -1,6 +1,9 @@
 package qemu
 
-import "sync"
+import (
+	"io"
+	"sync"
+)
 
 // maxLine bounds one ring line: a guest printing without newlines must not
 // grow memory.
@@ -77,4 +80,24 @@ func (r *lineRing) Tail(n int) []string {
 		all = all[len(all)-n:]
 	}
 	return all
+}
+
+// copyConsole forwards chunks as they arrive (a prompt without a newline
+// is not held back) and feeds the line ring.
+func copyConsole(r io.Reader, w io.Writer, ring *lineRing) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			ring.Write(buf[:n])
+			if w != nil {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					w = nil // keep draining so QEMU never blocks on the pipe
+				}
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }

@@ -1,0 +1,89 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestVersion(t *testing.T) {
+	v, err := New().Version(ctxTimeout(t, 10*time.Second), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`^\d+\.\d+`).MatchString(v) {
+		t.Errorf("version %q", v)
+	}
+	t.Logf("QEMU %s", v)
+}
+
+func TestMissingBinary(t *testing.T) {
+	_, err := New().Version(context.Background(), "qemu-does-not-exist")
+	if err == nil || !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "qemu-does-not-exist not found") {
+		t.Errorf("Version: %v", err)
+	}
+	_, err = New().Start(context.Background(), VMConfig{Binary: "qemu-does-not-exist", Accel: TCG})
+	if err == nil || !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "qemu-does-not-exist") {
+		t.Errorf("Start: %v", err)
+	}
+	if _, err := New().Version(context.Background(), ""); err == nil {
+		t.Log("default binary present, as expected")
+	}
+}
+
+func TestBadArgument(t *testing.T) {
+	t.Parallel()
+	for _, extra := range [][]string{
+		{"-bogus-flag"},                   // exits before QMP exists
+		{"-device", "no-such-device-xyz"}, // exits during machine setup
+	} {
+		c := VMConfig{Accel: TCG, WorkDir: t.TempDir(), ExtraArgs: extra}
+		start := time.Now()
+		v, err := New().Start(ctxTimeout(t, time.Minute), c)
+		if err == nil {
+			err = v.Wait()
+		}
+		var ee *ExitError
+		if !errors.As(err, &ee) || !strings.Contains(err.Error(), extra[len(extra)-1]) || ee.State == nil || ee.State.ExitCode() == 0 {
+			t.Errorf("%v: %v", extra, err)
+		}
+		t.Logf("%v failed in %s: %v", extra, time.Since(start).Round(time.Millisecond), err)
+		assertEmptyDir(t, c.WorkDir)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	code, vars, err := FindOVMF()
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	cases := []struct {
+		c    VMConfig
+		want string
+		key  string
+	}{
+		{VMConfig{Accel: TCG, EFI: &EFI{Code: "/nonexistent/CODE.fd", Vars: vars}}, "/nonexistent/CODE.fd", "efi_firmware_code"},
+		{VMConfig{Accel: TCG, EFI: &EFI{Code: code, Vars: filepath.Join(dir, "missing.fd")}}, "missing.fd", "efi_firmware_vars"},
+		{VMConfig{Accel: TCG, EFI: &EFI{Code: code, Vars: "/usr/share/OVMF/OVMF_VARS.fd"}}, "same OVMF build", "efi_firmware_vars"},
+		{VMConfig{Accel: TCG, Kernel: "/nonexistent/vmlinuz"}, "kernel file /nonexistent/vmlinuz", ""},
+		{VMConfig{Accel: TCG, Disks: []Disk{{Path: "/nonexistent/disk.raw"}}}, "disk file /nonexistent/disk.raw", ""},
+		{VMConfig{Accel: "hvf"}, "unknown accelerator", ""},
+		{VMConfig{Accel: TCG, AgentSocket: "/" + strings.Repeat("x", 120)}, "at most 107", ""},
+	}
+	for _, tc := range cases {
+		_, err := New().Start(context.Background(), tc.c)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want %q, got %v", tc.want, err)
+			continue
+		}
+		var fe *FileError
+		if tc.key != "" && (!errors.As(err, &fe) || fe.Key != tc.key) {
+			t.Errorf("%v: key %+v, want %s", err, fe, tc.key)
+		}
+	}
+}
