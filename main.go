@@ -5,12 +5,12 @@ package main
 
 import (
 	"fmt"
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agent"
 	"os"
 
 	"github.com/hashicorp/packer-plugin-sdk/plugin"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/builder/nixos"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agent"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/post-processor/convert"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/post-processor/reproducible"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/provisioner/contents"
