@@ -25,7 +25,7 @@ import (
 // mounted on /nix/store).
 type storeComm struct {
 	dir string // staging directory: the uploads, as they will be in the image
-	// owners are the uid/gid that stagemeta operations gave, by image path
+	// owners are the uid/gid that stageops operations gave, by image path
 	// without its leading slash (as the tree walk names entries); the rest
 	// is root's.
 	owners map[string][2]uint32
@@ -110,7 +110,7 @@ func (s *storeComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
 	return os.Chmod(local, mode) // after writing: the umask does not apply, and setuid survives
 }
 
-// apply carries out the stagemeta operations of nixos-contents.
+// apply carries out the stageops operations of nixos-contents.
 func (s *storeComm) apply(r io.Reader) error {
 	b, err := io.ReadAll(io.LimitReader(r, 64<<20))
 	if err != nil {
@@ -162,7 +162,7 @@ func (s *storeComm) chown(local, image string, owner [2]uint32) error {
 	})
 }
 
-// ownerOf is treecopy's hook for the owners chown gave.
+// ownerOf is hosttree's hook for the owners chown gave.
 func (s *storeComm) ownerOf(name string) (uid, gid uint32, ok bool) {
 	o, ok := s.owners[name]
 	return o[0], o[1], ok

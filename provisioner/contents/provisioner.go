@@ -94,7 +94,7 @@ type run struct {
 	ui   packersdk.Ui
 	comm packersdk.Communicator
 	// store: the communicator stages a store-only image; directories,
-	// modes and owners go as stagemeta operations instead of commands.
+	// modes and owners go as stageops operations instead of commands.
 	store bool
 	// The image's /etc/passwd and /etc/group, read once when needed.
 	passwd, group map[string]string

@@ -1,4 +1,4 @@
-// Package initrd writes cpio archives in the "newc" (SVR4, no CRC) format that
+// Package cpio writes cpio archives in the "newc" (SVR4, no CRC) format that
 // the Linux kernel unpacks as an initramfs. The API follows archive/tar: write
 // a Header, then exactly Size bytes of data, and Close to add the trailer.
 //

@@ -1,4 +1,4 @@
-// Package treecopy walks host directory trees into an ext4 image (or into an
+// Package hosttree walks host directory trees into an ext4 image (or into an
 // ext4.Sizer that measures the same tree), in the sorted depth-first order the
 // writer streams in, keeping hard links as hard links.
 package hosttree

@@ -1,4 +1,4 @@
-// Package stagemeta is what a provisioner tells a store-only build's
+// Package stageops is what a provisioner tells a store-only build's
 // staging area beyond file data: directories to make, their modes, and
 // owners. packersdk.Communicator carries a file's mode but no owner and has
 // no mkdir, and a store-only image has no system to run chmod or chown in,
