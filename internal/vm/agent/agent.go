@@ -1,7 +1,7 @@
 // Package agent is the installer VM's PID 1: the plugin binary itself,
 // copied into the initrd (initrd.Build) as /init; main calls Main when
 // IsAgent says so. It mounts the pseudo filesystems, loads the modules
-// listed in the initrd, opens the virtio-serial port named
+// listed in the initrd, brings lo up, opens the virtio-serial port named
 // protocol.PortName and serves requests on it with Serve. Everything it
 // logs goes to /dev/console prefixed "[agent]".
 package agent
@@ -39,8 +39,9 @@ func IsAgent() bool {
 const portWait = 10 * time.Second
 
 // Main runs the agent and never returns. As PID 1 it mounts /proc, /sys,
-// /dev and /run, loads the initrd's modules, and on poweroff or a fatal
-// error powers the VM off (so QEMU exits); otherwise it exits.
+// /dev and /run, loads the initrd's modules, brings lo up, and on
+// poweroff or a fatal error powers the VM off (so QEMU exits); otherwise
+// it exits.
 func Main() {
 	pid1 := os.Getpid() == 1
 	log.SetFlags(0)
@@ -66,6 +67,12 @@ func Main() {
 	_ = unix.Uname(&u)
 	log.Printf("starting (version %s, kernel %s)", protocol.Version, unix.ByteSliceToString(u.Release[:]))
 	modErrs := loadModules("/lib/modules")
+	if pid1 {
+		// Not fatal: only what needs 127.0.0.1 fails, and says so.
+		if err := upLoopback(); err != nil {
+			log.Printf("%v", err)
+		}
+	}
 	port, err := findPort(portWait)
 	if err != nil {
 		if len(modErrs) > 0 {
@@ -169,23 +176,21 @@ func loadModules(dir string) []string {
 	return errs
 }
 
+// loadModule loads one plain .ko. initrd.Build decompresses modules on
+// the host: the kernels NixOS builds lack CONFIG_MODULE_DECOMPRESS, so
+// finit_module's MODULE_INIT_COMPRESSED_FILE is never relied on.
 func loadModule(p string) error {
+	if !strings.HasSuffix(p, ".ko") {
+		return fmt.Errorf("%s is not a plain .ko file: the installer initrd ships modules decompressed (initrd.Build), so this initrd was not built by this plugin", filepath.Base(p))
+	}
 	f, err := os.Open(p)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	flags := 0
-	compressed := strings.HasSuffix(p, ".xz") || strings.HasSuffix(p, ".zst")
-	if compressed {
-		flags = unix.MODULE_INIT_COMPRESSED_FILE
-	}
-	err = unix.FinitModule(int(f.Fd()), "", flags)
-	switch {
-	case err == nil, errors.Is(err, unix.EEXIST):
+	err = unix.FinitModule(int(f.Fd()), "", 0)
+	if err == nil || errors.Is(err, unix.EEXIST) {
 		return nil
-	case compressed && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOPKG)):
-		return fmt.Errorf("%w (this kernel cannot decompress modules itself: it needs CONFIG_MODULE_DECOMPRESS for %s)", err, filepath.Ext(p))
 	}
 	return err
 }

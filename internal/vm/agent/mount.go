@@ -115,7 +115,8 @@ func readOnlyUnlessBind(flags uintptr) uintptr {
 	return flags & unix.MS_RDONLY
 }
 
-// BindSystem mirrors what nixos-enter sets up before chroot. The recursive
+// BindSystem mirrors what nixos-enter sets up before chroot (and, with
+// BlockLinks, the /dev/block links udev would have made). The recursive
 // binds are made slaves: events from the agent's /dev and /sys still reach
 // the chroot, but unmounting the chroot's copies never propagates back.
 func (s *Linux) BindSystem(ctx context.Context, r *protocol.BindSystemRequest) error {
@@ -157,6 +158,11 @@ func (s *Linux) BindSystem(ctx context.Context, r *protocol.BindSystemRequest) e
 			if err := unix.Mount("", dst, "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
 				return fmt.Errorf("bind_system: making %s a slave: %w", dst, err)
 			}
+		}
+	}
+	if r.BlockLinks {
+		if err := linkBlockDevices("/sys/class/block", in("dev")); err != nil {
+			return fmt.Errorf("bind_system: %w", err)
 		}
 	}
 	if r.EFIVars {

@@ -25,6 +25,8 @@ var (
 	initrdOnce sync.Once
 	initrdPath string
 	kernelPath string
+	agentPath  string // the static test agent
+	modulesDir string // the host kernel's
 	initrdErr  error
 )
 
@@ -43,11 +45,11 @@ func testInitrd(t *testing.T) (kernel, initrdFile string) {
 			initrdErr = err
 			return
 		}
-		var modDir string
-		if kernelPath, modDir, initrdErr = kmod.HostKernel(); initrdErr != nil {
+		if kernelPath, modulesDir, initrdErr = kmod.HostKernel(); initrdErr != nil {
 			return
 		}
 		agent := filepath.Join(dir, "agent")
+		agentPath = agent
 		build := exec.Command("go", "build", "-trimpath", "-o", agent, "github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/testagent")
 		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod")
 		if out, err := build.CombinedOutput(); err != nil {
@@ -62,7 +64,7 @@ func testInitrd(t *testing.T) (kernel, initrdFile string) {
 		}
 		defer f.Close()
 		start := time.Now()
-		initrdErr = initrd.Build(f, initrd.Options{Agent: agent, ModulesDir: modDir})
+		initrdErr = initrd.Build(f, initrd.Options{Agent: agent, ModulesDir: modulesDir})
 		st, _ := f.Stat()
 		ast, _ := os.Stat(agent)
 		t.Logf("initrd: %d bytes (agent %d bytes uncompressed), built in %v", st.Size(), ast.Size(), time.Since(start).Round(time.Millisecond))
@@ -125,6 +127,12 @@ type vm struct {
 func bootVM(t *testing.T) *vm {
 	t.Helper()
 	kernel, initrd := testInitrd(t)
+	return bootVMWith(t, kernel, initrd)
+}
+
+// bootVMWith boots kernel and initrd with a root image on /dev/vda.
+func bootVMWith(t *testing.T, kernel, initrd string) *vm {
+	t.Helper()
 	img := rootImage(t)
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	cmd := exec.Command("qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nodefaults", "-display", "none",
@@ -199,11 +207,20 @@ func TestQEMU(t *testing.T) {
 	// The agent survives the host going away and serves the next one.
 	c.Close()
 	c = v.dial(t, ctx)
-	if err := c.BindSystem(ctx, protocol.BindSystemRequest{Root: "/mnt", Tmp: true}); err != nil {
+	if err := c.BindSystem(ctx, protocol.BindSystemRequest{Root: "/mnt", Tmp: true, BlockLinks: true}); err != nil {
 		t.Fatal(err)
 	}
 	var out, errb bytes.Buffer
-	st, err := c.Exec(ctx, protocol.ExecRequest{Argv: []string{"/bin/sh", "-c", "echo hi; echo err >&2; exit 3"}, Chroot: "/mnt"}, &out, &errb)
+	// What the installer's tools find without udev or a network setup:
+	// the disk's /dev/block link (bootctl) and lo up with 127.0.0.1
+	// (switch-to-configuration-ng's syslog).
+	st, err := c.Exec(ctx, protocol.ExecRequest{Argv: []string{"/bin/sh", "-c", "busybox readlink /dev/block/$(cat /sys/class/block/vda/dev); busybox ip -4 addr show dev lo"}, Chroot: "/mnt"}, &out, &errb)
+	if err != nil || st != 0 || !strings.HasPrefix(out.String(), "../vda\n") || !strings.Contains(out.String(), ",UP,") || !strings.Contains(out.String(), "inet 127.0.0.1/8 ") {
+		t.Errorf("/dev/block link and lo: %v status %d stdout %q stderr %q", err, st, out.String(), errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	st, err = c.Exec(ctx, protocol.ExecRequest{Argv: []string{"/bin/sh", "-c", "echo hi; echo err >&2; exit 3"}, Chroot: "/mnt"}, &out, &errb)
 	if err != nil || st != 3 || out.String() != "hi\n" || errb.String() != "err\n" {
 		t.Fatalf("exec: %v status %d stdout %q stderr %q", err, st, out.String(), errb.String())
 	}

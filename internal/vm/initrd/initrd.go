@@ -1,10 +1,11 @@
 // Package initrd assembles the installer VM's initrd: the plugin binary as
-// /init and the kernel modules the agent needs, resolved like modprobe.
+// /init and the kernel modules the agent needs, resolved like modprobe and
+// decompressed as kmod would (the agent loads plain .ko files only).
 package initrd
 
 import (
-	"bytes"
 	"compress/gzip"
+	"debug/elf"
 	"fmt"
 	"io"
 	"io/fs"
@@ -17,12 +18,19 @@ import (
 
 // DefaultModules is what the installer needs from a modular kernel: the
 // virtio disk and serial port, ext4, FAT (Debian's vfat mounts need
-// nls_ascii for its default iocharset besides the codepage) and efivarfs.
-// Those this kernel neither ships nor builds in are skipped.
-var DefaultModules = []string{
+// nls_ascii for its default iocharset besides the codepage), efivarfs, and
+// for system.etc.overlay the loop device, erofs and overlayfs its
+// activation mounts /etc with (the installer has no modprobe for the
+// kernel to load them on demand). Those this kernel neither ships nor
+// builds in are skipped.
+var DefaultModules = append([]string{
 	"virtio_pci", "virtio_blk", "virtio_console",
 	"ext4", "vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii", "efivarfs",
-}
+}, EtcOverlayModules...)
+
+// EtcOverlayModules are the modules system.etc.overlay's activation needs:
+// it mounts an erofs image through a loop device and overlayfs on /etc.
+var EtcOverlayModules = []string{"loop", "erofs", "overlay"}
 
 // Options says what goes into the installer initrd.
 type Options struct {
@@ -99,12 +107,9 @@ func Build(w io.Writer, o Options) error {
 	}
 	var order strings.Builder
 	for _, m := range mods {
-		name, data, err := moduleFile(db, m)
+		name, err := writeModule(cw, db, m)
 		if err != nil {
-			return err
-		}
-		if err := file("lib/modules/"+name, 0o644, int64(len(data)), bytes.NewReader(data)); err != nil {
-			return err
+			return fmt.Errorf("guest initrd: %w", err)
 		}
 		order.WriteString(name + "\n")
 	}
@@ -117,22 +122,57 @@ func Build(w io.Writer, o Options) error {
 	return zw.Close()
 }
 
-// moduleFile returns the name and bytes to ship for module m. xz and zstd
-// modules go as they are: the kernel that compressed them decompresses
-// them in finit_module (CONFIG_MODULE_DECOMPRESS). gzip is expanded here,
-// which costs nothing and spares needing that kernel option for it.
-func moduleFile(db *kmod.DB, m string) (string, []byte, error) {
-	p := db.Path(m)
-	switch {
-	case strings.HasSuffix(p, ".ko.gz"):
-		data, err := db.ReadELF(m)
-		return m + ".ko", data, err
-	case strings.HasSuffix(p, ".ko"), strings.HasSuffix(p, ".ko.xz"), strings.HasSuffix(p, ".ko.zst"):
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return "", nil, fmt.Errorf("guest initrd: %w", err)
-		}
-		return m + p[strings.LastIndex(p, ".ko"):], data, nil
+// writeModule ships module m as lib/modules/<m>.ko, decompressed: NixOS
+// compresses its modules (xz) but builds its kernels without
+// CONFIG_MODULE_DECOMPRESS, so finit_module could not take them as they
+// are. The module is decompressed twice, once to learn its size for the
+// cpio header and once into the archive, so memory stays bounded by the
+// decoder (see kmod.Open) whatever the module's size.
+func writeModule(cw *cpio.Writer, db *kmod.DB, m string) (string, error) {
+	size, err := moduleSize(db, m)
+	if err != nil {
+		return "", err
 	}
-	return "", nil, fmt.Errorf("guest initrd: module %s: unsupported file %s", m, p)
+	name := m + ".ko"
+	r, err := db.Open(m)
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	if err := cw.WriteHeader(&cpio.Header{Name: "lib/modules/" + name, Mode: 0o644, Size: size}); err != nil {
+		return "", err
+	}
+	n, err := io.Copy(cw, io.LimitReader(r, size))
+	if err != nil {
+		return "", err
+	}
+	if n != size {
+		return "", fmt.Errorf("module %s (%s) changed while it was read: %d bytes, then %d", m, db.Path(m), size, n)
+	}
+	return name, nil
+}
+
+// moduleSize reads the module through and checks it is an ELF object,
+// which a damaged compressed file may not decompress to.
+func moduleSize(db *kmod.DB, m string) (int64, error) {
+	r, err := db.Open(m)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	var magic [4]byte
+	n, err := io.ReadFull(r, magic[:])
+	switch {
+	case err == io.EOF || err == io.ErrUnexpectedEOF:
+		return 0, fmt.Errorf("module %s (%s): not an ELF object (%d bytes)", m, db.Path(m), n)
+	case err != nil:
+		return 0, err // it names the module
+	case string(magic[:]) != elf.ELFMAG:
+		return 0, fmt.Errorf("module %s (%s): not an ELF object (it starts %q)", m, db.Path(m), magic[:])
+	}
+	rest, err := io.Copy(io.Discard, r)
+	if err != nil {
+		return 0, err
+	}
+	return int64(n) + rest, nil
 }

@@ -6,17 +6,18 @@ package kmod
 
 import (
 	"bufio"
-	"bytes"
 	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 )
 
 // Name is the kernel's canonical module name of a module name or path:
@@ -192,47 +193,122 @@ func (db *DB) Order(roots []string) ([]string, error) {
 	return out, nil
 }
 
-// ReadELF returns the module's uncompressed ELF bytes, for loaders that
-// pass them to init_module unchanged (busybox insmod). .xz and .zst need
-// the xz and zstd tools; gzip is done in process.
-func (db *DB) ReadELF(name string) ([]byte, error) {
+// MaxModuleSize bounds a module's decompressed size. The largest in-tree
+// modules (amdgpu) are a few tens of MiB; more than this is a corrupt file
+// or a decompression bomb, and would not fit the installer VM's memory.
+const MaxModuleSize = 128 << 20
+
+// Open returns a stream of the module's ELF bytes: .ko as it is, .ko.gz,
+// .ko.xz and .ko.zst decompressed in process, as kmod does in userspace
+// (kernels without CONFIG_MODULE_DECOMPRESS, such as NixOS's, cannot
+// load compressed modules themselves). Memory stays bounded by the
+// decoder's window; a stream longer than MaxModuleSize fails. Errors
+// name the module and its file.
+func (db *DB) Open(name string) (io.ReadCloser, error) {
 	p := db.Path(name)
 	if p == "" {
 		return nil, fmt.Errorf("kmod: module %s is not loadable", name)
 	}
+	fail := func(err error) error { return fmt.Errorf("kmod: module %s (%s): %w", Name(name), p, err) }
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, fail(err)
+	}
+	var r io.Reader
+	closer := func() {}
+	format := ""
 	switch {
 	case strings.HasSuffix(p, ".ko"):
-		return readFile(p)
+		r = f
 	case strings.HasSuffix(p, ".ko.gz"):
-		data, err := readFile(p)
+		zr, err := gzip.NewReader(bufio.NewReader(f))
 		if err != nil {
-			return nil, err
+			f.Close()
+			return nil, fail(fmt.Errorf("gzip: %w", err))
 		}
-		zr, err := gzip.NewReader(bytes.NewReader(data))
+		r, format = zr, "gzip"
+	case strings.HasSuffix(p, ".ko.xz"):
+		// The dictionary named in the header is allocated but only
+		// touched as output is produced, so MaxModuleSize bounds what
+		// is resident.
+		xr, err := xz.NewReader(bufio.NewReader(f))
 		if err != nil {
-			return nil, fmt.Errorf("kmod: %s: %w", p, err)
+			f.Close()
+			return nil, fail(fmt.Errorf("xz: %w", err))
 		}
-		return io.ReadAll(zr)
-	case strings.HasSuffix(p, ".ko.xz"), strings.HasSuffix(p, ".ko.zst"):
-		tool := "xz"
-		if strings.HasSuffix(p, ".zst") {
-			tool = "zstd"
-		}
-		out, err := exec.Command(tool, "-dc", p).Output()
+		r, format = xr, "xz"
+	case strings.HasSuffix(p, ".ko.zst"):
+		zr, err := zstd.NewReader(bufio.NewReader(f), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxMemory(MaxModuleSize+1), zstd.WithDecoderMaxWindow(MaxModuleSize))
 		if err != nil {
-			return nil, fmt.Errorf("kmod: decompressing %s with %s: %w", p, tool, err)
+			f.Close()
+			return nil, fail(fmt.Errorf("zstd: %w", err))
 		}
-		return out, nil
+		r, closer, format = zr, zr.Close, "zstd"
+	default:
+		f.Close()
+		return nil, fail(errors.New("unknown module compression (want .ko, .ko.gz, .ko.xz or .ko.zst)"))
 	}
-	return nil, fmt.Errorf("kmod: %s: unknown module compression", p)
+	return &moduleReader{r: r, f: f, closer: closer, fail: fail, format: format, left: MaxModuleSize}, nil
 }
 
-func readFile(p string) ([]byte, error) {
-	data, err := os.ReadFile(p)
-	if err != nil {
-		return nil, fmt.Errorf("kmod: %w", err)
+// moduleReader is a decompressed module: it names the module in its
+// errors and fails past MaxModuleSize.
+type moduleReader struct {
+	r      io.Reader
+	f      *os.File
+	closer func()
+	fail   func(error) error
+	format string // "" for a plain .ko
+	left   int64
+}
+
+func (m *moduleReader) Read(p []byte) (int, error) {
+	if m.left <= 0 {
+		// One byte more than the limit says whether it ends here.
+		var b [1]byte
+		if n, err := m.r.Read(b[:]); n > 0 {
+			return 0, m.fail(fmt.Errorf("decompresses to more than %d MiB (kmod.MaxModuleSize): not a kernel module, or a corrupt file", MaxModuleSize>>20))
+		} else if err != nil {
+			return 0, m.wrap(err)
+		}
+		return 0, nil
 	}
-	return data, nil
+	if int64(len(p)) > m.left {
+		p = p[:m.left]
+	}
+	n, err := m.r.Read(p)
+	m.left -= int64(n)
+	return n, m.wrap(err)
+}
+
+func (m *moduleReader) wrap(err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	if m.format == "" {
+		return m.fail(err)
+	}
+	if err == io.ErrUnexpectedEOF {
+		return m.fail(fmt.Errorf("decompressing %s: truncated data", m.format))
+	}
+	return m.fail(fmt.Errorf("decompressing %s: %w", m.format, err))
+}
+
+func (m *moduleReader) Close() error {
+	m.closer()
+	return m.f.Close()
+}
+
+// ReadELF returns the module's uncompressed ELF bytes (see Open), for
+// loaders that pass them to init_module unchanged (busybox insmod).
+func (db *DB) ReadELF(name string) ([]byte, error) {
+	r, err := db.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(r)
 }
 
 // HostKernel returns the newest /boot/vmlinuz-* whose modules are installed

@@ -1,10 +1,17 @@
 package kmod
 
 import (
+	"bytes"
+	"compress/gzip"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
 
 func hostDB(t *testing.T) *DB {
@@ -100,3 +107,90 @@ func TestName(t *testing.T) {
 		}
 	}
 }
+
+// compressed writes data to dir/name through the real tool (nil: as is).
+func compressed(t *testing.T, dir, name string, args []string, data []byte) {
+	t.Helper()
+	if args != nil {
+		imagecheck.RequireTool(t, args[0])
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Stdin = bytes.NewReader(data)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s: %v", args[0], err)
+		}
+		data = out
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ReadELF decompresses every compression kmod knows in process, with no
+// xz or zstd on PATH.
+func TestReadELF(t *testing.T) {
+	dir := t.TempDir()
+	elf := bytes.Repeat([]byte("\x7fELF module bytes "), 10000)
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(elf)
+	zw.Close()
+	compressed(t, dir, "p.ko", nil, elf)
+	compressed(t, dir, "g.ko.gz", nil, gz.Bytes())
+	compressed(t, dir, "x.ko.xz", []string{"xz", "--check=crc32", "--lzma2=dict=1MiB", "-c"}, elf)
+	compressed(t, dir, "x64.ko.xz", []string{"xz", "-c"}, elf) // crc64, 8 MiB dictionary: what plain xz makes of out-of-tree modules
+	compressed(t, dir, "z.ko.zst", []string{"zstd", "-q", "-19", "-c"}, elf)
+	compressed(t, dir, "modules.dep", nil, []byte("p.ko:\ng.ko.gz:\nx.ko.xz:\nx64.ko.xz:\nz.ko.zst:\nb.ko.bz2:\n"))
+	db, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", t.TempDir())
+	for _, m := range []string{"p", "g", "x", "x64", "z"} {
+		got, err := db.ReadELF(m)
+		if err != nil || !bytes.Equal(got, elf) {
+			t.Errorf("ReadELF(%s): %d bytes, %v; want the %d bytes compressed", m, len(got), err, len(elf))
+		}
+	}
+	if _, err := db.ReadELF("b"); err == nil || !strings.Contains(err.Error(), "module b (") {
+		t.Errorf("ReadELF of a .ko.bz2: %v", err)
+	}
+	if _, err := db.ReadELF("nothing"); err == nil {
+		t.Error("ReadELF of an unknown module succeeded")
+	}
+}
+
+// A module that decompresses past MaxModuleSize is refused, with the
+// limit in the error, without holding it in memory.
+func TestOpenBoundsTheDecompressedSize(t *testing.T) {
+	imagecheck.RequireTool(t, "zstd")
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "bomb.ko.zst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("zstd", "-q", "-c")
+	cmd.Stdin, cmd.Stdout = io.LimitReader(zeros{}, MaxModuleSize+1), f
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	compressed(t, dir, "modules.dep", nil, []byte("bomb.ko.zst:\n"))
+	db, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := db.Open("bomb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	n, err := io.Copy(io.Discard, r)
+	if err == nil || n != MaxModuleSize || !strings.Contains(err.Error(), "module bomb (") || !strings.Contains(err.Error(), "more than 128 MiB") {
+		t.Errorf("reading a module of MaxModuleSize+1 bytes: %d bytes, %v", n, err)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }

@@ -261,11 +261,15 @@ type MountRequest struct {
 // BindSystemRequest prepares Root for chrooted commands as nixos-enter
 // does: /dev and /sys recursively bound, a fresh proc, a tmpfs on /run;
 // a tmpfs on /tmp when Tmp; efivarfs at sys/firmware/efi/efivars when
-// EFIVars and the VM has UEFI.
+// EFIVars and the VM has UEFI. With BlockLinks the agent also creates the
+// /dev/block/MAJ:MIN links udev would, for every block device (bootctl
+// finds the ESP's disk through them; make-disk-image.nix makes one by
+// hand), in the devtmpfs Root's /dev is bound to.
 type BindSystemRequest struct {
-	Root    string `json:"root,omitempty"`
-	Tmp     bool   `json:"tmp,omitempty"`
-	EFIVars bool   `json:"efivars,omitempty"`
+	Root       string `json:"root,omitempty"`
+	Tmp        bool   `json:"tmp,omitempty"`
+	EFIVars    bool   `json:"efivars,omitempty"`
+	BlockLinks bool   `json:"block_links,omitempty"`
 }
 
 // ExecRequest runs Argv. With Chroot, the command runs chrooted there, Dir
