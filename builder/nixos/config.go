@@ -64,9 +64,12 @@ type Config struct {
 	// Defaults to `true` when `channel` is set; `true` without `channel` is
 	// an error, since the plugin has no nixpkgs of its own.
 	CopyChannel *bool `mapstructure:"copy_channel" required:"false"`
-	// Install mode: run `switch-to-configuration boot` with
-	// `NIXOS_INSTALL_BOOTLOADER=1`, so the boot manager itself is installed,
-	// not only its entries. Defaults to `true`.
+	// Install mode: install the system's boot loader as nixos-install does,
+	// running `switch-to-configuration boot` with `NIXOS_INSTALL_BOOTLOADER=1`.
+	// `false` is `nixos-install --no-bootloader`: the system is activated but
+	// switch-to-configuration does not run, so the image has no boot loader
+	// and no boot entries (boot it with its kernel and initrd, or install one
+	// later). Defaults to `true`.
 	InstallBootloader *bool `mapstructure:"install_bootloader" required:"false"`
 	// Install mode: memory of the installer VM in MiB. It activates the system
 	// and installs the boot loader only: no closure byte passes through it, so

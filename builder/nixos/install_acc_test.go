@@ -17,25 +17,32 @@ import (
 )
 
 // Install mode with each layout: the installer VM activates the system and
-// installs its boot loader; then the image boots from that boot loader
-// (GRUB under SeaBIOS, systemd-boot under OVMF) and the booted system
-// reports the kernel command line, the root it found by label, a file from
-// the root filesystem and the user activation made.
+// installs its boot loader onto the targets the system names (the ESP and
+// XBOOTLDR where it mounts them, GRUB's /dev/sda linked to the VM's disk);
+// then the image boots from that boot loader (GRUB under SeaBIOS,
+// systemd-boot under OVMF) and the booted system reports the kernel command
+// line, the root it found by label, a file from the root filesystem and the
+// user activation made.
 func TestAccInstallLayouts(t *testing.T) {
 	cases := []struct {
 		name, layout, fixture, firmware string
 		extra                           string
+		log                             []string // what the build says besides the common lines
 	}{
-		{"legacy", "legacy", "system-bios", "bios", ""},
-		{"legacy_gpt", "legacy+gpt", "system-bios", "bios", ""},
-		{"efi", "efi", "system-efi", "efi", ""},
-		{"efixbootldr", "efixbootldr", "system-efi", "efi", ""},
+		// GRUB for BIOS onto /dev/sda, which the installer links to /dev/vda.
+		{"legacy", "legacy", "system-bios", "bios", "", []string{"Linking /dev/sda to the VM's disk /dev/vda for GRUB", "switch-to-configuration boot"}},
+		{"legacy_gpt", "legacy+gpt", "system-bios", "bios", "", []string{"Linking /dev/sda to the VM's disk /dev/vda for GRUB"}},
+		// systemd-boot with its ESP on /boot, /boot/efi, or on /efi beside
+		// XBOOTLDR on /boot, each baked into its builder.
+		{"efi", "efi", "system-efi", "efi", "", []string{"Boot: boot loader systemd-boot, ESP on /boot"}},
+		{"efi_bootefi", "efi", "system-efi-bootefi", "efi", "", []string{"ESP on /boot/efi"}},
+		{"efixbootldr", "efixbootldr", "system-efi-xbootldr", "efi", "", []string{"ESP on /efi, XBOOTLDR on /boot"}},
 		// GRUB in the BIOS boot partition and systemd-boot in the ESP: the
 		// same disk boots under both firmwares.
-		{"hybrid", "hybrid", "system-hybrid", "bios+efi", ""},
+		{"hybrid", "hybrid", "system-hybrid", "bios+efi", "", nil},
 		// No partition table, nothing to install a boot loader into: the
 		// image is booted with the system's kernel and initrd.
-		{"none", "none", "system-bios", "kernel", "  install_bootloader = false"},
+		{"none", "none", "system-bios", "kernel", "  install_bootloader = false", []string{"Not installing a boot loader (install_bootloader = false)"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,7 +56,7 @@ func TestAccInstallLayouts(t *testing.T) {
   output_directory     = %q
 %s`, system, tc.layout, out, tc.extra)))
 			res.MustSucceed(t)
-			for _, want := range []string{"Activating the system", "switch-to-configuration boot", "installer: [agent]", "Powering the installer VM off"} {
+			for _, want := range append([]string{"Activating the system", "installer: [agent]", "Powering the installer VM off"}, tc.log...) {
 				if !strings.Contains(res.Log, want) {
 					t.Errorf("the build output lacks %q", want)
 				}

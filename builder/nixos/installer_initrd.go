@@ -4,8 +4,10 @@ import (
 	"debug/elf"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/initrd"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/kmod"
 )
 
 // writeInstallerInitrd puts this plugin binary, as /init, and the modules
@@ -18,6 +20,9 @@ func writeInstallerInitrd(path string, system *toplevel) error {
 	if err := checkStatic(exe); err != nil {
 		return err
 	}
+	if err := checkEtcOverlay(system); err != nil {
+		return err
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -27,6 +32,30 @@ func writeInstallerInitrd(path string, system *toplevel) error {
 		return err
 	}
 	return f.Close()
+}
+
+// checkEtcOverlay refuses a system with system.etc.overlay whose kernel
+// lacks a module its activation needs: the installer initrd preloads them
+// (initrd.DefaultModules), having no modprobe for the kernel to call.
+func checkEtcOverlay(system *toplevel) error {
+	if system.modulesDir == "" || !system.has("etc-metadata-image") {
+		return nil
+	}
+	db, err := kmod.Load(system.modulesDir)
+	if err != nil {
+		return err
+	}
+	var missing []string
+	for _, m := range initrd.EtcOverlayModules {
+		if !db.Known(m) {
+			missing = append(missing, m)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("the system uses system.etc.overlay (it has etc-metadata-image), whose activation mounts /etc from an erofs image through a loop device with overlayfs, but its kernel has no %s module (neither in %s/modules.dep nor built in)",
+			strings.Join(missing, ", "), system.modulesDir)
+	}
+	return nil
 }
 
 // checkStatic refuses a dynamically linked plugin binary: it could not run

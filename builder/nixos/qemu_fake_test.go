@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 
@@ -95,6 +96,8 @@ type fakeGuest struct {
 	files  map[string]string // guest path -> content
 	fail   map[string]error  // by operation: "mount", "exec", "unmount", ...
 	status map[string]int    // exit status by the command's base name
+	execs  []protocol.ExecRequest
+	binds  []protocol.BindSystemRequest
 }
 
 func newFakeGuest() *fakeGuest {
@@ -133,10 +136,34 @@ func (g *fakeGuest) Mount(_ context.Context, r *protocol.MountRequest) error {
 }
 
 func (g *fakeGuest) BindSystem(_ context.Context, r *protocol.BindSystemRequest) error {
+	g.mu.Lock()
+	g.binds = append(g.binds, *r)
+	g.mu.Unlock()
 	return g.do("bind", r.Root)
 }
 
+func (g *fakeGuest) bound() []protocol.BindSystemRequest {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.binds)
+}
+
+// exec is the recorded request of the command whose base name is base.
+func (g *fakeGuest) exec(base string) (protocol.ExecRequest, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, r := range g.execs {
+		if path.Base(r.Argv[0]) == base {
+			return r, true
+		}
+	}
+	return protocol.ExecRequest{}, false
+}
+
 func (g *fakeGuest) Exec(_ context.Context, r *protocol.ExecRequest, _ io.Reader, stdout, _ io.Writer) (protocol.ExecResult, error) {
+	g.mu.Lock()
+	g.execs = append(g.execs, *r)
+	g.mu.Unlock()
 	if err := g.do("exec", r.Argv...); err != nil {
 		return protocol.ExecResult{}, err
 	}

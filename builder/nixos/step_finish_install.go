@@ -12,7 +12,6 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize/rootfiles"
 )
@@ -28,11 +27,11 @@ func (f *stepFinishInstall) Run(_ context.Context, state multistep.StateBag) mul
 	s := state.Get("installer").(*stepInstall)
 	s.phase("provisioners")
 	if *c.Deterministic {
-		// systemd-boot's seed lives on the ESP (mounted on /boot, or /efi
-		// beside an XBOOTLDR /boot); a layout without one has none.
+		// systemd-boot's seed lives on the ESP, wherever the system mounts
+		// it; a layout without one, or a system without one, has none.
 		var espDirs []string
-		if _, ok := state.Get("plan").(*plan).layout.Find(disk.RoleESP); ok {
-			espDirs = mountDirs(c.layout)[:1] // the first is the ESP's
+		if s.espDir != "" {
+			espDirs = []string{s.espDir}
 		}
 		if err := s.deterministicFiles(s.ctx, ui, espDirs); err != nil {
 			return halt(state, s.vmError("making the installed files deterministic", s.timeoutError(c, err)))

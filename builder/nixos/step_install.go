@@ -3,7 +3,9 @@ package nixos
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -42,6 +44,7 @@ type stepInstall struct {
 	vm        qemu.VM
 	client    *agentclient.Client
 	vars      string // the EFI variable store being written, until it is final
+	espDir    string // where the ESP is mounted, relative to the root; "" if it is not
 }
 
 // tcgSlowdown scales install_timeout under TCG, which emulates every
@@ -207,35 +210,29 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	if err := cl.Mount(ctx, protocol.MountRequest{Source: rootDev, Target: guestRoot, FSType: c.FSType}); err != nil {
 		return err
 	}
-	dirs := mountDirs(p.layout.Type)
-	for i, role := range []disk.Role{disk.RoleESP, disk.RoleXBootLdr} {
-		if _, ok := p.layout.Find(role); !ok {
+	// The ESP and XBOOTLDR go where the system mounts them: its boot
+	// loader's installer checks that they are mounted there.
+	for _, m := range system.bootMounts(p.layout.Type) {
+		if _, ok := p.layout.Find(m.role); !ok {
 			continue
 		}
-		target := guestRoot + "/" + dirs[0]
-		if i == 1 {
-			target = guestRoot + "/" + dirs[1]
-		}
-		dev := fmt.Sprintf("/dev/vda%d", partIndex(p.layout, role))
-		if err := cl.Mount(ctx, protocol.MountRequest{Source: dev, Target: target, FSType: "vfat", Options: "umask=0077"}); err != nil {
+		dev := fmt.Sprintf("/dev/vda%d", partIndex(p.layout, m.role))
+		if err := cl.Mount(ctx, protocol.MountRequest{Source: dev, Target: guestRoot + "/" + m.dir, FSType: "vfat", Options: "umask=0077"}); err != nil {
 			return err
 		}
+		if m.role == disk.RoleESP {
+			s.espDir = m.dir
+		}
 	}
-	if err := cl.BindSystem(ctx, protocol.BindSystemRequest{Root: guestRoot, Tmp: true, EFIVars: c.TouchEFIVars}); err != nil {
+	if err := cl.BindSystem(ctx, protocol.BindSystemRequest{Root: guestRoot, Tmp: true, EFIVars: c.TouchEFIVars, BlockLinks: true}); err != nil {
 		return err
 	}
 
-	env := []string{
-		"PATH=/run/current-system/sw/bin:" + systemProfile + "/sw/bin",
-		"HOME=/root", "LANG=C.UTF-8",
-	}
+	env := installEnv(*c.Deterministic)
 	out := newLineWriter(func(line string) { ui.Message("  " + line) })
 	defer out.Flush()
 	ui.Say("Activating the system...")
-	// As nixos-enter runs it: IN_NIXOS_ENTER tells activation snippets
-	// they are not on a booted system.
-	actEnv := append([]string{"IN_NIXOS_ENTER=1", "LOCALE_ARCHIVE=" + systemProfile + "/sw/lib/locale/locale-archive"}, env...)
-	status, err := cl.Exec(ctx, protocol.ExecRequest{Argv: []string{systemProfile + "/activate"}, Env: actEnv, Chroot: guestRoot}, out, out)
+	status, err := cl.Exec(ctx, protocol.ExecRequest{Argv: []string{systemProfile + "/activate"}, Env: activateEnv(env), Chroot: guestRoot}, out, out)
 	if err != nil {
 		return fmt.Errorf("activate: %w", err)
 	}
@@ -256,13 +253,19 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 		}
 	}
 	s.phase("activation")
-	sctx := "switch-to-configuration boot"
-	if *c.InstallBootloader {
-		env = append(env, "NIXOS_INSTALL_BOOTLOADER=1")
-		ui.Say("Installing the boot loader (switch-to-configuration boot)...")
-	} else {
-		ui.Say("Writing boot entries (switch-to-configuration boot)...")
+	if !*c.InstallBootloader {
+		// As nixos-install --no-bootloader: switch-to-configuration boot
+		// would install it (or, without NIXOS_INSTALL_BOOTLOADER, fail to
+		// find the one it should update), so it does not run at all.
+		ui.Say("Not installing a boot loader (install_bootloader = false), as nixos-install --no-bootloader")
+		return nil
 	}
+	if err := linkDevices(ctx, ui, cl, system, env, out); err != nil {
+		return err
+	}
+	sctx := "switch-to-configuration boot"
+	env = append(env, "NIXOS_INSTALL_BOOTLOADER=1")
+	ui.Say("Installing the boot loader (switch-to-configuration boot)...")
 	status, err = cl.Exec(ctx, protocol.ExecRequest{Argv: []string{systemProfile + "/bin/switch-to-configuration", "boot"}, Env: env, Chroot: guestRoot}, out, out)
 	if err != nil {
 		return fmt.Errorf("%s: %w", sctx, err)
@@ -271,6 +274,28 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 		return fmt.Errorf("%s exited with status %d", sctx, status)
 	}
 	s.phase("boot loader")
+	return nil
+}
+
+// linkDevices makes the devices the system's GRUB installs onto (such as
+// /dev/sda) links to the VM's disk, as make-disk-image does, with the
+// system's own mkdir and ln: the installer's /dev is the VM's devtmpfs.
+func linkDevices(ctx context.Context, ui packersdk.Ui, cl *agentclient.Client, system *toplevel, env []string, out io.Writer) error {
+	for _, dev := range system.deviceLinks() {
+		ui.Say(fmt.Sprintf("Linking %s to the VM's disk %s for GRUB...", dev, installerDisk))
+		for _, argv := range [][]string{
+			{systemProfile + "/sw/bin/mkdir", "-p", path.Dir(dev)},
+			{systemProfile + "/sw/bin/ln", "-sfn", installerDisk, dev},
+		} {
+			status, err := cl.Exec(ctx, protocol.ExecRequest{Argv: argv, Env: env, Chroot: guestRoot}, out, out)
+			if err == nil && status != 0 {
+				err = fmt.Errorf("exited with status %d", status)
+			}
+			if err != nil {
+				return fmt.Errorf("linking GRUB's device %s to %s: %s: %w", dev, installerDisk, strings.Join(argv, " "), err)
+			}
+		}
+	}
 	return nil
 }
 

@@ -62,8 +62,14 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 		}
 		p.tree = st
 	} else {
+		var dirs []string // where the installer will mount the boot partitions
+		if system, ok := state.GetOk("system"); ok {
+			for _, m := range system.(*toplevel).bootMounts(c.layout) {
+				dirs = append(dirs, m.dir)
+			}
+		}
 		p.tree = &installTree{treeBase: base, stateDir: state.Get("nix_state_dir").(string),
-			mountDirs: mountDirs(c.layout), ownerNixbld: nixbldGID, channel: *c.CopyChannel}
+			mountDirs: dirs, ownerNixbld: nixbldGID, channel: *c.CopyChannel}
 	}
 
 	ui.Say("Measuring the closure...")

@@ -10,9 +10,14 @@ import (
 )
 
 // stepResolveSystem finds the toplevel to install (building it from a
-// flake or a Nix file), and refuses a path that is not one before any
-// image work starts.
-type stepResolveSystem struct{}
+// flake or a Nix file), and refuses a path that is not one, or a system the
+// layout or the installer cannot serve (checkBootTargets), before any image
+// work starts.
+type stepResolveSystem struct {
+	// storeDir is the Nix store the system's files name: "" for
+	// /nix/store; in tests, a store of their own.
+	storeDir string
+}
 
 func (s *stepResolveSystem) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
 	c := state.Get("config").(*Config)
@@ -35,11 +40,23 @@ func (s *stepResolveSystem) Run(ctx context.Context, state multistep.StateBag) m
 	if err != nil {
 		return halt(state, fmt.Errorf("%s: %w", key, err))
 	}
-	t, err := inspectToplevel(system)
+	t, err := inspectToplevel(system, s.storeDir)
 	if err != nil {
 		return halt(state, fmt.Errorf("%s: %w", key, err))
 	}
 	ui.Say(fmt.Sprintf("System: %s (kernel %s)", system, t.kernelVersion))
+	// What the system wants of the layout and the installer VM is checked
+	// now, before the image is written or a VM boots.
+	notes, err := t.checkBootTargets(c)
+	if err != nil {
+		return halt(state, err)
+	}
+	for _, n := range notes {
+		ui.Message(n)
+	}
+	if d := t.describe(c.layout); d != "" {
+		ui.Say("Boot: " + d)
+	}
 	if c.InstallerKernel != "" {
 		// The installer VM boots this kernel instead; the system's own
 		// kernel is still what the image boots.

@@ -3,7 +3,13 @@ package nixos
 import (
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
+	nixtoplevel "github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/toplevel"
 )
 
 // toplevel is what install mode needs from a system.build.toplevel.
@@ -12,11 +18,19 @@ type toplevel struct {
 	kernel        string // bzImage
 	modulesDir    string // <kernel-modules>/lib/modules/<version>, "" if the kernel has no modules
 	kernelVersion string
+
+	// What the system wants from its installer (internal/nix/toplevel);
+	// nil in tests that make a toplevel by hand: nothing known.
+	wants *nixtoplevel.System
+	boot  nixtoplevel.BootMounts // where it mounts its ESP and XBOOTLDR
 }
 
 // inspectToplevel checks that path is a NixOS system: it has the switch
 // script the installer runs and a kernel to boot the installer VM with.
-func inspectToplevel(path string) (*toplevel, error) {
+// It reads what the system wants from its installer: where its boot
+// partitions go, its boot loader's settings, its bootspec (store paths
+// under storeDir, "" for /nix/store).
+func inspectToplevel(path, storeDir string) (*toplevel, error) {
 	t := &toplevel{path: path}
 	for _, need := range []string{"bin/switch-to-configuration", "kernel", "activate"} {
 		if !t.has(need) {
@@ -32,6 +46,14 @@ func inspectToplevel(path string) (*toplevel, error) {
 		}
 		t.modulesDir, t.kernelVersion = dir, filepath.Base(dir)
 	}
+	wants, err := nixtoplevel.Reader{StoreDir: storeDir}.Read(path)
+	if err != nil {
+		return nil, err
+	}
+	if t.boot, err = wants.BootMounts(); err != nil {
+		return nil, err
+	}
+	t.wants = wants
 	return t, nil
 }
 
@@ -39,4 +61,90 @@ func inspectToplevel(path string) (*toplevel, error) {
 func (t *toplevel) has(rel string) bool {
 	_, err := os.Stat(filepath.Join(t.path, rel))
 	return err == nil
+}
+
+// bootMount is one of the layout's FAT partitions and the directory
+// (relative to the root) the installer mounts it on.
+type bootMount struct {
+	role disk.Role
+	dir  string
+}
+
+// bootMounts says where the installer mounts the layout's ESP and
+// XBOOTLDR, parents first: where the system mounts them (its boot loader's
+// settings, its fstab), or, when the system does not say, where
+// make-disk-image does (the ESP on /boot; with efixbootldr the ESP on /efi
+// and XBOOTLDR on /boot). A partition the system has no use for is not
+// mounted.
+func (t *toplevel) bootMounts(layout disk.Type) []bootMount {
+	var out []bootMount
+	switch {
+	case t == nil || !t.boot.Known:
+		switch {
+		case layout == disk.EFIXBootLdr:
+			out = []bootMount{{disk.RoleESP, "efi"}, {disk.RoleXBootLdr, "boot"}}
+		case hasESP(layout):
+			out = []bootMount{{disk.RoleESP, "boot"}}
+		}
+	default:
+		if p := t.boot.ESP.Point; p != "" && hasESP(layout) {
+			out = append(out, bootMount{disk.RoleESP, strings.TrimPrefix(p, "/")})
+		}
+		if p := t.boot.XBootLdr.Point; p != "" && layout == disk.EFIXBootLdr {
+			out = append(out, bootMount{disk.RoleXBootLdr, strings.TrimPrefix(p, "/")})
+		}
+	}
+	// A mount point inside another (/boot/efi in /boot) comes after it.
+	slices.SortStableFunc(out, func(a, b bootMount) int {
+		return strings.Count(a.dir, "/") - strings.Count(b.dir, "/")
+	})
+	return out
+}
+
+// espDir is where the installer mounts the ESP, "" when it does not.
+func (t *toplevel) espDir(layout disk.Type) string {
+	for _, m := range t.bootMounts(layout) {
+		if m.role == disk.RoleESP {
+			return m.dir
+		}
+	}
+	return ""
+}
+
+func hasESP(l disk.Type) bool { return l == disk.EFI || l == disk.EFIXBootLdr || l == disk.Hybrid }
+
+// grubBIOS says whether the system installs GRUB's BIOS core (onto which
+// devices): it needs room after the MBR or a BIOS boot partition.
+func (t *toplevel) grubBIOS() (devices []string, ok bool) {
+	if t == nil || t.wants == nil {
+		return nil, false
+	}
+	for _, g := range t.wants.GRUB {
+		if g.BIOS() {
+			ok = true
+			for _, d := range g.BIOSDevices() {
+				if !slices.Contains(devices, d) {
+					devices = append(devices, d)
+				}
+			}
+		}
+	}
+	return devices, ok
+}
+
+// deviceLinks are the devices the system's GRUB names that the installer
+// links to the VM's disk, as make-disk-image does (`ln -s /dev/vda <dev>`):
+// boot.loader.grub.devices is often /dev/sda or a /dev/disk/by-id path.
+func (t *toplevel) deviceLinks() []string {
+	devs, _ := t.grubBIOS()
+	return slices.DeleteFunc(devs, func(d string) bool { return d == installerDisk })
+}
+
+// installerDisk is the installer VM's disk (virtio-blk).
+const installerDisk = "/dev/vda"
+
+// goodDevice is a device path the installer may create as a link: under
+// /dev, clean, and not the disk itself or one of its partitions' names.
+func goodDevice(d string) bool {
+	return path.Clean(d) == d && strings.HasPrefix(d, "/dev/") && !strings.HasPrefix(d, installerDisk)
 }

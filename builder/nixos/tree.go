@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
@@ -92,8 +91,8 @@ func (s *storeTree) walk(ctx context.Context, t hosttree.Target, setRoot func(ex
 // (prepared on the host in stateDir by stepNixState).
 type installTree struct {
 	treeBase
-	stateDir    string // holds nix/var/nix
-	mountDirs   []string
+	stateDir    string   // holds nix/var/nix
+	mountDirs   []string // the boot partitions' mount points ("boot", "efi", "boot/efi"...)
 	ownerNixbld uint32
 	channel     bool // root's channels profile exists: link ~root/.nix-defexpr/channels
 }
@@ -147,36 +146,39 @@ type skelEntry struct {
 }
 
 // skeleton lists, in walk order, what nixos-install creates before
-// activation: mount points, /etc/NIXOS (which marks a NixOS root for
-// switch-to-configuration), the store (root:nixbld 1775) and the state.
+// activation: mount points (the boot partitions' where the system mounts
+// them), /etc/NIXOS (which marks a NixOS root for switch-to-configuration),
+// the store (root:nixbld 1775) and the state.
 func (s *installTree) skeleton() []skelEntry {
 	var out []skelEntry
+	has := func(name string) bool {
+		return slices.ContainsFunc(out, func(e skelEntry) bool { return e.name == name })
+	}
 	for _, e := range []skelEntry{
-		{"boot", 0o755}, {"dev", 0o755}, {"efi", 0o755}, {"etc", 0o755}, {"etc/NIXOS", 0o644},
+		{"boot", 0o755}, {"dev", 0o755}, {"etc", 0o755}, {"etc/NIXOS", 0o644},
 		{"nix", 0o755}, {"nix/store", 0o1775}, {"nix/var", 0}, {"proc", 0o755},
 		{"root", 0o700}, {"root/.nix-defexpr", 0o700}, {"root/.nix-defexpr/channels", 0},
 		{"sys", 0o755}, {"tmp", 0o1777},
 	} {
-		if e.name == "efi" && !slices.Contains(s.mountDirs, "efi") {
-			continue
-		}
 		if strings.HasPrefix(e.name, "root/") && !s.channel {
 			continue
 		}
 		out = append(out, e)
 	}
+	for _, d := range s.mountDirs {
+		parts := strings.Split(d, "/")
+		for i := range parts {
+			if p := strings.Join(parts[:i+1], "/"); !has(p) {
+				out = append(out, skelEntry{p, 0o755})
+			}
+		}
+	}
+	// A directory's subtree before its next sibling: by path component.
+	slices.SortFunc(out, func(a, b skelEntry) int {
+		return slices.Compare(strings.Split(a.name, "/"), strings.Split(b.name, "/"))
+	})
 	return out
 }
 
 // nixbldGID is the group NixOS gives /nix/store (ids.gids.nixbld).
 const nixbldGID = 30000
-
-// mountDirs are the skeleton's mount points for the layout's FAT
-// partitions: the ESP on /boot, or with XBOOTLDR the ESP on /efi and
-// XBOOTLDR on /boot, as systemd-boot's NixOS module expects.
-func mountDirs(t disk.Type) []string {
-	if t == disk.EFIXBootLdr {
-		return []string{"efi", "boot"}
-	}
-	return []string{"boot"}
-}

@@ -18,21 +18,34 @@ import (
 const BootMarker = "NIXOS-FIXTURE-BOOTED "
 
 // BootImage boots img (a snapshot: the image is not changed) through
-// firmware ("bios": SeaBIOS, "efi": OVMF, "kernel": the system's own
-// kernel and initrd given to QEMU) and returns the booted system's report.
+// firmware ("bios": SeaBIOS, "efi": OVMF with fresh variables, "efi:<file>":
+// OVMF with a copy of the variable store file, such as the efi-vars.fd
+// touch_efi_vars keeps, "kernel": the system's own kernel and initrd given
+// to QEMU) and returns the booted system's report.
 func BootImage(t *testing.T, img, system, firmware string) string {
+	t.Helper()
+	return BootImageMem(t, img, system, firmware, 256)
+}
+
+// BootImageMem is BootImage with memMiB of memory: Debian's GRUB EFI runs
+// out of memory loading a kernel at 256 MiB.
+func BootImageMem(t *testing.T, img, system, firmware string, memMiB int) string {
 	t.Helper()
 	cfg := qemu.VMConfig{
 		Accel:   qemu.TCG,
-		MemMiB:  256,
+		MemMiB:  memMiB,
 		Disks:   []qemu.Disk{{Path: img, Format: "raw", Snapshot: true}},
 		WorkDir: t.TempDir(),
 	}
-	switch firmware {
+	fw, varsFile, _ := strings.Cut(firmware, ":")
+	switch fw {
 	case "efi":
 		code, vars, err := qemu.FindOVMF()
 		if err != nil {
 			t.Fatal(err)
+		}
+		if varsFile != "" {
+			vars = varsFile
 		}
 		copyVars := filepath.Join(t.TempDir(), "vars.fd")
 		if err := qemu.CopyVars(vars, copyVars); err != nil {
