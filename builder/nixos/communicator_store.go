@@ -46,14 +46,31 @@ func (s *storeComm) Start(_ context.Context, cmd *packersdk.RemoteCmd) error {
 	return nil
 }
 
-// staged maps an image path to the staging directory. It refuses paths
-// that would leave it, and paths through a staged symbolic link, which
-// would have the write land on the host; a link at the path itself is
-// removed, as a new upload replaces it.
+// staged maps an image path to the staging directory for a write (Upload,
+// UploadDir, the staging operations). It refuses paths that would leave
+// it, and paths through a staged symbolic link, which would have the write
+// land on the host; a link at the path itself is removed, as the new
+// upload replaces it.
 func (s *storeComm) staged(p string) (string, error) {
+	return s.resolve(p, true)
+}
+
+// stagedRead maps an image path to the staging directory for a read
+// (Download, DownloadDir). A read changes nothing in the staging area, so
+// a link at the path itself is not removed but refused like one on the
+// way: following it could read host files from outside the staging area.
+func (s *storeComm) stagedRead(p string) (string, error) {
+	return s.resolve(p, false)
+}
+
+func (s *storeComm) resolve(p string, write bool) (string, error) {
 	clean := path.Clean("/" + p)
 	if clean == "/" {
 		return "", fmt.Errorf("%q: not a file path in the image", p)
+	}
+	verb := "read"
+	if write {
+		verb = "write"
 	}
 	parts := strings.Split(clean[1:], "/")
 	local := s.dir
@@ -69,8 +86,8 @@ func (s *storeComm) staged(p string) (string, error) {
 		if fi.Mode()&fs.ModeSymlink == 0 {
 			continue
 		}
-		if i < len(parts)-1 {
-			return "", fmt.Errorf("%s: /%s is a symbolic link in the image; refusing to write through it", clean, path.Join(parts[:i+1]...))
+		if i < len(parts)-1 || !write {
+			return "", fmt.Errorf("%s: /%s is a symbolic link in the image; refusing to %s through it", clean, path.Join(parts[:i+1]...), verb)
 		}
 		if err := os.Remove(local); err != nil {
 			return "", err
@@ -201,7 +218,7 @@ func (s *storeComm) UploadDir(dst, src string, exclude []string) error {
 
 // Download reads back a file uploaded in this build.
 func (s *storeComm) Download(src string, w io.Writer) error {
-	local, err := s.staged(src)
+	local, err := s.stagedRead(src)
 	if err != nil {
 		return err
 	}
@@ -216,7 +233,7 @@ func (s *storeComm) Download(src string, w io.Writer) error {
 
 // DownloadDir copies back a directory uploaded in this build.
 func (s *storeComm) DownloadDir(src, dst string, exclude []string) error {
-	local, err := s.staged(src)
+	local, err := s.stagedRead(src)
 	if err != nil {
 		return err
 	}

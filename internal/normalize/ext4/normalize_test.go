@@ -65,14 +65,12 @@ func normImage(t *testing.T) string {
 	return p
 }
 
+// requireMount skips only where the tools are absent or this environment
+// cannot loop-mount even a mkfs.ext4 image (imagecheck.RequireKernelMount).
 func requireMount(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for loop mounts")
-	}
-	imagecheck.RequireTool(t, "mount")
-	imagecheck.RequireTool(t, "umount")
 	imagecheck.RequireTool(t, "cp")
+	imagecheck.RequireKernelMount(t, "rw")
 }
 
 func run(t *testing.T, name string, args ...string) {
@@ -89,22 +87,11 @@ func copyImage(t *testing.T, src string) string {
 	return dst
 }
 
-// mountRW loop-mounts img read-write; the returned func unmounts.
+// mountRW loop-mounts img read-write; the returned func unmounts. The
+// kernel refusing img fails the test (imagecheck.MountExt4).
 func mountRW(t *testing.T, img string) (string, func()) {
 	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-o", "loop,rw", "-t", "ext4", img, dir).CombinedOutput(); err != nil {
-		t.Skipf("loop mount not available: %v\n%s", err, out)
-	}
-	done := false
-	umount := func() {
-		if !done {
-			done = true
-			run(t, "umount", dir)
-		}
-	}
-	t.Cleanup(umount)
-	return dir, umount
+	return imagecheck.MountExt4(t, img, "rw")
 }
 
 // kernelOps is a fixed, single-threaded sequence like an installer's:

@@ -3,6 +3,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -73,40 +74,73 @@ var guestModules = []string{
 var (
 	guestOnce            sync.Once
 	guestKernel, guestRD string
-	guestErr             error
+	guestMissing         error // a host input is absent: skip
+	guestErr             error // our own code failed: fail
 	guestDir             string
 )
 
-// testGuest returns the kernel and initrd, built once per test binary.
+// testGuest returns the kernel and initrd, built once per test binary. It
+// skips only when the host lacks an input (a kernel with its modules,
+// busybox); a failure to build the initrd from them is a test failure.
 func testGuest(t *testing.T) (kernel, rd string) {
 	t.Helper()
-	guestOnce.Do(func() { guestKernel, guestRD, guestErr = buildGuest() })
+	guestOnce.Do(func() {
+		var in guestInputs
+		if in, guestMissing = findGuestInputs(); guestMissing == nil {
+			guestKernel = in.kernel
+			guestRD, guestErr = buildGuest(in)
+		}
+	})
+	if guestMissing != nil {
+		t.Skipf("test guest unavailable: %v", guestMissing)
+	}
 	if guestErr != nil {
-		t.Skipf("test guest unavailable: %v", guestErr)
+		t.Fatalf("building the test guest: %v", guestErr)
 	}
 	return guestKernel, guestRD
 }
 
-func buildGuest() (string, string, error) {
+// guestInputs are what the host must provide for the test guest.
+type guestInputs struct {
+	kernel  string
+	busybox []byte
+	modules map[string][]byte // by guestModules entry
+}
+
+// findGuestInputs reads the host's kernel modules and busybox; its errors
+// all mean the host lacks (or will not let us read) one of them.
+func findGuestInputs() (guestInputs, error) {
+	var in guestInputs
 	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
 	sort.Strings(kernels)
-	var kernel, moddir string
+	var moddir string
 	for _, k := range kernels {
 		d := filepath.Join("/lib/modules", strings.TrimPrefix(filepath.Base(k), "vmlinuz-"))
 		if _, err := os.Stat(filepath.Join(d, "modules.dep")); err == nil {
-			kernel, moddir = k, d
+			in.kernel, moddir = k, d
 		}
 	}
-	if kernel == "" {
-		return "", "", os.ErrNotExist
+	if in.kernel == "" {
+		return in, fmt.Errorf("no /boot/vmlinuz-* with modules in /lib/modules: %w", os.ErrNotExist)
 	}
-	busybox, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		return "", "", err
+	var err error
+	if in.busybox, err = os.ReadFile("/bin/busybox"); err != nil {
+		return in, err
 	}
+	in.modules = map[string][]byte{}
+	for _, m := range guestModules {
+		if in.modules[m], err = os.ReadFile(filepath.Join(moddir, m)); err != nil {
+			return in, err
+		}
+	}
+	return in, nil
+}
+
+// buildGuest writes the initrd with our cpio writer; its errors are ours.
+func buildGuest(in guestInputs) (string, error) {
 	dir, err := os.MkdirTemp("", "qemu-test-guest-")
 	if err != nil {
-		return "", "", err
+		return "", err
 	}
 	guestDir = dir
 	var buf bytes.Buffer
@@ -122,16 +156,12 @@ func buildGuest() (string, string, error) {
 	for _, d := range []string{"bin", "dev", "proc", "sys", "m"} {
 		file(d, fs.ModeDir|0o755, nil)
 	}
-	file("bin/busybox", 0o755, busybox)
+	file("bin/busybox", 0o755, in.busybox)
 	file("init", 0o755, []byte(initScript))
 	var order []string
 	for _, m := range guestModules {
-		data, rerr := os.ReadFile(filepath.Join(moddir, m))
-		if rerr != nil {
-			return "", "", rerr
-		}
 		name := strings.TrimSuffix(filepath.Base(m), ".ko")
-		file("m/"+name+".ko", 0o644, data)
+		file("m/"+name+".ko", 0o644, in.modules[m])
 		order = append(order, name)
 	}
 	file("m/order", 0o644, []byte(strings.Join(order, "\n")+"\n"))
@@ -139,10 +169,10 @@ func buildGuest() (string, string, error) {
 		err = w.Close()
 	}
 	if err != nil {
-		return "", "", err
+		return "", err
 	}
 	rd := filepath.Join(dir, "initrd.cpio")
-	return kernel, rd, os.WriteFile(rd, buf.Bytes(), 0o644)
+	return rd, os.WriteFile(rd, buf.Bytes(), 0o644)
 }
 
 func TestMain(m *testing.M) {
