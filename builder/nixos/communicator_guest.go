@@ -1,9 +1,7 @@
 package nixos
 
 import (
-	"archive/tar"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -14,6 +12,7 @@ import (
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/safeextract"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentclient"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/protocol"
 )
@@ -148,12 +147,16 @@ func uploadWalk(dst, src string, exclude []string, fn func(local, target string,
 	})
 }
 
+// Download copies one file out of the installed system, at most
+// safeextract.MaxBytes of it.
 func (g *guestComm) Download(src string, w io.Writer) error {
-	_, err := g.client.Download(g.ctx, g.guestPath(src), w)
+	_, err := g.client.Download(g.ctx, g.guestPath(src), safeextract.LimitWriter(w, safeextract.MaxBytes))
 	return err
 }
 
-// DownloadDir copies src out of the installed system with its own tar.
+// DownloadDir copies src out of the installed system with its own tar. The
+// stream is the guest's: safeextract keeps it beneath dst (no link from it
+// is followed, no absolute or ".." name) and bounds its size and entries.
 func (g *guestComm) DownloadDir(src, dst string, exclude []string) error {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
@@ -168,50 +171,19 @@ func (g *guestComm) DownloadDir(src, dst string, exclude []string) error {
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	tr := tar.NewReader(pr)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			pr.CloseWithError(err)
-			<-done
-			return err
-		}
-		name := filepath.Clean(h.Name)
-		if name == "." || strings.HasPrefix(name, "..") {
-			continue
-		}
-		skip := false
+	err := safeextract.Tar(dst, pr, safeextract.Options{Skip: func(name string) bool {
 		for _, ex := range exclude {
 			if ok, _ := filepath.Match(ex, name); ok {
-				skip = true
+				return true
 			}
 		}
-		if skip {
-			continue
-		}
-		local := filepath.Join(dst, name)
-		switch h.Typeflag {
-		case tar.TypeDir:
-			err = os.MkdirAll(local, fs.FileMode(h.Mode).Perm()|0o700)
-		case tar.TypeSymlink:
-			err = os.Symlink(h.Linkname, local)
-		case tar.TypeReg:
-			var f *os.File
-			if f, err = os.OpenFile(local, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, fs.FileMode(h.Mode).Perm()); err == nil {
-				_, err = io.Copy(f, tr)
-				if cerr := f.Close(); err == nil {
-					err = cerr
-				}
-			}
-		}
-		if err != nil {
-			pr.CloseWithError(err)
-			<-done
-			return err
-		}
+		return false
+	}})
+	if err != nil {
+		// Stop the guest's tar, then report what went wrong here first.
+		pr.CloseWithError(err)
+		<-done
+		return fmt.Errorf("downloading %s to %s: %w", src, dst, err)
 	}
 	return <-done
 }

@@ -313,6 +313,9 @@ func (s *stepInstall) vmError(what string, err error) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	tail := s.vm.ConsoleTail(20)
+	for i, l := range tail {
+		tail[i] = uiSafe(l)
+	}
 	return fmt.Errorf("%s: %w\nlast console lines:\n  %s", what, err, strings.Join(tail, "\n  "))
 }
 
