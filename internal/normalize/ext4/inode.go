@@ -18,21 +18,7 @@ func (n *normalizer) readInode(ino uint32, b []byte) error {
 // inodeCsumOK checks b's checksum as the kernel computes it, seeded with
 // the inode's current generation.
 func (n *normalizer) inodeCsumOK(ino uint32, b []byte) bool {
-	le := binary.LittleEndian
-	c := make([]byte, ext4spec.InodeSize)
-	copy(c, b)
-	want := uint32(le.Uint16(c[0x7C:]))
-	le.PutUint16(c[0x7C:], 0)
-	hasHi := le.Uint16(c[0x80:]) >= 4
-	if hasHi {
-		want |= uint32(le.Uint16(c[0x82:])) << 16
-		le.PutUint16(c[0x82:], 0)
-	}
-	got := ext4spec.CRC32C(n.seedFor(ino, le.Uint32(c[0x64:])), c)
-	if !hasHi {
-		got &= 0xFFFF
-	}
-	return got == want
+	return ext4spec.InodeChecksum(b, n.fsSeed, ino) == ext4spec.StoredInodeChecksum(b)
 }
 
 func (n *normalizer) seedFor(ino, gen uint32) uint32 {

@@ -44,19 +44,44 @@ func InodeSeed(fsSeed, ino, gen uint32) uint32 {
 	return CRC32CUint32(CRC32CUint32(fsSeed, ino), gen)
 }
 
-// SetInodeChecksum stores the checksum of inode ino (b, InodeSize bytes),
-// whose i_generation must be 0: the only generation either side writes.
+// InodeChecksum is the checksum of inode ino (b, InodeSize bytes) as the
+// kernel computes it: crc32c seeded with the inode's own generation, over
+// the inode with its checksum fields as zero, only the low 16 bits when the
+// inode has no i_checksum_hi (i_extra_isize < 4). b is not changed.
+func InodeChecksum(b []byte, fsSeed, ino uint32) uint32 {
+	le := binary.LittleEndian
+	var c [InodeSize]byte
+	copy(c[:], b)
+	le.PutUint16(c[0x7C:], 0)
+	hasHi := le.Uint16(c[0x80:]) >= 4
+	if hasHi {
+		le.PutUint16(c[0x82:], 0)
+	}
+	sum := CRC32C(InodeSeed(fsSeed, ino, le.Uint32(c[0x64:])), c[:])
+	if !hasHi {
+		sum &= 0xFFFF
+	}
+	return sum
+}
+
+// StoredInodeChecksum is the checksum b (InodeSize bytes) records.
+func StoredInodeChecksum(b []byte) uint32 {
+	le := binary.LittleEndian
+	sum := uint32(le.Uint16(b[0x7C:]))
+	if le.Uint16(b[0x80:]) >= 4 {
+		sum |= uint32(le.Uint16(b[0x82:])) << 16
+	}
+	return sum
+}
+
+// SetInodeChecksum stores InodeChecksum in b. Both sides store inodes of
+// generation 0 only, the only generation either writes.
 func SetInodeChecksum(b []byte, fsSeed, ino uint32) {
 	le := binary.LittleEndian
-	le.PutUint16(b[0x7C:], 0)
-	hasHi := le.Uint16(b[0x80:]) >= 4
-	if hasHi {
-		le.PutUint16(b[0x82:], 0)
-	}
-	c := CRC32C(InodeSeed(fsSeed, ino, 0), b[:InodeSize])
-	le.PutUint16(b[0x7C:], uint16(c))
-	if hasHi {
-		le.PutUint16(b[0x82:], uint16(c>>16))
+	sum := InodeChecksum(b, fsSeed, ino)
+	le.PutUint16(b[0x7C:], uint16(sum))
+	if le.Uint16(b[0x80:]) >= 4 {
+		le.PutUint16(b[0x82:], uint16(sum>>16))
 	}
 }
 
