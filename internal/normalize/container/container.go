@@ -107,7 +107,13 @@ type Report struct {
 // randomness-derived header fields in place. It parses and verifies every
 // structure it is going to touch before writing anything, and refuses (with
 // nothing written) a file whose headers it cannot parse or whose checksums
-// are wrong. Running it again with the same options changes nothing.
+// are wrong. What it writes must lie inside the structure that holds it
+// and apart from everything else the format locates (a vhdx log apart from
+// the header section, every region and every block the BAT points at; a
+// vmdk descriptor before its grain directories and first grain), or the
+// file is left alone. Memory is bounded by the file and by vhdxMaxLog,
+// vhdxMaxBAT (read in chunks) and vmdkMaxDesc. Running it again with the
+// same options changes nothing.
 func Normalize(f *os.File, o Options) (Report, error) {
 	if len(o.Seed) == 0 {
 		return Report{}, errors.New("container: Options.Seed is empty")

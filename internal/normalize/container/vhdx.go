@@ -31,17 +31,25 @@ const (
 	vhdxLogSector   = 4 << 10
 	vhdxEntryLength = 8
 	vhdxEntryGUID   = 32
-	// vhdxMaxLog bounds the log held in memory; qemu's default is 1 MiB.
-	vhdxMaxLog = 256 << 20
+	// vhdxMaxLog bounds the log held in memory (twice: as read and as
+	// edited); qemu's and Hyper-V's default is 1 MiB.
+	vhdxMaxLog = 16 << 20
+	// vhdxMaxBAT bounds the BAT scanned (in 1 MiB chunks): 32 TiB in
+	// 1 MiB blocks, 8 PiB in qemu's default 32 MiB ones.
+	vhdxMaxBAT = 256 << 20
+	vhdxMiB    = 1 << 20
 
 	vhdxMaxTableEntries = 2047
 )
 
 var (
 	castagnoli = crc32.MakeTable(crc32.Castagnoli)
-	// On-disk bytes of the metadata region and Page 83 data item GUIDs.
+	// On-disk bytes of the metadata and BAT region GUIDs and of the Page 83
+	// and file parameters metadata item GUIDs.
 	vhdxMetadataRegion = []byte{0x06, 0xa2, 0x7c, 0x8b, 0x90, 0x47, 0x9a, 0x4b, 0xb8, 0xfe, 0x57, 0x5f, 0x05, 0x0f, 0x88, 0x6e}
 	vhdxPage83         = []byte{0xab, 0x12, 0xca, 0xbe, 0xe6, 0xb2, 0x23, 0x45, 0x93, 0xef, 0xc3, 0x09, 0xe0, 0x00, 0xc7, 0x46}
+	vhdxBATRegion      = []byte{0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08}
+	vhdxFileParameters = []byte{0x37, 0x67, 0xa1, 0xca, 0x36, 0xfa, 0x43, 0x4d, 0xb3, 0xb6, 0x33, 0xf0, 0xaa, 0x44, 0xe7, 0x6b}
 )
 
 // vhdxCRC is the CRC-32C of the n bytes of b from off, wrapping around the
@@ -98,12 +106,31 @@ func vhdxNormalize(m *image, d *deriver) ([]*region, error) {
 		return nil, errors.New("log is not empty (active header has a log GUID)")
 	}
 
-	regions, meta, err := vhdxMetadata(m, d)
+	regions, spans, err := vhdxRegions(m)
 	if err != nil {
 		return nil, err
 	}
-	logRegion, err := vhdxLog(m, a)
+	metaSpan, err := vhdxFind(spans, "metadata")
 	if err != nil {
+		return nil, err
+	}
+	batSpan, err := vhdxFind(spans, "BAT")
+	if err != nil {
+		return nil, err
+	}
+	meta, blockSize, err := vhdxMetadata(m, d, metaSpan)
+	if err != nil {
+		return nil, err
+	}
+	logRegion, err := vhdxLog(m, a, spans)
+	if err != nil {
+		return nil, err
+	}
+	written := []vhdxSpan{metaSpan}
+	if logRegion != nil {
+		written = append(written, vhdxSpan{"log", uint64(logRegion.off), uint64(len(logRegion.buf))})
+	}
+	if err := vhdxCheckBAT(m, batSpan, blockSize, written); err != nil {
 		return nil, err
 	}
 
@@ -131,10 +158,22 @@ func vhdxNormalize(m *image, d *deriver) ([]*region, error) {
 	return out, nil
 }
 
-// vhdxMetadata verifies both region tables and returns them (unchanged) and
-// the Page 83 item (the virtual disk id) with a derived GUID.
-func vhdxMetadata(m *image, d *deriver) (tables []*region, page83 *region, err error) {
-	var metaOff, metaLen uint64
+// vhdxSpan is a byte range of the file that one structure owns.
+type vhdxSpan struct {
+	what     string
+	off, len uint64
+}
+
+// overlaps reports whether two spans share a byte; both lie inside the
+// file, so the sums cannot overflow.
+func (a vhdxSpan) overlaps(b vhdxSpan) bool { return a.off < b.off+b.len && b.off < a.off+a.len }
+
+// vhdxRegions verifies both region tables, which must agree entry for
+// entry, and returns them (unchanged) and the regions they locate: each
+// MiB-aligned, after the 1 MiB header section, inside the file and apart
+// from every other.
+func vhdxRegions(m *image) (tables []*region, spans []vhdxSpan, err error) {
+	var entries []byte
 	for i, off := range []int64{vhdxRegion1, vhdxRegion2} {
 		what := fmt.Sprintf("region table %d", i+1)
 		b, err := m.read(off, vhdxRegionLen, what)
@@ -148,53 +187,123 @@ func vhdxMetadata(m *image, d *deriver) (tables []*region, page83 *region, err e
 		if n > vhdxMaxTableEntries {
 			return nil, nil, fmt.Errorf("%s: %d entries", what, n)
 		}
-		found := false
-		for e := b[16 : 16+32*n]; len(e) > 0; e = e[32:] {
-			if bytes.Equal(e[:16], vhdxMetadataRegion) {
-				found = true
-				o, l := binary.LittleEndian.Uint64(e[16:]), uint64(binary.LittleEndian.Uint32(e[24:]))
-				if i > 0 && (o != metaOff || l != metaLen) {
-					return nil, nil, errors.New("region tables disagree on the metadata region")
-				}
-				metaOff, metaLen = o, l
-			}
+		e := b[16 : 16+32*n]
+		if i > 0 && !bytes.Equal(e, entries) {
+			return nil, nil, errors.New("the two region tables disagree")
 		}
-		if !found {
-			return nil, nil, fmt.Errorf("%s: no metadata region", what)
-		}
+		entries = e
 		tables = append(tables, newRegion(off, b))
 	}
-	if metaLen < 64<<10 || metaOff > uint64(m.size) {
-		return nil, nil, fmt.Errorf("metadata region at %d (%d bytes) is out of bounds", metaOff, metaLen)
+	for e := entries; len(e) > 0; e = e[32:] {
+		s := vhdxSpan{what: "region " + vhdxGUIDName(e[:16]), off: binary.LittleEndian.Uint64(e[16:]), len: uint64(binary.LittleEndian.Uint32(e[24:]))}
+		if s.off < vhdxMiB || s.off%vhdxMiB != 0 || s.len == 0 || s.len%vhdxMiB != 0 || s.off > uint64(m.size) || s.len > uint64(m.size)-s.off {
+			return nil, nil, fmt.Errorf("%s at %d (%d bytes) is misaligned or not inside the %d-byte file", s.what, s.off, s.len, m.size)
+		}
+		for _, o := range spans {
+			if s.overlaps(o) {
+				return nil, nil, fmt.Errorf("%s and %s overlap", o.what, s.what)
+			}
+		}
+		spans = append(spans, s)
 	}
-	t, err := m.read(int64(metaOff), 64<<10, "metadata table")
+	return tables, spans, nil
+}
+
+func vhdxGUIDName(g []byte) string {
+	switch {
+	case bytes.Equal(g, vhdxMetadataRegion):
+		return "metadata"
+	case bytes.Equal(g, vhdxBATRegion):
+		return "BAT"
+	}
+	return fmt.Sprintf("%x", g)
+}
+
+// vhdxFind returns the span of the region named what, or an error.
+func vhdxFind(spans []vhdxSpan, what string) (vhdxSpan, error) {
+	for _, s := range spans {
+		if s.what == "region "+what {
+			return s, nil
+		}
+	}
+	return vhdxSpan{}, fmt.Errorf("the region tables have no %s region", what)
+}
+
+// vhdxMetadata reads the metadata table in meta and returns the Page 83
+// item (the virtual disk id) with a derived GUID, and the block size.
+func vhdxMetadata(m *image, d *deriver, meta vhdxSpan) (page83 *region, blockSize uint64, err error) {
+	t, err := m.read(int64(meta.off), 64<<10, "metadata table")
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, err
 	}
 	if string(t[:8]) != "metadata" {
-		return nil, nil, fmt.Errorf("metadata table signature is %q", t[:8])
+		return nil, 0, fmt.Errorf("metadata table signature is %q", t[:8])
 	}
 	n := binary.LittleEndian.Uint16(t[10:])
 	if n > vhdxMaxTableEntries {
-		return nil, nil, fmt.Errorf("metadata table has %d entries", n)
+		return nil, 0, fmt.Errorf("metadata table has %d entries", n)
 	}
-	for e := t[32 : 32+32*int(n)]; len(e) > 0; e = e[32:] {
-		if !bytes.Equal(e[:16], vhdxPage83) {
-			continue
+	// item returns the bytes of the item whose GUID is id, which must be
+	// size bytes inside the metadata region, after the table (MS-VHDX
+	// 2.6.1.2: items start at 64 KiB or later).
+	item := func(id []byte, size uint32, what string) (int64, []byte, error) {
+		for e := t[32 : 32+32*int(n)]; len(e) > 0; e = e[32:] {
+			if !bytes.Equal(e[:16], id) {
+				continue
+			}
+			o, l := uint64(binary.LittleEndian.Uint32(e[16:])), binary.LittleEndian.Uint32(e[20:])
+			if l != size || o < 64<<10 || o+uint64(size) > meta.len {
+				return 0, nil, fmt.Errorf("%s item at %d (%d bytes) is malformed", what, o, l)
+			}
+			b, err := m.read(int64(meta.off+o), int64(size), what)
+			return int64(meta.off + o), b, err
 		}
-		o, l := uint64(binary.LittleEndian.Uint32(e[16:])), binary.LittleEndian.Uint32(e[20:])
-		if l != 16 || o+16 > metaLen {
-			return nil, nil, fmt.Errorf("page 83 item at %d (%d bytes) is malformed", o, l)
-		}
-		b, err := m.read(int64(metaOff+o), 16, "page 83 data")
+		return 0, nil, fmt.Errorf("metadata table has no %s item", what)
+	}
+	_, fp, err := item(vhdxFileParameters, 8, "file parameters")
+	if err != nil {
+		return nil, 0, err
+	}
+	blockSize = uint64(binary.LittleEndian.Uint32(fp))
+	if blockSize < vhdxMiB || blockSize > 256*vhdxMiB || blockSize&(blockSize-1) != 0 {
+		return nil, 0, fmt.Errorf("block size %d is not a power of 2 from 1 to 256 MiB", blockSize)
+	}
+	at, b, err := item(vhdxPage83, 16, "page 83")
+	if err != nil {
+		return nil, 0, err
+	}
+	r := newRegion(at, b)
+	r.set(0, d.replace(b, "vhdx virtual disk id", true), "vhdx virtual disk id")
+	return r, blockSize, nil
+}
+
+// vhdxCheckBAT refuses a file one of whose payload or sector bitmap
+// blocks overlaps a span we write (the metadata region, the log): the BAT
+// is read in chunks, so memory stays bounded whatever its length.
+func vhdxCheckBAT(m *image, bat vhdxSpan, blockSize uint64, written []vhdxSpan) error {
+	if bat.len > vhdxMaxBAT {
+		return fmt.Errorf("BAT of %d bytes is larger than %d", bat.len, vhdxMaxBAT)
+	}
+	size := max(blockSize, vhdxMiB) // a sector bitmap block is 1 MiB
+	for at := uint64(0); at < bat.len; at += vhdxMiB {
+		b, err := m.read(int64(bat.off+at), int64(min(vhdxMiB, bat.len-at)), "BAT")
 		if err != nil {
-			return nil, nil, err
+			return err
 		}
-		r := newRegion(int64(metaOff+o), b)
-		r.set(0, d.replace(b, "vhdx virtual disk id", true), "vhdx virtual disk id")
-		return tables, r, nil
+		for i := 0; i+8 <= len(b); i += 8 {
+			off := binary.LittleEndian.Uint64(b[i:]) &^ (vhdxMiB - 1) // FileOffsetMB << 20
+			if off == 0 {
+				continue
+			}
+			for _, w := range written {
+				// off < w.off+w.len, inside the file: off+size fits.
+				if off < w.off+w.len && w.off < off+size {
+					return fmt.Errorf("BAT entry %d points at a block at %d that overlaps the %s", (at+uint64(i))/8, off, w.what)
+				}
+			}
+		}
 	}
-	return nil, nil, errors.New("metadata table has no page 83 item")
+	return nil
 }
 
 // vhdxLog clears the log. Callers have checked that the active header's
@@ -204,16 +313,23 @@ func vhdxMetadata(m *image, d *deriver) (tables []*region, page83 *region, err e
 // ring's reuse depends on timing, so renaming GUIDs is not enough: the whole
 // region becomes zeros. The entries are verified first all the same, so a
 // damaged file is refused rather than silently cleaned.
-func vhdxLog(m *image, hdr []byte) (*region, error) {
-	n := int64(binary.LittleEndian.Uint32(hdr[vhdxHdrLogLength:]))
-	off := int64(binary.LittleEndian.Uint64(hdr[vhdxHdrLogOffset:]))
-	if n == 0 {
+//
+// The log must lie after the header section, inside the file and apart
+// from every region (the caller checks the BAT's blocks): it is zeroed.
+func vhdxLog(m *image, hdr []byte, regions []vhdxSpan) (*region, error) {
+	s := vhdxSpan{what: "log", off: binary.LittleEndian.Uint64(hdr[vhdxHdrLogOffset:]), len: uint64(binary.LittleEndian.Uint32(hdr[vhdxHdrLogLength:]))}
+	if s.len == 0 {
 		return nil, nil
 	}
-	if n%(1<<20) != 0 || off%(1<<20) != 0 || n > vhdxMaxLog {
-		return nil, fmt.Errorf("log at %d (%d bytes) is misaligned or too large", off, n)
+	if s.len%vhdxMiB != 0 || s.off%vhdxMiB != 0 || s.off < vhdxMiB || s.len > vhdxMaxLog || s.off > uint64(m.size) || s.len > uint64(m.size)-s.off {
+		return nil, fmt.Errorf("log at %d (%d bytes) is misaligned, too large or not inside the %d-byte file", s.off, s.len, m.size)
 	}
-	b, err := m.read(off, n, "log")
+	for _, r := range regions {
+		if s.overlaps(r) {
+			return nil, fmt.Errorf("log at %d (%d bytes) overlaps the %s", s.off, s.len, r.what)
+		}
+	}
+	b, err := m.read(int64(s.off), int64(s.len), "log")
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +347,10 @@ func vhdxLog(m *image, hdr []byte) (*region, error) {
 			return nil, fmt.Errorf("log entry at log offset %#x: checksum is %#08x, contents give %#08x", at, got, want)
 		}
 	}
-	r := newRegion(off, b)
-	r.set(0, make([]byte, len(b)), "vhdx stale log entries")
+	r := newRegion(int64(s.off), b)
+	clear(r.buf)
+	if !bytes.Equal(r.buf, b) {
+		r.fields = append(r.fields, "vhdx stale log entries")
+	}
 	return r, nil
 }

@@ -15,6 +15,10 @@ import (
 const (
 	vmdkDescOffset = 28
 	vmdkDescSize   = 36
+	vmdkRGDOffset  = 48 // uint64 sectors, 0 for none
+	vmdkGDOffset   = 56 // uint64 sectors, vmdkGDAtEnd in a streamOptimized footer's image
+	vmdkOverhead   = 64 // uint64: sectors of metadata before the first grain
+	vmdkGDAtEnd    = 1<<64 - 1
 	vmdkNewlines   = 73 // "\n \r\n", there to catch text-mode transfers
 	// vmdkMaxDesc bounds the descriptor held in memory; qemu allots 10 KiB.
 	vmdkMaxDesc = 1 << 20
@@ -37,6 +41,21 @@ func vmdkNormalize(m *image, d *deriver) ([]*region, error) {
 	}
 	if n > vmdkMaxDesc/512 || off > uint64(m.size)/512 {
 		return nil, fmt.Errorf("descriptor at sector %d (%d sectors) is out of bounds", off, n)
+	}
+	// The whole area is rewritten (its padding zeroed), so it must lie in
+	// the metadata before the first grain and end before the grain
+	// directories, as qemu and VMware lay them out; both sums are small.
+	overhead := binary.LittleEndian.Uint64(h[vmdkOverhead:])
+	if off+n > overhead {
+		return nil, fmt.Errorf("descriptor at sector %d (%d sectors) runs past the %d metadata sectors before the first grain", off, n, overhead)
+	}
+	for _, g := range []struct {
+		name string
+		at   int
+	}{{"redundant grain directory", vmdkRGDOffset}, {"grain directory", vmdkGDOffset}} {
+		if s := binary.LittleEndian.Uint64(h[g.at:]); s != 0 && s != vmdkGDAtEnd && s < off+n {
+			return nil, fmt.Errorf("descriptor at sector %d (%d sectors) does not end before the %s at sector %d", off, n, g.name, s)
+		}
 	}
 	area, err := m.read(int64(off)*512, int64(n)*512, "descriptor")
 	if err != nil {
