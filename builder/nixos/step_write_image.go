@@ -13,6 +13,7 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/uiprogress"
 )
 
 // stepWriteImage writes the raw image: partition table, then the root
@@ -42,7 +43,9 @@ func (s *stepWriteImage) Run(ctx context.Context, state multistep.StateBag) mult
 	if err != nil {
 		return halt(state, fmt.Errorf("writing the filesystem: %w", err))
 	}
-	bar := newProgress(ui, "store", p.stats.Bytes+p.tree.ownBytes())
+	bar := uiprogress.New(ui, "store", p.stats.Bytes+p.tree.ownBytes()).Lines(15*time.Second, func(done, total int64) string {
+		return fmt.Sprintf("%s of %s written (%d%%)", humanBytes(done), humanBytes(total), done*100/max(total, 1))
+	})
 	stats, err := p.tree.walk(ctx, hosttree.Writer(w, bar.Add), w.SetRoot)
 	bar.Close()
 	if err != nil {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"io"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 )
@@ -12,8 +14,16 @@ import (
 // tracker is Packer's BasicUi progress hook, recording what the bar saw:
 // its total and the bytes read through it.
 type tracker struct {
+	mu    sync.Mutex
 	total int64
 	read  int64
+	reads int64
+}
+
+func (tr *tracker) loadRead() int64 {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.read
 }
 
 func (tr *tracker) TrackProgress(_ string, _, total int64, stream io.ReadCloser) io.ReadCloser {
@@ -28,7 +38,10 @@ type counting struct {
 
 func (c *counting) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
+	c.tr.mu.Lock()
 	c.tr.read += int64(n)
+	c.tr.reads++
+	c.tr.mu.Unlock()
 	return n, err
 }
 
@@ -40,20 +53,22 @@ func newUi() (*packersdk.BasicUi, *tracker) {
 // Percent moves the bar to its share of the total, never backwards and
 // never past the end.
 func TestPercent(t *testing.T) {
-	ui, tr := newUi()
-	b := New(ui, "x", 10000)
-	defer b.Close()
 	for _, c := range []struct {
-		pct  float64
+		pcts []float64
 		want int64
-	}{{0, 0}, {12.5, 1250}, {50, 5000}, {40, 5000}, {100, 10000}, {120, 10000}} {
-		b.Percent(c.pct)
-		if tr.read != c.want {
-			t.Errorf("after Percent(%v): %d read, want %d", c.pct, tr.read, c.want)
+	}{{[]float64{0}, 0}, {[]float64{12.5}, 1250}, {[]float64{50, 40}, 5000}, {[]float64{100, 120}, 10000}, {[]float64{120}, 10000}} {
+		ui, tr := newUi()
+		b := New(ui, "x", 10000)
+		for _, p := range c.pcts {
+			b.Percent(p)
 		}
-	}
-	if tr.total != 10000 {
-		t.Errorf("total %d", tr.total)
+		b.Close()
+		if tr.read != c.want {
+			t.Errorf("after Percent(%v): %d read, want %d", c.pcts, tr.read, c.want)
+		}
+		if tr.total != 10000 {
+			t.Errorf("total %d", tr.total)
+		}
 	}
 }
 
@@ -62,7 +77,6 @@ func TestPercent(t *testing.T) {
 func TestReader(t *testing.T) {
 	ui, tr := newUi()
 	b := New(ui, "x", 30)
-	defer b.Close()
 	for _, s := range []string{"0123456789", "abcdefghij"} {
 		var got bytes.Buffer
 		if _, err := io.Copy(&got, b.Reader(io.NopCloser(strings.NewReader(s)))); err != nil {
@@ -72,7 +86,46 @@ func TestReader(t *testing.T) {
 			t.Errorf("read %q through the bar, want %q", got.String(), s)
 		}
 	}
+	b.Close()
+	b.Close() // twice is harmless
 	if tr.read != 20 {
 		t.Errorf("bar advanced %d, want 20", tr.read)
 	}
+}
+
+// The bar moves while the work runs, not only at the end.
+func TestFedWhileRunning(t *testing.T) {
+	ui, tr := newUi()
+	b := New(ui, "x", 100)
+	defer b.Close()
+	b.Add(40)
+	for deadline := time.Now().Add(10 * time.Second); tr.loadRead() != 40; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the bar shows %d of 40 added", tr.loadRead())
+		}
+	}
+}
+
+// Progress never costs: 200,000 Adds (one a file) reach Packer as a few
+// reads a second, not one each (each is an RPC round trip in a plugin).
+// The first bar read once per Add.
+func TestFewReadsForManyAdds(t *testing.T) {
+	ui, tr := newUi()
+	const files, size = 200000, 3000
+	start := time.Now()
+	b := New(ui, "x", files*size)
+	for i := 0; i < files; i++ {
+		b.Add(size)
+	}
+	b.Close()
+	took := time.Since(start)
+	if tr.read != files*size {
+		t.Fatalf("bar advanced %d, want %d", tr.read, files*size)
+	}
+	// Per feed: ceil(pending / feedChunk) reads.
+	feeds := int64(took/FeedEvery) + 2
+	if max := feeds * (files*size/feedChunk + 1); tr.reads > max {
+		t.Errorf("%d reads of the tracked stream for %d Adds in %v, want at most %d", tr.reads, files, took, max)
+	}
+	t.Logf("%d Adds in %v: %d reads", files, took, tr.reads)
 }
