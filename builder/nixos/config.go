@@ -75,9 +75,11 @@ type Config struct {
 	// and installs the boot loader only: no closure byte passes through it, so
 	// it need not grow with the image. Defaults to `256`.
 	MemSize int `mapstructure:"mem_size" required:"false"`
-	// Install mode: `auto`, `kvm` or `tcg`. `auto` tries KVM only if
-	// /dev/kvm is usable and the guest agent answers within
-	// `kvm_probe_timeout`, else goes on under TCG. Defaults to `auto`.
+	// Install mode: `auto`, `kvm` or `tcg`. `auto` uses KVM only if
+	// /dev/kvm is usable, runs a tiny guest loop within a quarter of a
+	// second (a nested or emulated KVM that runs guests slower than TCG
+	// fails this at once), and the guest agent then answers within
+	// `kvm_probe_timeout`; else it goes on under TCG. Defaults to `auto`.
 	Accelerator string `mapstructure:"accelerator" required:"false"`
 	// Install mode: how long `auto` waits for the guest under KVM before
 	// falling back to TCG. Defaults to `20s`.

@@ -35,6 +35,14 @@ func KVMUsable() error {
 	return nil
 }
 
+// KVMSpeedLimit bounds KVMSpeed's loop in ProbeAccel: natively it takes a
+// few milliseconds and under TCG tens; a KVM slower than that is not used.
+const KVMSpeedLimit = 250 * time.Millisecond
+
+// kvmSpeed is KVMSpeed; tests that need the boot probe past it on a
+// machine whose KVM is slow replace it.
+var kvmSpeed = KVMSpeed
+
 // Probe is the outcome of ProbeAccel.
 type Probe struct {
 	// Accel is the accelerator to use.
@@ -50,7 +58,8 @@ type Probe struct {
 }
 
 // ProbeAccel resolves the "auto" accelerator. It tries KVM only if
-// KVMUsable; then it starts c under KVM (c.Accel is ignored) and calls
+// KVMUsable and KVMSpeed runs a guest loop within KVMSpeedLimit (a broken
+// KVM costs a quarter of a second, not the timeout); then it starts c under KVM (c.Accel is ignored) and calls
 // ready, which must block until the guest has shown it runs (the agent's
 // hello) or its ctx ends. ready's ctx ends at timeout and also as soon as
 // the probe VM exits (QEMU may abort under KVM); a ready error ends the
@@ -64,6 +73,9 @@ type Probe struct {
 func ProbeAccel(ctx context.Context, d Driver, c VMConfig, ready func(context.Context) error, timeout time.Duration) (Probe, error) {
 	if err := KVMUsable(); err != nil {
 		return Probe{Accel: TCG, Reason: fmt.Sprintf("KVM unavailable (%v): using TCG, which is much slower", err)}, nil
+	}
+	if _, err := kvmSpeed(KVMSpeedLimit); err != nil {
+		return Probe{Accel: TCG, Reason: oneLine(err) + "; using TCG"}, nil
 	}
 	c.Accel = KVM
 	if err := c.normalize(); err != nil {
