@@ -83,10 +83,10 @@ func (g *guestComm) Upload(dst string, r io.Reader, fi *os.FileInfo) error {
 		}
 		r = tmp
 	}
-	if err := g.mkdirAll(path.Dir(dst)); err != nil {
-		return err
-	}
-	return g.client.Upload(g.ctx, g.guestPath(dst), mode, 0, 0, r, size)
+	// The agent resolves dst inside the installed system, as a command
+	// there would (its absolute symlinks included), and creates missing
+	// directories as mkdir -p there would.
+	return g.client.Upload(g.ctx, guestRoot, systemPath(dst), mode, 0, 0, r, size)
 }
 
 // UploadDir copies src into dst like rsync: the directory itself, or its
@@ -150,7 +150,7 @@ func uploadWalk(dst, src string, exclude []string, fn func(local, target string,
 // Download copies one file out of the installed system, at most
 // safeextract.MaxBytes of it.
 func (g *guestComm) Download(src string, w io.Writer) error {
-	_, err := g.client.Download(g.ctx, g.guestPath(src), safeextract.LimitWriter(w, safeextract.MaxBytes))
+	_, err := g.client.Download(g.ctx, guestRoot, systemPath(src), safeextract.LimitWriter(w, safeextract.MaxBytes))
 	return err
 }
 
@@ -197,16 +197,8 @@ func (g *guestComm) run(script string) error {
 	return err
 }
 
-func (g *guestComm) mkdirAll(dir string) error {
-	if dir == "/" || dir == "." {
-		return nil
-	}
-	return g.run("mkdir -p " + shellQuote(dir))
-}
-
-// guestPath maps a path of the installed system to the agent's view.
-func (g *guestComm) guestPath(p string) string {
-	return path.Join(guestRoot, path.Clean("/"+p))
-}
+// systemPath is p as a path of the installed system, which the agent
+// resolves inside guestRoot.
+func systemPath(p string) string { return path.Clean("/" + p) }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

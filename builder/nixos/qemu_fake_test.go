@@ -176,17 +176,20 @@ func (g *fakeGuest) Exec(_ context.Context, r *protocol.ExecRequest, _ io.Reader
 func (g *fakeGuest) Upload(_ context.Context, r *protocol.UploadRequest, data io.Reader) error {
 	b, err := io.ReadAll(data)
 	if err == nil {
-		err = g.do("upload", r.Path)
+		err = g.do("upload", path.Join(r.Root, r.Path))
 	}
 	if err == nil {
 		g.mu.Lock()
-		g.files[r.Path] = string(b)
+		g.files[path.Join(r.Root, r.Path)] = string(b)
 		g.mu.Unlock()
 	}
 	return err
 }
 
-func (g *fakeGuest) Download(_ context.Context, p string, w io.Writer) (protocol.FileInfo, error) {
+// Download and Remove key files by root and path joined: this fake has no
+// symlinks to resolve.
+func (g *fakeGuest) Download(_ context.Context, root, p string, w io.Writer) (protocol.FileInfo, error) {
+	p = path.Join(root, p)
 	s, ok := g.file(p)
 	if !ok {
 		return protocol.FileInfo{}, notFound(p)
@@ -195,7 +198,8 @@ func (g *fakeGuest) Download(_ context.Context, p string, w io.Writer) (protocol
 	return protocol.FileInfo{Mode: 0o640, Size: int64(len(s))}, err
 }
 
-func (g *fakeGuest) Remove(_ context.Context, p string, _ bool) error {
+func (g *fakeGuest) Remove(_ context.Context, root, p string, _ bool) error {
+	p = path.Join(root, p)
 	if _, ok := g.file(p); !ok {
 		return notFound(p)
 	}

@@ -73,7 +73,7 @@ func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui, e
 	var done []string
 	for _, f := range rootfiles.AccountFiles {
 		var buf bytes.Buffer
-		fi, err := cl.Download(ctx, guestRoot+f, &buf)
+		fi, err := cl.Download(ctx, guestRoot, f, &buf)
 		if isNotExist(err) {
 			continue
 		}
@@ -84,13 +84,13 @@ func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui, e
 		if bytes.Equal(sorted, buf.Bytes()) {
 			continue
 		}
-		if err := cl.Upload(ctx, guestRoot+f, unixmode.FileMode(fi.Mode), fi.Uid, fi.Gid, bytes.NewReader(sorted), int64(len(sorted))); err != nil {
+		if err := cl.Upload(ctx, guestRoot, f, unixmode.FileMode(fi.Mode), fi.Uid, fi.Gid, bytes.NewReader(sorted), int64(len(sorted))); err != nil {
 			return err
 		}
 		done = append(done, "sorted "+f)
 	}
 	for _, dir := range espDirs {
-		err := cl.Remove(ctx, guestRoot+"/"+dir+"/loader/random-seed", false)
+		err := cl.Remove(ctx, guestRoot, "/"+dir+"/loader/random-seed", false)
 		if err == nil {
 			done = append(done, "removed /"+dir+"/loader/random-seed")
 		} else if !isNotExist(err) {
@@ -107,7 +107,7 @@ func (s *stepInstall) deterministicFiles(ctx context.Context, ui packersdk.Ui, e
 func (s *stepInstall) finish(ctx context.Context, ui packersdk.Ui) error {
 	cl := s.client
 	// Every image would share one machine identity otherwise.
-	if err := cl.Remove(ctx, guestRoot+rootfiles.MachineIDFile, false); err != nil && !isNotExist(err) {
+	if err := cl.Remove(ctx, guestRoot, rootfiles.MachineIDFile, false); err != nil && !isNotExist(err) {
 		return err
 	}
 	if err := cl.Unmount(ctx, guestRoot); err != nil {

@@ -227,13 +227,13 @@ func TestQEMU(t *testing.T) {
 
 	data := bytes.Repeat([]byte("guest agent upload\n"), 50000) // ~1 MB
 	start := time.Now()
-	if err := c.Upload(ctx, "/mnt/etc/uploaded", 0o640, 0, 0, bytes.NewReader(data), int64(len(data))); err != nil {
+	if err := c.Upload(ctx, "/mnt", "/etc/uploaded", 0o640, 0, 0, bytes.NewReader(data), int64(len(data))); err != nil {
 		t.Fatal(err)
 	}
 	up := time.Since(start)
 	var got bytes.Buffer
 	start = time.Now()
-	fi, err := c.Download(ctx, "/mnt/etc/uploaded", &got)
+	fi, err := c.Download(ctx, "/mnt", "/etc/uploaded", &got)
 	if err != nil || !bytes.Equal(got.Bytes(), data) || fi.Mode != 0o640 {
 		t.Fatalf("download: %+v %v, equal=%v", fi, err, bytes.Equal(got.Bytes(), data))
 	}

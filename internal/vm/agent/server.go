@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,10 +20,12 @@ type System interface {
 	// Exec runs r to completion; a cancelled ctx kills it. A non-nil
 	// error means it could not run at all.
 	Exec(ctx context.Context, r *protocol.ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (protocol.ExecResult, error)
-	// Upload reads exactly r.Size bytes from data into r.Path.
+	// Upload reads exactly r.Size bytes from data into r.Path inside
+	// r.Root. Download and Remove, too, resolve path inside root ("" is
+	// the agent's "/"), as a command chrooted there would.
 	Upload(ctx context.Context, r *protocol.UploadRequest, data io.Reader) error
-	Download(ctx context.Context, path string, w io.Writer) (protocol.FileInfo, error)
-	Remove(ctx context.Context, path string, recursive bool) error
+	Download(ctx context.Context, root, path string, w io.Writer) (protocol.FileInfo, error)
+	Remove(ctx context.Context, root, path string, recursive bool) error
 	Unmount(ctx context.Context, target string) error
 	Sync() error
 	// Poweroff readies the disks for power loss: nothing of the guest may
@@ -78,11 +79,16 @@ func Serve(rw io.ReadWriter, sys System) error {
 		switch f.Type {
 		case protocol.FrameRequest:
 			// The host sends a new request only after the previous one
-			// ended or was cancelled; let a cancelled one wind down.
+			// ended or was cancelled: one still running was abandoned, and
+			// an upload or stdin would wait forever for its data. Cancel
+			// it and let it wind down.
+			if cur != nil {
+				cur.cancel()
+			}
 			finish()
-			var req protocol.Request
-			if err := json.Unmarshal(f.Payload, &req); err != nil {
-				fw.WriteJSON(protocol.FrameResponse, f.ID, protocol.Response{Error: fmt.Sprintf("bad request: %v", err)})
+			req, err := decodeRequest(f.Payload)
+			if err != nil {
+				fw.WriteJSON(protocol.FrameResponse, f.ID, protocol.Response{Error: err.Error()})
 				continue
 			}
 			if req.Op == protocol.OpPoweroff {
@@ -102,8 +108,8 @@ func Serve(rw io.ReadWriter, sys System) error {
 				defer close(a.done)
 				defer cancel()
 				start := time.Now()
-				resp := handle(ctx, sys, fw, a, &req)
-				logResult(&req, &resp, time.Since(start))
+				resp := handle(ctx, sys, fw, a, req)
+				logResult(req, &resp, time.Since(start))
 				if err := fw.WriteJSON(protocol.FrameResponse, a.id, resp); err != nil {
 					log.Printf("request %d (%s): writing the response: %v", a.id, req.Op, err)
 				}
@@ -156,9 +162,15 @@ func logResult(req *protocol.Request, resp *protocol.Response, d time.Duration) 
 	case protocol.OpUpload:
 		if req.Upload != nil {
 			what = fmt.Sprintf(" %s (%d bytes)", req.Upload.Path, req.Upload.Size)
+			if req.Upload.Root != "" {
+				what += " in " + req.Upload.Root
+			}
 		}
 	default:
 		what = " " + req.Path
+		if req.Root != "" {
+			what += " in " + req.Root
+		}
 	}
 	if resp.Error != "" {
 		log.Printf("%s%s: FAILED after %v: %s", req.Op, what, d.Round(time.Millisecond), resp.Error)
@@ -174,8 +186,8 @@ func errResponse(err error) protocol.Response {
 	return protocol.Response{}
 }
 
+// handle serves a request decodeRequest accepted.
 func handle(ctx context.Context, sys System, fw *protocol.FrameWriter, a *active, req *protocol.Request) protocol.Response {
-	missing := func(what string) protocol.Response { return protocol.Response{Error: req.Op + ": missing " + what} }
 	switch req.Op {
 	case protocol.OpHello:
 		info, err := sys.Hello()
@@ -184,19 +196,10 @@ func handle(ctx context.Context, sys System, fw *protocol.FrameWriter, a *active
 		}
 		return protocol.Response{Hello: &info}
 	case protocol.OpMount:
-		if req.Mount == nil {
-			return missing("mount")
-		}
 		return errResponse(sys.Mount(ctx, req.Mount))
 	case protocol.OpBindSystem:
-		if req.Bind == nil {
-			return missing("bind")
-		}
 		return errResponse(sys.BindSystem(ctx, req.Bind))
 	case protocol.OpExec:
-		if req.Exec == nil || len(req.Exec.Argv) == 0 {
-			return missing("exec.argv")
-		}
 		var stdin io.Reader
 		if req.Exec.HasStdin {
 			stdin = &inReader{ctx: ctx, ch: a.in, eofOnEmpty: true}
@@ -208,32 +211,17 @@ func handle(ctx context.Context, sys System, fw *protocol.FrameWriter, a *active
 		}
 		return protocol.Response{Exec: &res}
 	case protocol.OpUpload:
-		if req.Upload == nil || req.Upload.Path == "" {
-			return missing("upload.path")
-		}
-		if req.Upload.Size < 0 {
-			return protocol.Response{Error: "upload: negative size"}
-		}
 		in := &inReader{ctx: ctx, ch: a.in}
 		return errResponse(sys.Upload(ctx, req.Upload, io.LimitReader(in, req.Upload.Size)))
 	case protocol.OpDownload:
-		if req.Path == "" {
-			return missing("path")
-		}
-		fi, err := sys.Download(ctx, req.Path, protocol.NewChunkWriter(fw, protocol.FrameData, a.id))
+		fi, err := sys.Download(ctx, req.Root, req.Path, protocol.NewChunkWriter(fw, protocol.FrameData, a.id))
 		if err != nil {
 			return errResponse(err)
 		}
 		return protocol.Response{File: &fi}
 	case protocol.OpRemove:
-		if req.Path == "" {
-			return missing("path")
-		}
-		return errResponse(sys.Remove(ctx, req.Path, req.Recursive))
+		return errResponse(sys.Remove(ctx, req.Root, req.Path, req.Recursive))
 	case protocol.OpUnmount:
-		if req.Path == "" {
-			return missing("path")
-		}
 		return errResponse(sys.Unmount(ctx, req.Path))
 	case protocol.OpSync:
 		return errResponse(sys.Sync())

@@ -56,7 +56,7 @@ func chroot(t *testing.T, ctx context.Context, c *agentclient.Client) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Upload(ctx, filepath.Join(root, "bin/busybox"), 0o755, 0, 0, bytes.NewReader(bb), int64(len(bb))); err != nil {
+	if err := c.Upload(ctx, "", filepath.Join(root, "bin/busybox"), 0o755, 0, 0, bytes.NewReader(bb), int64(len(bb))); err != nil {
 		t.Fatal(err)
 	}
 	for name, target := range map[string]string{"sh": "busybox", "cat": "/bin/busybox", "sleep": "busybox"} {
@@ -141,16 +141,16 @@ func TestServe(t *testing.T) {
 	// Upload keeps mode and owner (setgid too), atomically.
 	data := bytes.Repeat([]byte("0123456789abcdef"), 100000)
 	p := filepath.Join(root, "etc/new/file")
-	if err := c.Upload(ctx, p, 0o640|os.ModeSetgid, 1000, 100, bytes.NewReader(data), int64(len(data))); err != nil {
+	if err := c.Upload(ctx, "", p, 0o640|os.ModeSetgid, 1000, 100, bytes.NewReader(data), int64(len(data))); err != nil {
 		t.Fatal(err)
 	}
 	var got bytes.Buffer
-	fi, err := c.Download(ctx, p, &got)
+	fi, err := c.Download(ctx, "", p, &got)
 	if err != nil || !bytes.Equal(got.Bytes(), data) || fi != (protocol.FileInfo{Mode: 0o2640, Uid: 1000, Gid: 100, Size: int64(len(data))}) {
 		t.Errorf("download: %+v %v (%d bytes)", fi, err, got.Len())
 	}
 	// A source shorter than announced fails and leaves nothing behind.
-	if err := c.Upload(ctx, filepath.Join(root, "etc/new/short"), 0o644, 0, 0, strings.NewReader("abc"), 10); err == nil {
+	if err := c.Upload(ctx, "", filepath.Join(root, "etc/new/short"), 0o644, 0, 0, strings.NewReader("abc"), 10); err == nil {
 		t.Error("short upload accepted")
 	}
 	if ents, _ := os.ReadDir(filepath.Join(root, "etc/new")); len(ents) != 1 {
@@ -162,16 +162,16 @@ func TestServe(t *testing.T) {
 	go pw.Write(make([]byte, 100000))
 	uctx, ucancel := context.WithCancel(ctx)
 	time.AfterFunc(200*time.Millisecond, ucancel)
-	if err := c.Upload(uctx, filepath.Join(root, "etc/new/stalled"), 0o644, 0, 0, pr, 1<<20); !errors.Is(err, context.Canceled) {
+	if err := c.Upload(uctx, "", filepath.Join(root, "etc/new/stalled"), 0o644, 0, 0, pr, 1<<20); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled upload: %v", err)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(root, "etc/new")); len(ents) != 1 {
 		t.Errorf("leftovers after a cancelled upload: %v", ents)
 	}
-	if _, err := c.Download(ctx, root+"/etc", io.Discard); err == nil {
+	if _, err := c.Download(ctx, "", root+"/etc", io.Discard); err == nil {
 		t.Error("downloading a directory accepted")
 	}
-	if err := c.Remove(ctx, p, false); err != nil {
+	if err := c.Remove(ctx, "", p, false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {

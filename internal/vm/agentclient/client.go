@@ -4,7 +4,6 @@ package agentclient
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -180,17 +179,14 @@ func (c *Client) call(ctx context.Context, req *protocol.Request, input func(id 
 				}
 				continue
 			}
-			var resp protocol.Response
-			if err := json.Unmarshal(f.Payload, &resp); err != nil {
-				return nil, fmt.Errorf("guest agent: %s: bad response: %w", req.Op, err)
-			}
+			resp, err := decodeResponse(req.Op, f.Payload)
 			if localErr != nil {
 				return nil, localErr
 			}
-			if resp.Error != "" {
-				return nil, &RemoteError{Op: req.Op, Message: resp.Error}
+			if err != nil {
+				return nil, err
 			}
-			return &resp, nil
+			return resp, nil
 		case err := <-inErr:
 			if err != nil {
 				abort(fmt.Errorf("guest agent: %s: %w", req.Op, err))
@@ -229,12 +225,9 @@ func (c *Client) Hello(ctx context.Context) (*protocol.HelloInfo, error) {
 				if f.Type != protocol.FrameResponse || !sent[f.ID] {
 					continue
 				}
-				var resp protocol.Response
-				if err := json.Unmarshal(f.Payload, &resp); err != nil {
-					return nil, fmt.Errorf("guest agent: hello: bad response: %w", err)
-				}
-				if resp.Error != "" || resp.Hello == nil {
-					return nil, &RemoteError{Op: protocol.OpHello, Message: resp.Error}
+				resp, err := decodeResponse(protocol.OpHello, f.Payload)
+				if err != nil {
+					return nil, err
 				}
 				return resp.Hello, nil
 			case <-tick.C:
@@ -266,9 +259,11 @@ func (c *Client) Unmount(ctx context.Context, target string) error {
 	return c.simple(ctx, &protocol.Request{Op: protocol.OpUnmount, Path: target})
 }
 
-// Remove removes path in the guest, with everything below it if recursive.
-func (c *Client) Remove(ctx context.Context, path string, recursive bool) error {
-	return c.simple(ctx, &protocol.Request{Op: protocol.OpRemove, Path: path, Recursive: recursive})
+// Remove removes path inside root in the guest (see protocol.UploadRequest
+// for root), not following its last component, with everything below it
+// if recursive.
+func (c *Client) Remove(ctx context.Context, root, path string, recursive bool) error {
+	return c.simple(ctx, &protocol.Request{Op: protocol.OpRemove, Root: root, Path: path, Recursive: recursive})
 }
 
 // Sync flushes the guest's filesystems.
@@ -358,31 +353,37 @@ func (c *Client) stream(typ byte, id uint32, stop <-chan struct{}, r io.Reader, 
 	return nil
 }
 
-// Upload writes size bytes from r to path in the guest, atomically, with
+// Upload writes size bytes from r to path inside root in the guest (root
+// "": the agent's own "/"; see protocol.UploadRequest), atomically, with
 // mode's permission bits (and setuid/setgid/sticky) and owner uid:gid.
-func (c *Client) Upload(ctx context.Context, path string, mode fs.FileMode, uid, gid int, r io.Reader, size int64) error {
-	req := &protocol.Request{Op: protocol.OpUpload, Upload: &protocol.UploadRequest{Path: path, Mode: unixmode.Perm(mode), Uid: uid, Gid: gid, Size: size}}
+func (c *Client) Upload(ctx context.Context, root, path string, mode fs.FileMode, uid, gid int, r io.Reader, size int64) error {
+	req := &protocol.Request{Op: protocol.OpUpload, Upload: &protocol.UploadRequest{Root: root, Path: path, Mode: unixmode.Perm(mode), Uid: uid, Gid: gid, Size: size}}
 	_, err := c.call(ctx, req, func(id uint32, stop <-chan struct{}) error {
 		return c.stream(protocol.FrameData, id, stop, r, size)
 	}, nil)
 	return err
 }
 
-// Download copies the guest's regular file path to w and returns its mode,
-// owner and size.
-func (c *Client) Download(ctx context.Context, path string, w io.Writer) (protocol.FileInfo, error) {
-	resp, err := c.call(ctx, &protocol.Request{Op: protocol.OpDownload, Path: path}, nil, func(f protocol.Frame) error {
+// Download copies the guest's regular file path inside root (following a
+// symlink inside root, as cat does) to w and returns its mode, owner and
+// size.
+func (c *Client) Download(ctx context.Context, root, path string, w io.Writer) (protocol.FileInfo, error) {
+	var got int64
+	resp, err := c.call(ctx, &protocol.Request{Op: protocol.OpDownload, Root: root, Path: path}, nil, func(f protocol.Frame) error {
 		if f.Type != protocol.FrameData {
 			return nil
 		}
-		_, err := w.Write(f.Payload)
+		n, err := w.Write(f.Payload)
+		got += int64(n)
 		return err
 	})
 	if err != nil {
 		return protocol.FileInfo{}, err
 	}
-	if resp.File == nil {
-		return protocol.FileInfo{}, fmt.Errorf("guest agent: download: response without file info")
+	// The agent reports the size it sent: anything else is a stream that
+	// lost or gained bytes.
+	if got != resp.File.Size {
+		return protocol.FileInfo{}, fmt.Errorf("guest agent: download: got %d bytes, the agent says it sent %d", got, resp.File.Size)
 	}
 	return *resp.File, nil
 }

@@ -49,8 +49,8 @@
 //	bind_system: bind
 //	exec:        exec (+ 'I' frames when exec.stdin) → 'O'/'E' frames, exec
 //	upload:      upload + 'D' frames
-//	download:    path → 'D' frames, file
-//	remove:      path, recursive
+//	download:    root, path → 'D' frames, file
+//	remove:      root, path, recursive
 //	unmount:     path (everything mounted at or below it, deepest first)
 //	sync
 //	poweroff:    the agent kills leftover processes, unmounts what it
@@ -70,8 +70,9 @@ import (
 // PortName is the virtio-serial port the agent serves on.
 const PortName = "org.packer-plugin-nixos.agent"
 
-// Version is the protocol and agent version reported by Hello.
-const Version = "1"
+// Version is the protocol and agent version reported by Hello. 2: upload,
+// download and remove resolve their path inside a root (Root).
+const Version = "2"
 
 // MaxPayload bounds one frame; data is streamed in chunks of at most this.
 const MaxPayload = 1 << 20
@@ -229,7 +230,10 @@ type Request struct {
 	Exec   *ExecRequest       `json:"exec,omitempty"`
 	Upload *UploadRequest     `json:"upload,omitempty"`
 	// Path is the file of download and remove, the target of unmount.
-	Path      string `json:"path,omitempty"`
+	Path string `json:"path,omitempty"`
+	// Root, for download and remove, is the tree Path lies in (see
+	// UploadRequest.Root).
+	Root      string `json:"root,omitempty"`
 	Recursive bool   `json:"recursive,omitempty"` // remove
 }
 
@@ -290,8 +294,17 @@ type ExecRequest struct {
 
 // UploadRequest writes Size bytes to Path atomically (a temporary file in
 // the same directory, renamed over Path), with Mode (permission bits) and
-// ownership Uid:Gid.
+// ownership Uid:Gid. Missing parent directories are created as mkdir -p
+// would.
+//
+// Root, when set, is an absolute path in the agent's namespace and Path a
+// path inside it, resolved as a command chrooted into Root resolves it:
+// absolute symlinks and ".." stay inside Root (openat2 RESOLVE_IN_ROOT).
+// Root "" is the agent's own "/". The last component of Path is never
+// followed: an upload replaces a symlink there, a remove removes it; a
+// download follows it, as cat does.
 type UploadRequest struct {
+	Root string `json:"root,omitempty"`
 	Path string `json:"path"`
 	Mode uint32 `json:"mode"`
 	Uid  int    `json:"uid"`
