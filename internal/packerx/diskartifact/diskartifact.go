@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
@@ -32,7 +33,7 @@ type State struct {
 
 // Find picks the disk image among a's files: the file the state key
 // diskName (or the first of diskPaths) names, else the first file whose
-// extension is a disk image's. Its format comes from diskType when given,
+// extension is a disk image's. It must be a regular file. Its format comes from diskType when given,
 // else from the file's own header (never from the extension alone).
 func Find(a packersdk.Artifact) (Disk, error) {
 	files := a.Files()
@@ -47,7 +48,17 @@ func Find(a packersdk.Artifact) (Disk, error) {
 	}
 	if path == "" {
 		if paths := stringList(a.State("diskPaths")); len(paths) > 0 {
-			path = paths[0]
+			// Only one of the artifact's own files: the post-processors
+			// rewrite or replace what Find returns.
+			for _, f := range files {
+				if filepath.Clean(f) == filepath.Clean(paths[0]) {
+					path = f
+					break
+				}
+			}
+			if path == "" {
+				return Disk{}, fmt.Errorf("the input artifact (BuilderId %q) names its disk %q in diskPaths, which is not among its files %q", a.BuilderId(), paths[0], files)
+			}
 		}
 	}
 	if path == "" {
@@ -61,6 +72,13 @@ func Find(a packersdk.Artifact) (Disk, error) {
 	if path == "" {
 		return Disk{}, fmt.Errorf("the input artifact (BuilderId %q) has no disk image among its files %q: want a diskName or diskPaths state key, or a file ending in .img, .raw, .qcow2, .vdi, .vhd, .vhdx or .vmdk", a.BuilderId(), files)
 	}
+	// A directory, device or FIFO is no disk image (and opening a FIFO
+	// would wait for a writer forever).
+	if fi, err := os.Stat(path); err != nil {
+		return Disk{}, fmt.Errorf("the input artifact's disk image: %w", err)
+	} else if !fi.Mode().IsRegular() {
+		return Disk{}, fmt.Errorf("the input artifact's disk image %s is not a regular file (%v)", path, fi.Mode().Type())
+	}
 	d := Disk{Path: path}
 	if t, ok := a.State("diskType").(string); ok && t != "" {
 		f, ok := qemuimg.FormatByQemuName(t)
@@ -69,7 +87,7 @@ func Find(a packersdk.Artifact) (Disk, error) {
 		}
 		d.Format = f
 	} else {
-		fh, err := os.Open(path)
+		fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0) // a FIFO swapped in since the Stat
 		if err != nil {
 			return Disk{}, fmt.Errorf("the input artifact's disk image: %w", err)
 		}
@@ -77,6 +95,9 @@ func Find(a packersdk.Artifact) (Disk, error) {
 		fi, err := fh.Stat()
 		if err != nil {
 			return Disk{}, err
+		}
+		if !fi.Mode().IsRegular() {
+			return Disk{}, fmt.Errorf("the input artifact's disk image %s is not a regular file", path)
 		}
 		got, err := container.Detect(fh, fi.Size())
 		if err != nil {

@@ -4,7 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // files is an artifact as another builder hands one over: files and state.
@@ -39,7 +41,7 @@ func TestFind(t *testing.T) {
 	}{
 		{"by extension", files{list: []string{notes, raw}}, raw, "raw"},
 		{"by diskName", files{list: []string{raw, qcow}, state: map[string]interface{}{"diskName": "b.qcow2"}}, qcow, "qcow2"},
-		{"by diskPaths", files{list: []string{notes}, state: map[string]interface{}{"diskPaths": []interface{}{qcow}}}, qcow, "qcow2"},
+		{"by diskPaths", files{list: []string{raw, qcow}, state: map[string]interface{}{"diskPaths": []interface{}{filepath.Join(dir, "x", "..", "b.qcow2")}}}, qcow, "qcow2"},
 		{"diskType wins", files{list: []string{raw}, state: map[string]interface{}{"diskType": "vhd"}}, raw, "vpc"},
 	} {
 		d, err := Find(c.a)
@@ -57,6 +59,13 @@ func TestFind(t *testing.T) {
 	_, err := Find(files{list: []string{notes}})
 	if err == nil || !strings.Contains(err.Error(), `the input artifact (BuilderId "example.builder") has no disk image among its files`) {
 		t.Errorf("no disk: %v", err)
+	}
+	// Issue 11 (FuzzFind's invariant): the old Find returned diskPaths'
+	// first path even when it was none of the artifact's files, and
+	// nixos-reproducible rewrites what Find returns.
+	_, err = Find(files{list: []string{notes}, state: map[string]interface{}{"diskPaths": []string{qcow}}})
+	if err == nil || !strings.Contains(err.Error(), "which is not among its files") {
+		t.Errorf("diskPaths outside the files: %v", err)
 	}
 	_, err = Find(files{list: []string{raw}, state: map[string]interface{}{"diskType": "qed"}})
 	if err == nil || !strings.Contains(err.Error(), `is of type "qed"`) {
@@ -89,5 +98,31 @@ func TestArtifactState(t *testing.T) {
 	}
 	if _, err := os.Stat(p); !os.IsNotExist(err) {
 		t.Error("Destroy left the file it owns")
+	}
+}
+
+// TestFindNotRegular: the old Find opened a FIFO named like a disk image
+// and waited for a writer forever (and, with diskType, handed a directory
+// to the post-processors). Issue 11, found writing FuzzFind.
+func TestFindNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo, sub := filepath.Join(dir, "disk.img"), filepath.Join(dir, "d.raw")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []files{{list: []string{fifo}}, {list: []string{sub}, state: map[string]interface{}{"diskType": "raw"}}} {
+		done := make(chan error, 1)
+		go func() { _, err := Find(a); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "is not a regular file") {
+				t.Errorf("%s: %v", a.list[0], err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: Find still waiting after 5 s", a.list[0])
+		}
 	}
 }

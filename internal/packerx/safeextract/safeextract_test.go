@@ -18,7 +18,7 @@ type entry struct {
 	mode             int64
 }
 
-func tarOf(t *testing.T, es ...entry) []byte {
+func tarOf(t testing.TB, es ...entry) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	tw := tar.NewWriter(&b)

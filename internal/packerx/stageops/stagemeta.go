@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"strings"
 )
 
 // The builder says which mode it is in through the generated data
@@ -47,8 +48,17 @@ func Encode(ops []Op) []byte {
 	return b
 }
 
-// Decode parses a document, refusing paths that are not absolute and clean.
+// MaxBytes bounds a document: each Op is a few dozen bytes, and a
+// provisioner sends one document per directory tree it stages.
+const MaxBytes = 64 << 20
+
+// Decode parses a document, refusing paths that are not absolute and clean
+// (the store-only communicator joins them to its staging directory), or
+// that hold a NUL, and modes with bits beyond 07777.
 func Decode(b []byte) ([]Op, error) {
+	if len(b) > MaxBytes {
+		return nil, fmt.Errorf("staging operations: %d bytes, more than the limit of %d", len(b), MaxBytes)
+	}
 	var doc struct {
 		Ops []Op `json:"ops"`
 	}
@@ -56,7 +66,7 @@ func Decode(b []byte) ([]Op, error) {
 		return nil, fmt.Errorf("staging operations: %w", err)
 	}
 	for _, op := range doc.Ops {
-		if op.Path == "" || op.Path[0] != '/' || path.Clean(op.Path) != op.Path || op.Path == "/" {
+		if op.Path == "" || op.Path[0] != '/' || path.Clean(op.Path) != op.Path || op.Path == "/" || strings.IndexByte(op.Path, 0) >= 0 {
 			return nil, fmt.Errorf("staging operations: %q is not a clean absolute path below /", op.Path)
 		}
 		if op.Mode != nil && *op.Mode&^0o7777 != 0 {

@@ -25,6 +25,9 @@ func TestDecodeRefuses(t *testing.T) {
 		`{"ops":[{"path":"/"}]}`:               `"/" is not a clean absolute path below /`,
 		`{"ops":[{"path":"/a","mode":65535}]}`: `mode 177777 has bits beyond 07777`,
 		`not json`:                             `staging operations: invalid character`,
+		// Accepted by the old Decode; the staging directory's syscalls
+		// failed on it later with a bare "invalid argument".
+		`{"ops":[{"path":"/a\u0000b"}]}`: `is not a clean absolute path`,
 	} {
 		_, err := Decode([]byte(doc))
 		if err == nil || !strings.Contains(err.Error(), want) {
