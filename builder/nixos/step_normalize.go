@@ -32,7 +32,8 @@ func (s *stepNormalize) Run(ctx context.Context, state multistep.StateBag) multi
 	}
 	defer f.Close()
 
-	r, err := ext4.Normalize(f, p.layout.Root().Start, ext4.NormalizeOptions{Time: p.epoch})
+	root := p.layout.Root()
+	r, err := ext4.Normalize(f, root.Start, root.Size, ext4.NormalizeOptions{Time: p.epoch})
 	if err != nil {
 		return halt(state, fmt.Errorf("normalising the root filesystem: %w", err))
 	}
@@ -42,7 +43,7 @@ func (s *stepNormalize) Run(ctx context.Context, state multistep.StateBag) multi
 	}
 	for _, role := range []disk.Role{disk.RoleESP, disk.RoleXBootLdr} {
 		if pt, ok := p.layout.Find(role); ok {
-			fr, err := fat.Normalize(f, pt.Start, fat.NormalizeOptions{Time: p.epoch})
+			fr, err := fat.Normalize(f, pt.Start, pt.Size, fat.NormalizeOptions{Time: p.epoch})
 			if err != nil {
 				return halt(state, fmt.Errorf("normalising the %s partition: %w", role, err))
 			}

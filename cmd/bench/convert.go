@@ -79,7 +79,7 @@ func benchConvert(ctx context.Context, c config, fixture string) ([]*convertRow,
 			return nil, row{}, 0, err
 		}
 		start := time.Now()
-		if _, err := normalize.Image(cp, normalize.Options{Seed: []byte("bench"), Time: epoch}); err != nil {
+		if _, err := normalize.Image(context.Background(), cp, normalize.Options{Seed: []byte("bench"), Time: epoch}); err != nil {
 			return nil, row{}, 0, err
 		}
 		norm.times = append(norm.times, time.Since(start))

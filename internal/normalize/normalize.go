@@ -9,6 +9,7 @@ package normalize
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -31,8 +32,16 @@ import (
 
 // Options say what invented values become.
 type Options struct {
-	Seed []byte // every GUID and UUID written derives from it
-	Time int64  // unix seconds: time stamps are clamped to it
+	// Seed derives every GUID and UUID written; nil derives it from the
+	// image's content once the rest is normalised (same image, same
+	// identifiers; different images, different ones).
+	Seed []byte
+	Time int64 // unix seconds: time stamps are clamped to it
+	// RederiveIDs replaces the partition table's disk and partition GUIDs
+	// and MBR signature with ones derived from the seed. It breaks what
+	// refers to them (root=PARTUUID=, /dev/disk/by-partuuid in fstab, a
+	// boot entry in EFI variables): by default they are kept.
+	RederiveIDs bool
 }
 
 // Epoch is source_date_epoch as users give it: the key's value, else the
@@ -54,11 +63,13 @@ func Epoch(key *int64) (int64, error) {
 	return e, nil
 }
 
-// ContentSeed digests the file's data (its allocated extents, holes
-// skipped, so a sparse 100 GiB image costs what its data costs) with base,
-// so that different images get different container UUIDs (VirtualBox
-// refuses to register two disks with one UUID) and the same image the same.
-// Chunks are hashed in parallel, one worker a CPU, and their digests
+// ContentSeed digests the file's logical content with base, so that
+// different images get different container UUIDs (VirtualBox refuses to
+// register two disks with one UUID) and the same image the same. It
+// depends on the bytes alone, not on how the host stores them: the file is
+// cut into aligned chunks, those without data (holes, so a sparse 100 GiB
+// image costs what its data costs) and those of zeros count alike, and
+// only the others are hashed, in parallel, one worker a CPU, their digests
 // combined in file order; memory stays at a few chunks.
 func ContentSeed(path string, base []byte) ([]byte, error) {
 	f, err := os.Open(path)
@@ -70,11 +81,8 @@ func ContentSeed(path string, base []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	type chunk struct {
-		off int64
-		n   int64
-	}
-	var chunks []chunk
+	// The chunks holding any data, in order.
+	var chunks []int64
 	for off := int64(0); off < fi.Size(); {
 		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
@@ -87,13 +95,16 @@ func ContentSeed(path string, base []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		for at := data; at < hole; at += seedChunk {
-			chunks = append(chunks, chunk{at, min(seedChunk, hole-at)})
+		for c := data / seedChunk * seedChunk; c < hole; c += seedChunk {
+			if len(chunks) == 0 || chunks[len(chunks)-1] != c {
+				chunks = append(chunks, c)
+			}
 		}
 		off = hole
 	}
 
 	sums := make([][sha256.Size]byte, len(chunks))
+	zero := make([]bool, len(chunks))
 	errs := make([]error, len(chunks))
 	next := make(chan int)
 	var wg sync.WaitGroup
@@ -104,8 +115,22 @@ func ContentSeed(path string, base []byte) ([]byte, error) {
 			buf := make([]byte, 1<<20)
 			for i := range next {
 				h := sha256.New()
-				_, errs[i] = io.CopyBuffer(h, io.NewSectionReader(f, chunks[i].off, chunks[i].n), buf)
+				z := true
+				r := io.NewSectionReader(f, chunks[i], min(seedChunk, fi.Size()-chunks[i]))
+				for {
+					n, err := r.Read(buf)
+					z = z && isZero(buf[:n])
+					h.Write(buf[:n])
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						errs[i] = err
+						break
+					}
+				}
 				h.Sum(sums[i][:0])
+				zero[i] = z
 			}
 		}()
 	}
@@ -123,13 +148,31 @@ func ContentSeed(path string, base []byte) ([]byte, error) {
 		if errs[i] != nil {
 			return nil, errs[i]
 		}
-		binary.LittleEndian.PutUint64(num[:], uint64(c.off))
+		if zero[i] {
+			continue // as a hole
+		}
+		binary.LittleEndian.PutUint64(num[:], uint64(c))
 		h.Write(num[:])
 		h.Write(sums[i][:])
 	}
 	binary.LittleEndian.PutUint64(num[:], uint64(fi.Size()))
 	h.Write(num[:])
 	return h.Sum(nil), nil
+}
+
+func isZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // seedChunk is the unit ContentSeed hashes in parallel.
@@ -169,13 +212,30 @@ func containerLine(rep container.Report) string {
 // Image normalises a disk image in place: a raw image layer by layer
 // (partition table, then each ext4 or FAT32 filesystem), another format's
 // container header only. It returns one line per layer saying what
-// changed, and what it left alone and why.
-func Image(path string, o Options) ([]string, error) {
+// changed, and what it left alone and why. Cancelling ctx closes the image
+// under the scan, which then stops at its next read; what it wrote stays
+// (Rewrite works on a copy for that reason).
+func Image(ctx context.Context, path string, o Options) ([]string, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	stop := context.AfterFunc(ctx, func() { f.Close() })
+	defer stop()
+	lines, err := image(f, path, o)
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("normalising %s: %w", path, ctx.Err())
+	}
+	return lines, err
+}
+
+// placeholderSeed stands in for a seed derived from content while the
+// content it derives from is made: identifiers written with it are
+// rewritten once the seed is known.
+var placeholderSeed = []byte("nixos-reproducible placeholder")
+
+func image(f *os.File, path string, o Options) ([]string, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -185,6 +245,14 @@ func Image(path string, o Options) ([]string, error) {
 		return nil, err
 	}
 	if format != container.Raw {
+		if o.Seed == nil {
+			if _, err := normalizeContainer(f, Options{Seed: placeholderSeed, Time: o.Time}); err != nil {
+				return nil, err
+			}
+			if o.Seed, err = ContentSeed(path, []byte("nixos-reproducible container")); err != nil {
+				return nil, err
+			}
+		}
 		line, err := normalizeContainer(f, o)
 		if err != nil {
 			return nil, err
@@ -193,19 +261,14 @@ func Image(path string, o Options) ([]string, error) {
 	}
 
 	var lines []string
-	pt, err := partition.Normalize(f, partition.NormalizeOptions{Seed: o.Seed})
+	seed := o.Seed
+	if seed == nil {
+		seed = placeholderSeed
+	}
+	pt, err := partition.Normalize(f, partition.NormalizeOptions{Seed: seed, RederiveIDs: o.RederiveIDs})
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case pt.Table == "none":
-		lines = append(lines, "partition table: none (a bare filesystem)")
-	case len(pt.Fields) == 0:
-		lines = append(lines, fmt.Sprintf("partition table (%s): nothing to change", pt.Table))
-	default:
-		lines = append(lines, fmt.Sprintf("partition table (%s): %s", pt.Table, strings.Join(pt.Fields, ", ")))
-	}
-
 	parts, err := partition.ReadPartitions(f)
 	if err != nil {
 		return nil, err
@@ -218,17 +281,41 @@ func Image(path string, o Options) ([]string, error) {
 		if p.Number == 0 {
 			name = "filesystem"
 		}
-		l, err := filesystem(f, p.Start, name, o)
+		l, err := filesystem(f, p.Start, p.Size, name, o)
 		if err != nil {
 			return nil, err
 		}
 		lines = append(lines, l)
 	}
+	if o.Seed == nil && o.RederiveIDs && pt.Table != "none" {
+		// The identifiers derive from everything else, now settled.
+		if err := f.Sync(); err != nil {
+			return nil, err
+		}
+		if seed, err = ContentSeed(path, []byte("nixos-reproducible partition table")); err != nil {
+			return nil, err
+		}
+		if pt, err = partition.Normalize(f, partition.NormalizeOptions{Seed: seed, RederiveIDs: o.RederiveIDs}); err != nil {
+			return nil, err
+		}
+	}
+	lines = append([]string{tableLine(pt)}, lines...)
 	return lines, f.Sync()
 }
 
-// filesystem normalises the filesystem at off, if it is one we know.
-func filesystem(f *os.File, off int64, name string, o Options) (string, error) {
+func tableLine(pt partition.NormalizeReport) string {
+	switch {
+	case pt.Table == "none":
+		return "partition table: none (a bare filesystem)"
+	case len(pt.Fields) == 0:
+		return fmt.Sprintf("partition table (%s): nothing to change", pt.Table)
+	}
+	return fmt.Sprintf("partition table (%s): %s", pt.Table, strings.Join(pt.Fields, ", "))
+}
+
+// filesystem normalises the filesystem at off, if it is one we know; it
+// owns the size bytes there (its partition) and nothing else.
+func filesystem(f *os.File, off, size int64, name string, o Options) (string, error) {
 	head := make([]byte, 2048)
 	if _, err := f.ReadAt(head, off); err != nil && !errors.Is(err, io.EOF) {
 		return "", err
@@ -239,16 +326,16 @@ func filesystem(f *os.File, off int64, name string, o Options) (string, error) {
 		// A first pass checks the layout is one Normalize knows before
 		// any file inside is touched; the second clears what debugfs'
 		// edits left (times, the removed machine-id's inode).
-		r, err := ext4.Normalize(f, off, opts)
+		r, err := ext4.Normalize(f, off, size, opts)
 		if err != nil {
 			return fmt.Sprintf("left alone: %s (ext4): %v", name, err), nil
 		}
-		files, err := rootfiles.Settle(f, off, o.Time)
+		files, err := rootfiles.Settle(f, off, size, o.Time)
 		if err != nil {
 			return "", fmt.Errorf("%s (ext4): %w", name, err)
 		}
 		if len(files) > 0 {
-			if _, err := ext4.Normalize(f, off, opts); err != nil {
+			if _, err := ext4.Normalize(f, off, size, opts); err != nil {
 				return "", fmt.Errorf("%s (ext4) after editing its files: %w", name, err)
 			}
 		}
@@ -264,7 +351,7 @@ func filesystem(f *os.File, off int64, name string, o Options) (string, error) {
 		}
 		return l + "; UUID and hash seed kept (the system refers to them)", nil
 	case bytes.Equal(head[82:90], []byte("FAT32   ")):
-		r, err := fat.Normalize(f, off, fat.NormalizeOptions{Time: o.Time})
+		r, err := fat.Normalize(f, off, size, fat.NormalizeOptions{Time: o.Time})
 		if err != nil {
 			return fmt.Sprintf("left alone: %s (FAT32): %v", name, err), nil
 		}

@@ -20,6 +20,8 @@ type FlatConfig struct {
 	PackerSensitiveVars []string          `mapstructure:"packer_sensitive_variables" cty:"packer_sensitive_variables" hcl:"packer_sensitive_variables"`
 	SourceDateEpoch     *int64            `mapstructure:"source_date_epoch" required:"false" cty:"source_date_epoch" hcl:"source_date_epoch"`
 	Seed                *string           `mapstructure:"seed" required:"false" cty:"seed" hcl:"seed"`
+	RederiveIDs         *bool             `mapstructure:"rederive_ids" required:"false" cty:"rederive_ids" hcl:"rederive_ids"`
+	InPlace             *bool             `mapstructure:"in_place" required:"false" cty:"in_place" hcl:"in_place"`
 }
 
 // FlatMapstructure returns a new FlatConfig.
@@ -44,6 +46,8 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"packer_sensitive_variables": &hcldec.AttrSpec{Name: "packer_sensitive_variables", Type: cty.List(cty.String), Required: false},
 		"source_date_epoch":          &hcldec.AttrSpec{Name: "source_date_epoch", Type: cty.Number, Required: false},
 		"seed":                       &hcldec.AttrSpec{Name: "seed", Type: cty.String, Required: false},
+		"rederive_ids":               &hcldec.AttrSpec{Name: "rederive_ids", Type: cty.Bool, Required: false},
+		"in_place":                   &hcldec.AttrSpec{Name: "in_place", Type: cty.Bool, Required: false},
 	}
 	return s
 }

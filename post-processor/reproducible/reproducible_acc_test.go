@@ -181,8 +181,8 @@ func TestAccReproducibleStoreOnly(t *testing.T) {
 }
 
 // Install mode, legacy (GRUB) and EFI (systemd-boot): byte-identical in
-// every format, and the image nixos-reproducible rewrote (new GUIDs, times
-// lowered) still boots through its own boot loader.
+// every format, and the image nixos-reproducible rewrote (times lowered,
+// GUIDs kept) still boots through its own boot loader.
 func TestAccReproducibleInstall(t *testing.T) {
 	for _, c := range []struct{ fixture, layout, firmware string }{
 		{"system-bios", "legacy", "bios"},
@@ -232,7 +232,7 @@ func TestAccReproducibleInstall(t *testing.T) {
 // Another builder's image: Packer's file builder hands over a GPT disk made
 // by sgdisk and mkfs.ext4 (random GUIDs, a random-free but clock-stamped
 // filesystem); two such disks made seconds apart come out of
-// nixos-reproducible byte-identical, and still sound.
+// nixos-reproducible with rederive_ids byte-identical, and still sound.
 func TestAccReproducibleForeignImage(t *testing.T) {
 	var outs [2]string
 	for i := range outs {
@@ -253,7 +253,8 @@ mkfs.ext4 -q -F -b 4096 -U 3f6b2a4e-8c1d-4f0e-9a57-2d7c1b9e0f11 -E offset=104857
 build {
   sources = ["source.file.disk"]
   post-processor "nixos-reproducible" {
-    seed = "foreign"
+    seed         = "foreign"
+    rederive_ids = true
   }
 }
 `, src, outs[i]))

@@ -8,39 +8,27 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
-// readInode reads inode ino straight from its table.
-func (n *normalizer) readInode(ino uint32, b []byte) error {
-	grp, idx := (ino-1)/n.ipg, (ino-1)%n.ipg
-	it := descU64(n.desc(grp), 0x08, 0x28)
-	return n.readAt(b[:ext4spec.InodeSize], int64(it)*ext4spec.BlockSize+int64(idx)*ext4spec.InodeSize)
-}
-
-// inodeCsumOK checks b's checksum as the kernel computes it, seeded with
-// the inode's current generation.
-func (n *normalizer) inodeCsumOK(ino uint32, b []byte) bool {
-	return ext4spec.InodeChecksum(b, n.fsSeed, ino) == ext4spec.StoredInodeChecksum(b)
-}
-
-func (n *normalizer) seedFor(ino, gen uint32) uint32 {
-	return ext4spec.InodeSeed(n.fsSeed, ino, gen)
-}
-
 // group normalises the initialised part of one group's inode table.
 func (n *normalizer) group(grp uint32) error {
 	d := n.desc(grp)
 	if binary.LittleEndian.Uint16(d[0x12:])&ext4spec.BgInodeUninit != 0 {
 		return nil // never used: the table may not even be zeroed
 	}
-	used := n.ipg - min(descU32(d, 0x1C, 0x32), n.ipg)
+	used := n.ipg - descU32(d, 0x1C, 0x32) // checkDesc: unused <= ipg
 	if used == 0 {
 		return nil
 	}
-	bm := make([]byte, ext4spec.BlockSize)
-	if err := n.readAt(bm, int64(descU64(d, 0x04, 0x24))*ext4spec.BlockSize); err != nil {
+	// checkDesc put the bitmap and the whole table inside the filesystem.
+	bm := n.bm
+	if err := n.readBlock(bm, descU64(d, 0x04, 0x24)); err != nil {
 		return err
 	}
 	itPos := int64(descU64(d, 0x08, 0x28)) * ext4spec.BlockSize
-	tbl := make([]byte, int((used+ext4spec.InodesPerBlock-1)/ext4spec.InodesPerBlock)*ext4spec.BlockSize)
+	tblLen := int((used+ext4spec.InodesPerBlock-1)/ext4spec.InodesPerBlock) * ext4spec.BlockSize
+	if cap(n.tbl) < tblLen {
+		n.tbl = make([]byte, tblLen) // at most ipg x 256 = 8 MiB, once per size
+	}
+	tbl := n.tbl[:tblLen]
 	if err := n.readAt(tbl, itPos); err != nil {
 		return err
 	}
@@ -94,13 +82,13 @@ var inodeTimes = []struct{ lo, extra int }{
 func (n *normalizer) inode(ino uint32, b []byte) (bool, error) {
 	le := binary.LittleEndian
 	if !n.inodeCsumOK(ino, b) {
-		return false, fmt.Errorf("ext4: normalize: inode %d checksum mismatch", ino)
+		return false, fmt.Errorf("ext4: inode %d checksum mismatch", ino)
 	}
 	n.rep.Inodes++
 	orig := bytes.Clone(b)
 	extra := 0x80 + int(le.Uint16(b[0x80:]))
 	if le.Uint16(b[0x80:]) > ext4spec.InodeSize-0x80 {
-		return false, fmt.Errorf("ext4: normalize: inode %d: i_extra_isize %d too large", ino, le.Uint16(b[0x80:]))
+		return false, fmt.Errorf("ext4: inode %d: i_extra_isize %d too large", ino, le.Uint16(b[0x80:]))
 	}
 	has := func(o int) bool { return o < 0x80 || o+4 <= extra }
 

@@ -15,51 +15,97 @@ import (
 
 // journal is where inode 8's blocks are.
 type journal struct {
-	exts   []ext4spec.Extent
+	exts   []extent
 	blocks uint64
 }
 
 // checkJournal finds the journal and refuses one that still holds
-// transactions to replay.
+// transactions to replay, or that is not what jbd2 would load: every block
+// of it mapped and initialised, inside the filesystem, and its superblock
+// agreeing with the inode.
 func (n *normalizer) checkJournal() (*journal, error) {
-	le := binary.LittleEndian
-	if le.Uint32(n.sb[0x5C:])&ext4spec.CompatHasJournal == 0 {
-		return nil, nil
-	}
-	if ino := le.Uint32(n.sb[0xE0:]); ino != ext4spec.JournalIno {
-		return nil, fmt.Errorf("ext4: normalize: journal is not inode 8 (s_journal_inum %d)", ino)
-	}
-	in := make([]byte, ext4spec.InodeSize)
-	if err := n.readInode(ext4spec.JournalIno, in); err != nil {
+	j, err := n.loadJournal()
+	if j == nil || err != nil {
 		return nil, err
 	}
-	if le.Uint32(in[0x20:])&ext4spec.FlagExtents == 0 {
-		return nil, errors.New("ext4: normalize: journal inode is not extent-mapped")
+	b := n.blk
+	if err := n.readBlock(b, j.exts[0].Pblk); err != nil {
+		return nil, err
 	}
-	exts, err := n.walkExtents(ext4spec.JournalIno, in[0x28:0x64], nil, nil)
+	be := binary.BigEndian
+	if be.Uint32(b[0:]) != ext4spec.JournalMagic {
+		return nil, errors.New("ext4: journal has no JBD2 superblock")
+	}
+	// What jbd2's journal_load checks: its block size, a length that fits
+	// the inode, a first log block inside it.
+	if bs, maxlen, first := be.Uint32(b[0x0C:]), uint64(be.Uint32(b[0x10:])), uint64(be.Uint32(b[0x14:])); bs != ext4spec.BlockSize || maxlen > j.blocks || first == 0 || first >= maxlen {
+		return nil, fmt.Errorf("ext4: journal superblock: block size %d, %d blocks from %d, in an inode of %d", bs, maxlen, first, j.blocks)
+	}
+	if be.Uint32(b[0x1C:]) != 0 {
+		return nil, errors.New("ext4: journal is not empty (s_start != 0): filesystem needs recovery")
+	}
+	return j, nil
+}
+
+// loadJournal maps the journal inode, if there is one, and adds its blocks
+// to the filesystem's own (v.meta).
+func (v *volume) loadJournal() (*journal, error) {
+	le := binary.LittleEndian
+	if le.Uint32(v.sb[0x5C:])&ext4spec.CompatHasJournal == 0 {
+		return nil, nil
+	}
+	if ino := le.Uint32(v.sb[0xE0:]); ino != ext4spec.JournalIno {
+		return nil, fmt.Errorf("ext4: journal is not inode 8 (s_journal_inum %d)", ino)
+	}
+	in := make([]byte, ext4spec.InodeSize)
+	if err := v.readInode(ext4spec.JournalIno, in); err != nil {
+		return nil, err
+	}
+	if !v.inodeCsumOK(ext4spec.JournalIno, in) {
+		return nil, errors.New("ext4: journal inode checksum mismatch")
+	}
+	seen := map[uint64]bool{}
+	exts, err := v.fileExtents(ext4spec.JournalIno, in, seen)
 	if err != nil {
 		return nil, err
 	}
 	size := uint64(le.Uint32(in[0x04:])) | uint64(le.Uint32(in[0x6C:]))<<32
 	j := &journal{exts: exts, blocks: size / ext4spec.BlockSize}
+	// Mapped without gaps from block 0 (fileExtents returns them in order,
+	// each inside the filesystem), so the journal is at most the filesystem.
 	var mapped uint64
 	for _, e := range exts {
+		if e.Unwritten || uint64(e.Lblk) != mapped {
+			return nil, fmt.Errorf("ext4: journal inode has a hole or an unwritten extent at block %d", e.Lblk)
+		}
 		mapped += uint64(e.Len)
 	}
-	if len(exts) == 0 || exts[0].Lblk != 0 || mapped != j.blocks {
-		return nil, fmt.Errorf("ext4: normalize: journal inode maps %d blocks of %d", mapped, j.blocks)
+	if len(exts) == 0 || mapped != j.blocks || size%ext4spec.BlockSize != 0 || j.blocks > v.blocks || j.blocks < 2 {
+		return nil, fmt.Errorf("ext4: journal inode maps %d blocks of %d", mapped, j.blocks)
 	}
-	b := n.blk
-	if err := n.readAt(b, int64(exts[0].Pblk)*ext4spec.BlockSize); err != nil {
-		return nil, err
+	// From here on the journal and its tree are the filesystem's own: no
+	// other inode's block may lie there (clearJournal zeroes them).
+	var jr []blockRange
+	var total uint64
+	for _, e := range exts {
+		if v.isMeta(e.Pblk, uint64(e.Len)) {
+			return nil, fmt.Errorf("ext4: journal block %d is other filesystem metadata", e.Pblk)
+		}
+		jr = append(jr, blockRange{e.Pblk, uint64(e.Len)})
+		total += uint64(e.Len)
 	}
-	be := binary.BigEndian
-	if be.Uint32(b[0:]) != ext4spec.JournalMagic {
-		return nil, errors.New("ext4: normalize: journal has no JBD2 superblock")
+	for blk := range seen {
+		jr = append(jr, blockRange{blk, 1})
+		total++
 	}
-	if be.Uint32(b[0x1C:]) != 0 {
-		return nil, errors.New("ext4: normalize: journal is not empty (s_start != 0): filesystem needs recovery")
+	var merged uint64
+	for _, r := range mergeRanges(jr) {
+		merged += r.Len
 	}
+	if merged != total {
+		return nil, errors.New("ext4: the journal maps a block twice")
+	}
+	v.meta = mergeRanges(append(v.meta, jr...))
 	return j, nil
 }
 
@@ -69,7 +115,7 @@ func (n *normalizer) checkJournal() (*journal, error) {
 func (n *normalizer) clearJournal(j *journal) (bool, error) {
 	changed := false
 	cur := make([]byte, ext4spec.BlockSize)
-	if err := n.readAt(cur, int64(j.exts[0].Pblk)*ext4spec.BlockSize); err != nil {
+	if err := n.readBlock(cur, j.exts[0].Pblk); err != nil {
 		return false, err
 	}
 	fresh := make([]byte, ext4spec.BlockSize)
@@ -98,13 +144,20 @@ func (n *normalizer) clearJournal(j *journal) (bool, error) {
 // holes (the image stays sparse) over chunks that hold anything else and
 // skipping existing holes. It reports whether any byte changed.
 func (n *normalizer) zeroRange(pos, size int64) (bool, error) {
+	// Everything below stays inside [pos, pos+size): checked here once.
+	if err := n.span(pos, size); err != nil {
+		return false, fmt.Errorf("ext4: refusing to zero: %w", err)
+	}
 	fd := int(n.f.Fd())
 	// SEEK_DATA moves the shared file offset; put it back for the caller.
 	if saved, err := n.f.Seek(0, io.SeekCurrent); err == nil {
 		defer n.f.Seek(saved, io.SeekStart)
 	}
 	const chunk = 1 << 20
-	buf := make([]byte, chunk)
+	if n.zbuf == nil {
+		n.zbuf = make([]byte, chunk) // once: a journal may have many extents
+	}
+	buf := n.zbuf
 	changed := false
 	abs, end := n.off+pos, n.off+pos+size
 	for abs < end {
@@ -125,7 +178,7 @@ func (n *normalizer) zeroRange(pos, size int64) (bool, error) {
 		for p := d; p < h; {
 			m := min(chunk, h-p)
 			if _, err := n.f.ReadAt(buf[:m], p); err != nil {
-				return changed, fmt.Errorf("ext4: normalize: read journal: %w", err)
+				return changed, fmt.Errorf("ext4: read journal: %w", err)
 			}
 			if !isZero(buf[:m]) {
 				if err := punch(n.f, p, m, buf[:m]); err != nil {
@@ -147,11 +200,11 @@ func punch(f *os.File, p, m int64, scratch []byte) error {
 		return nil
 	}
 	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("ext4: normalize: punching hole: %w", err)
+		return fmt.Errorf("ext4: punching hole: %w", err)
 	}
 	clear(scratch)
 	if _, err := f.WriteAt(scratch, p); err != nil {
-		return fmt.Errorf("ext4: normalize: zeroing journal: %w", err)
+		return fmt.Errorf("ext4: zeroing journal: %w", err)
 	}
 	return nil
 }

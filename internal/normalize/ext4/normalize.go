@@ -4,9 +4,6 @@
 package ext4
 
 import (
-	"errors"
-	"fmt"
-	"io"
 	"os"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
@@ -33,38 +30,35 @@ type NormalizeReport struct {
 }
 
 type normalizer struct {
-	f       *os.File
-	off     int64
-	o       NormalizeOptions
-	sb      []byte
-	fsSeed  uint32
-	blocks  uint64
-	groups  uint32
-	ipg     uint32
-	bpg     uint32
-	gdt     []byte
-	gdtBlks uint32
-	rep     NormalizeReport
-	blk     []byte
-	dry     bool // verify only: writeAt does nothing
+	*volume
+	o    NormalizeOptions
+	rep  NormalizeReport
+	blk  []byte          // scratch block for directory blocks and the journal
+	bm   []byte          // the group's inode bitmap
+	zbuf []byte          // zeroRange's chunk
+	tbl  []byte          // one group's inode table, reused
+	seen map[uint64]bool // extent-tree and directory blocks visited in this pass
 }
 
 // Normalize rewrites, in place, the fields of the ext4 filesystem at
 // f[offset:] that a Linux kernel fills from the clock, its random number
 // generator or its journal history, so that two images that went through
-// the same operations become byte-identical. It only accepts cleanly
-// unmounted filesystems with the writer's layout (4 KiB blocks, 256-byte
-// inodes, 64bit, extents, metadata_csum) and verifies everything it reads
-// (superblock, descriptor, inode, extent and directory checksums) before it
-// writes anything; a write error can still leave it half done. Data blocks
-// are never touched; directory and extent-tree blocks only get their
-// checksums recomputed where the owner's generation changes (their checksum
+// the same operations become byte-identical. The filesystem must fit the
+// size bytes its partition owns there; nothing outside is read or written.
+// It only accepts cleanly unmounted filesystems with the writer's layout
+// (4 KiB blocks, 256-byte inodes, 64bit, extents, metadata_csum) and
+// verifies everything it reads (superblock, descriptor, inode, extent and
+// directory checksums, every block number) in a dry pass before it writes
+// anything; a write error can still leave it half done. Data blocks are
+// never touched; directory and extent-tree blocks only get their checksums
+// recomputed where the owner's generation changes (their checksum
 // is seeded with it).
-func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, error) {
-	n := &normalizer{f: f, off: offset, o: o, blk: make([]byte, ext4spec.BlockSize)}
-	if err := n.load(); err != nil {
+func Normalize(f *os.File, offset, size int64, o NormalizeOptions) (NormalizeReport, error) {
+	v, err := loadVolume(f, offset, size)
+	if err != nil {
 		return NormalizeReport{}, err
 	}
+	n := &normalizer{volume: v, o: o, blk: make([]byte, ext4spec.BlockSize), bm: make([]byte, ext4spec.BlockSize)}
 	jnl, err := n.checkJournal()
 	if err != nil {
 		return NormalizeReport{}, err
@@ -72,7 +66,7 @@ func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, e
 	// A dry pass first verifies every checksum Normalize relies on, so a
 	// damaged image is refused before any byte of it changes.
 	for _, dry := range []bool{true, false} {
-		n.dry, n.rep = dry, NormalizeReport{}
+		n.dry, n.rep, n.seen = dry, NormalizeReport{}, map[uint64]bool{}
 		for grp := uint32(0); grp < n.groups; grp++ {
 			if err := n.group(grp); err != nil {
 				return n.rep, err
@@ -88,26 +82,6 @@ func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, e
 		return n.rep, err
 	}
 	return n.rep, nil
-}
-
-func (n *normalizer) readAt(b []byte, pos int64) error {
-	if _, err := n.f.ReadAt(b, n.off+pos); err != nil {
-		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("ext4: normalize: %s ends before byte %d of the filesystem", n.f.Name(), pos+int64(len(b)))
-		}
-		return fmt.Errorf("ext4: normalize: read: %w", err)
-	}
-	return nil
-}
-
-func (n *normalizer) writeAt(b []byte, pos int64) error {
-	if n.dry {
-		return nil
-	}
-	if _, err := n.f.WriteAt(b, n.off+pos); err != nil {
-		return fmt.Errorf("ext4: normalize: write: %w", err)
-	}
-	return nil
 }
 
 func isZero(b []byte) bool {

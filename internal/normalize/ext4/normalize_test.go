@@ -73,7 +73,7 @@ func requireMount(t *testing.T) {
 	imagecheck.RequireKernelMount(t, "rw")
 }
 
-func run(t *testing.T, name string, args ...string) {
+func run(t testing.TB, name string, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %q: %v\n%s", name, args, err, out)
@@ -179,7 +179,7 @@ func normalizeFile(t *testing.T, img string, o NormalizeOptions) NormalizeReport
 		t.Fatal(err)
 	}
 	defer f.Close()
-	rep, err := Normalize(f, 0, o)
+	rep, err := Normalize(f, 0, sizeOf(t, f), o)
 	if err != nil {
 		t.Fatalf("Normalize %s: %v", img, err)
 	}
@@ -344,7 +344,7 @@ func TestNormalizeRefusesMountedCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	_, err = Normalize(f, 0, NormalizeOptions{Time: normTime})
+	_, err = Normalize(f, 0, sizeOf(t, f), NormalizeOptions{Time: normTime})
 	if err == nil || !strings.Contains(err.Error(), "not cleanly unmounted") {
 		t.Fatalf("Normalize of a mounted snapshot: %v", err)
 	}
@@ -359,7 +359,7 @@ func TestNormalizeRefusesOthers(t *testing.T) {
 	if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 8192), 0); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Normalize(f, 0, NormalizeOptions{Time: normTime})
+	_, err := Normalize(f, 0, sizeOf(t, f), NormalizeOptions{Time: normTime})
 	if err == nil || !strings.Contains(err.Error(), "not an ext2/3/4 filesystem") {
 		t.Errorf("Normalize of garbage %s: %v", p, err)
 	}
@@ -381,8 +381,18 @@ func TestNormalizeRefusesOthers(t *testing.T) {
 	if _, err := g.WriteAt(sb, 1024); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Normalize(g, 0, NormalizeOptions{Time: normTime})
+	_, err = Normalize(g, 0, sizeOf(t, g), NormalizeOptions{Time: normTime})
 	if err == nil || !strings.Contains(err.Error(), "metadata_csum") {
 		t.Errorf("Normalize without metadata_csum: %v", err)
 	}
+}
+
+// sizeOf is f's size: a bare filesystem owns its whole file.
+func sizeOf(t testing.TB, f *os.File) int64 {
+	t.Helper()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
 }

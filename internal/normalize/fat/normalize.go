@@ -8,9 +8,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"math"
 	"os"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/fatspec"
 )
@@ -53,6 +53,10 @@ type pendingWrite struct {
 // created and a guest then changed (bootctl, grub-install through Linux's
 // vfat driver).
 //
+// The filesystem owns f[offset:offset+size] (its partition, or the whole
+// file) and nothing else: one whose BPB claims more is refused, and no
+// byte outside is read or written.
+//
 // Free directory slots lose their history: a deleted entry keeps only its
 // 0xE5 marker (0x00 would end the directory early), and deleted entries
 // after the last live one, like anything after an end marker, become zero.
@@ -61,31 +65,42 @@ type pendingWrite struct {
 // alone, so order of creation and cluster placement remain part of the
 // content.
 //
-// It refuses, before writing anything, a filesystem whose BPB is not FAT32,
-// whose FATs differ, or whose directory chains are broken (run fsck.vfat).
-// It does not sync f.
-func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, error) {
+// It refuses, before writing anything, a filesystem whose BPB is not FAT32
+// or does not fit, whose FATs differ, whose directory or file chains are
+// broken, loop or cross-link (run fsck.vfat), or that exceeds the limits
+// above (maxFATBytes, maxDirBytes). It does not sync f.
+func Normalize(f *os.File, offset, size int64, o NormalizeOptions) (NormalizeReport, error) {
+	rep, _, err := normalize(f, offset, size, o)
+	return rep, err
+}
+
+// normalize is Normalize, also returning the volume for tests of its cost.
+func normalize(f *os.File, offset, size int64, o NormalizeOptions) (NormalizeReport, *volume, error) {
 	var rep NormalizeReport
-	if offset < 0 {
-		return rep, fmt.Errorf("fat: negative offset %d", offset)
+	if offset < 0 || size <= 0 || offset > math.MaxInt64-size {
+		return rep, nil, fmt.Errorf("fat: bad range of %d bytes at %d", size, offset)
 	}
-	v := &volume{f: f, off: offset}
+	v := &volume{f: f, off: offset, end: size}
+	// Finding data moves the file offset (SEEK_DATA); the caller's stays.
+	if saved, err := f.Seek(0, io.SeekCurrent); err == nil {
+		defer f.Seek(saved, io.SeekStart)
+	}
 	bs, err := v.parseBoot()
 	if err != nil {
-		return rep, err
+		return rep, v, err
 	}
 	if err := v.readFATs(); err != nil {
-		return rep, err
+		return rep, v, err
 	}
 	writes, err := v.walk(o.Time, &rep)
 	if err != nil {
-		return rep, err
+		return rep, v, err
 	}
-	free, err := v.dirtyFree()
+	dirty, n, err := v.dirtyFree()
 	if err != nil {
-		return rep, err
+		return rep, v, err
 	}
-	rep.FreeCleared = len(free)
+	rep.FreeCleared = n
 
 	// Boot sector: Linux marks a mounted volume in bit 0 of byte 65 and
 	// Windows also uses bit 1; the Writer leaves both clear.
@@ -96,9 +111,9 @@ func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, e
 	// FAT[1]: Windows clears its clean-shutdown (bit 27) and no-hard-error
 	// (bit 26) bits while mounted; the Writer sets both. Entries 0 and 1 of
 	// every copy then match the first FAT's.
-	head := bytes.Clone(v.fat[:8])
+	head := bytes.Clone(v.fat.heads[0])
 	le.PutUint32(head[4:], le.Uint32(head[4:])|fatspec.CleanBits)
-	for i, h := range v.heads {
+	for i, h := range v.fat.heads {
 		if !bytes.Equal(h, head) {
 			rep.BootFixed = true
 			writes = append(writes, pendingWrite{v.fatOff(i), head})
@@ -109,10 +124,10 @@ func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, e
 	if v.fsInfo != 0 {
 		old, err := v.read(v.fsInfo*v.bps, v.bps)
 		if err != nil {
-			return rep, err
+			return rep, v, err
 		}
 		if !fatspec.HasFSInfoSignatures(old) {
-			return rep, fmt.Errorf("fat: FSInfo sector %d has no valid signature", v.fsInfo)
+			return rep, v, fmt.Errorf("fat: FSInfo sector %d has no valid signature", v.fsInfo)
 		}
 		fsInfo = bytes.Clone(old)
 		free, next := v.freeHints()
@@ -128,7 +143,7 @@ func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, e
 	if v.backup != 0 {
 		old, err := v.read(v.backup*v.bps, v.bps)
 		if err != nil {
-			return rep, err
+			return rep, v, err
 		}
 		if !bytes.Equal(old, newBS) {
 			rep.BootFixed = true
@@ -138,7 +153,7 @@ func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, e
 			at := (v.backup + v.fsInfo) * v.bps
 			old, err := v.read(at, v.bps)
 			if err != nil {
-				return rep, err
+				return rep, v, err
 			}
 			if !bytes.Equal(old, fsInfo) {
 				rep.FSInfoFixed = true
@@ -149,21 +164,8 @@ func Normalize(f *os.File, offset int64, o NormalizeOptions) (NormalizeReport, e
 	if !bytes.Equal(newBS, bs) {
 		writes = append(writes, pendingWrite{0, newBS}) // last, like the Writer
 	}
-	for _, w := range writes {
-		if _, err := f.WriteAt(w.b, offset+w.off); err != nil {
-			return rep, fmt.Errorf("fat: write: %w", err)
-		}
+	if err := v.checkPlan(writes, dirty); err != nil {
+		return rep, v, err
 	}
-	zero := make([]byte, v.cs)
-	for _, c := range free {
-		// A hole where the file system allows, zeros otherwise: either
-		// reads back as zeros.
-		at := offset + v.clusterOff(c)
-		if unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, at, v.cs) != nil {
-			if _, err := f.WriteAt(zero, at); err != nil {
-				return rep, fmt.Errorf("fat: write: %w", err)
-			}
-		}
-	}
-	return rep, nil
+	return rep, v, v.apply(writes, dirty)
 }

@@ -47,6 +47,7 @@ func writerImage(t *testing.T, size, offset int64, opts fatw.Options, tree []fat
 	return p
 }
 
+// normRun normalises the filesystem at offset, which owns the rest of p.
 func normRun(t testing.TB, p string, offset int64, tm int64) NormalizeReport {
 	t.Helper()
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
@@ -54,7 +55,11 @@ func normRun(t testing.TB, p string, offset int64, tm int64) NormalizeReport {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	rep, err := Normalize(f, offset, NormalizeOptions{Time: tm})
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Normalize(f, offset, fi.Size()-offset, NormalizeOptions{Time: tm})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +71,7 @@ func normRun(t testing.TB, p string, offset int64, tm int64) NormalizeReport {
 // temporary files with a random suffix (as bootctl makes) created and
 // deleted, one in the middle of the directory and one at its end, a file
 // replaced, files deleted.
-func normGuestOps(t *testing.T, spec, src, random string) {
+func normGuestOps(t testing.TB, spec, src, random string) {
 	t.Helper()
 	local := func(name, content string) string {
 		p := filepath.Join(src, name)
@@ -243,7 +248,7 @@ func normRefuse(t *testing.T, p string, is error, msg string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	_, err = Normalize(f, 0, NormalizeOptions{Time: normTime})
+	_, err = Normalize(f, 0, int64(len(before)), NormalizeOptions{Time: normTime})
 	switch {
 	case err == nil:
 		t.Fatal("Normalize accepted the image")

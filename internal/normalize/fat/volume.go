@@ -1,22 +1,38 @@
 package fat
 
 import (
-	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/fatspec"
 )
 
-// chunk is how much of a second FAT is read at a time to compare it with
-// the first.
-const chunk = 1 << 20
+// Limits on what Normalize reads and keeps, whatever a BPB claims.
+const (
+	// maxFATBytes caps the part of a FAT that maps the clusters (4 bytes
+	// each): 16M clusters, a 64 GiB ESP at 4 KiB clusters or 512 GiB at
+	// 32 KiB. Zero chunks of it are not kept, so memory follows the
+	// entries in use.
+	maxFATBytes = 64 << 20
+	// maxDirBytes caps all directories together (512K entries); changed
+	// directory clusters are held until the plan is written.
+	maxDirBytes = 16 << 20
+	// ioChunk is the most read at a time from a FAT or free clusters; a
+	// cluster (at most 4096 × 128 bytes) always fits.
+	ioChunk = 1 << 20
+)
 
-// volume is the layout of an existing FAT32 filesystem, from its BPB.
+// volume is the layout of an existing FAT32 filesystem, from its BPB, and
+// the one accessor through which every byte of it is read or written.
 type volume struct {
 	f        *os.File
-	off      int64
+	off      int64 // where the partition starts in f
+	end      int64 // bytes owned from off: the partition's, then the filesystem's once the BPB is parsed
+	nread    int64 // bytes read, for tests of the cost
 	bps      int64 // bytes per sector
 	cs       int64 // bytes per cluster
 	nfats    int
@@ -25,25 +41,90 @@ type volume struct {
 	dataOff  int64 // byte offset of cluster 2
 	clusters uint32
 	root     uint32
-	fsInfo   int64    // sector, 0 = none
-	backup   int64    // sector, 0 = none
-	fat      []byte   // the first FAT, entries 0 .. clusters+1
-	heads    [][]byte // entries 0 and 1 of each FAT
+	fsInfo   int64 // sector, 0 = none
+	backup   int64 // sector, 0 = none
+	fat      table
+}
+
+const (
+	seekData = unix.SEEK_DATA
+	seekHole = unix.SEEK_HOLE
+)
+
+var errNoData = unix.ENXIO // SEEK_DATA past the last data
+
+// check asserts [off, off+n) lies inside the bytes the volume owns.
+func (v *volume) check(off, n int64) error {
+	if off < 0 || n < 0 || off > v.end || n > v.end-off {
+		return fmt.Errorf("fat: %d bytes at %d lie outside the %d bytes owned", n, off, v.end)
+	}
+	return nil
+}
+
+func (v *volume) readAt(b []byte, off int64) error {
+	if err := v.check(off, int64(len(b))); err != nil {
+		return err
+	}
+	n, err := v.f.ReadAt(b, v.off+off)
+	v.nread += int64(n)
+	if err != nil {
+		return fmt.Errorf("fat: read at %d: %w", v.off+off, err)
+	}
+	return nil
 }
 
 func (v *volume) read(off, n int64) ([]byte, error) {
-	b := make([]byte, n)
-	if _, err := v.f.ReadAt(b, v.off+off); err != nil {
-		return nil, fmt.Errorf("fat: read at %d: %w", v.off+off, err)
+	if err := v.check(off, n); err != nil {
+		return nil, err
 	}
-	return b, nil
+	b := make([]byte, n)
+	return b, v.readAt(b, off)
+}
+
+// nextData returns the start of the first data (not a hole) in [off, end),
+// or end when there is none. Where the host cannot tell, all is data.
+func (v *volume) nextData(off, end int64) int64 {
+	p, err := v.f.Seek(v.off+off, seekData)
+	switch {
+	case err == nil:
+		return min(max(p-v.off, off), end)
+	case errors.Is(err, errNoData):
+		return end
+	}
+	return off
+}
+
+// nextHole returns the end of the data starting at off, at most end.
+func (v *volume) nextHole(off, end int64) int64 {
+	p, err := v.f.Seek(v.off+off, seekHole)
+	if err != nil {
+		return end
+	}
+	return min(max(p-v.off, off), end)
+}
+
+// dataRuns calls fn with each run of data in [lo, hi), so that holes are
+// never read.
+func (v *volume) dataRuns(lo, hi int64, fn func(a, b int64) error) error {
+	for a := v.nextData(lo, hi); a < hi; a = v.nextData(a, hi) {
+		b := v.nextHole(a, hi)
+		if b <= a {
+			b = hi
+		}
+		if err := fn(a, b); err != nil {
+			return err
+		}
+		a = b
+	}
+	return nil
 }
 
 func (v *volume) fatOff(i int) int64 { return (v.fatStart + int64(i)*v.fatSize) * v.bps }
 
 func (v *volume) clusterOff(c uint32) int64 { return v.dataOff + int64(c-2)*v.cs }
 
-// parseBoot checks the BPB describes FAT32 and returns the boot sector.
+// parseBoot checks the BPB describes a FAT32 that lies inside the bytes
+// owned, then owns only the filesystem's, and returns the boot sector.
 func (v *volume) parseBoot() ([]byte, error) {
 	bs, err := v.read(0, fatspec.SectorSize)
 	if err != nil {
@@ -59,35 +140,53 @@ func (v *volume) parseBoot() ([]byte, error) {
 	spc := int64(bs[fatspec.BootSectorsPerCluster])
 	reservedSecs := int64(le.Uint16(bs[fatspec.BootReservedSectors:]))
 	v.nfats = int(bs[fatspec.BootNumFATs])
-	rootEnts, tot16, fat16 := le.Uint16(bs[fatspec.BootRootEntries:]), le.Uint16(bs[fatspec.BootTotalSectors16:]), le.Uint16(bs[fatspec.BootFATSize16:])
+	rootEnts, tot16, fat16 := le.Uint16(bs[fatspec.BootRootEntries:]), int64(le.Uint16(bs[fatspec.BootTotalSectors16:])), le.Uint16(bs[fatspec.BootFATSize16:])
+	total := int64(le.Uint32(bs[fatspec.BootTotalSectors32:]))
 	switch {
 	case bps < 512 || bps > 4096 || bps&(bps-1) != 0:
 		return nil, notFAT32("%d bytes per sector", bps)
 	case spc == 0 || spc&(spc-1) != 0:
 		return nil, notFAT32("%d sectors per cluster", spc)
-	case reservedSecs == 0 || v.nfats == 0:
+	case reservedSecs == 0 || v.nfats == 0 || v.nfats > 2:
 		return nil, notFAT32("%d reserved sectors, %d FATs", reservedSecs, v.nfats)
-	case rootEnts != 0 || fat16 != 0 || tot16 != 0:
+	case rootEnts != 0 || fat16 != 0:
 		// FAT12/16 have a fixed root directory and 16-bit FAT size.
 		label := strings.TrimSpace(string(bs[fatspec.BootFSType16 : fatspec.BootFSType16+8]))
 		return nil, notFAT32("BPB has a fixed root directory of %d entries and a 16-bit FAT size of %d (type field %q)", rootEnts, fat16, label)
 	case le.Uint16(bs[fatspec.BootVersion:]) != 0:
 		return nil, notFAT32("FAT32 version %#x, only 0 is defined", le.Uint16(bs[fatspec.BootVersion:]))
+	case tot16 != 0 && total != 0 && total != tot16:
+		return nil, notFAT32("16-bit and 32-bit sector counts differ (%d, %d)", tot16, total)
 	}
+	if tot16 != 0 {
+		// mkfs.fat puts a count below 65536 there, and Linux reads it.
+		total = tot16
+	}
+	// All products below fit: sectors < 2^32, bytes per sector ≤ 2^12.
+	if total*bps > v.end {
+		return nil, notFAT32("%d sectors of %d bytes do not fit in the %d bytes of the partition", total, bps, v.end)
+	}
+	v.end = total * bps
 	v.bps, v.cs = bps, bps*spc
 	v.fatStart = reservedSecs
 	v.fatSize = int64(le.Uint32(bs[fatspec.BootFATSize32:]))
-	total := int64(le.Uint32(bs[fatspec.BootTotalSectors32:]))
 	dataSec := reservedSecs + int64(v.nfats)*v.fatSize
 	if v.fatSize == 0 || total <= dataSec {
 		return nil, notFAT32("%d sectors cannot hold %d FATs of %d sectors", total, v.nfats, v.fatSize)
 	}
 	v.dataOff = dataSec * bps
 	clusters := (total - dataSec) / spc
-	// Entries beyond what the FAT can map are unusable.
-	clusters = min(clusters, v.fatSize*bps/4-2, fatspec.MaxClusters)
-	if clusters < 1 {
+	switch {
+	case clusters < 1:
 		return nil, notFAT32("no data clusters")
+	case clusters > fatspec.MaxClusters:
+		return nil, notFAT32("%d clusters, FAT32 allows %d", clusters, fatspec.MaxClusters)
+	case (clusters+2)*4 > v.fatSize*bps:
+		// Linux refuses this too; a FAT larger than needed is allowed
+		// (the specification's formula rounds up), its tail unused.
+		return nil, notFAT32("a FAT of %d sectors cannot map %d clusters", v.fatSize, clusters)
+	case (clusters+2)*4 > maxFATBytes:
+		return nil, notFAT32("%d clusters need a FAT of %d bytes, more than the %d this normaliser reads", clusters, (clusters+2)*4, maxFATBytes)
 	}
 	v.clusters = uint32(clusters)
 	v.root = le.Uint32(bs[fatspec.BootRootCluster:])
@@ -110,121 +209,14 @@ func (v *volume) parseBoot() ([]byte, error) {
 	if v.backup, err = sector(fatspec.BootBackupSector); err != nil {
 		return nil, err
 	}
-	if v.backup != 0 && v.backup+v.fsInfo >= reservedSecs {
+	switch {
+	case v.backup != 0 && v.backup == v.fsInfo:
+		return nil, notFAT32("backup boot sector and FSInfo both at sector %d", v.backup)
+	case v.backup != 0 && v.backup+v.fsInfo >= reservedSecs:
 		return nil, notFAT32("backup FSInfo at sector %d outside the reserved sectors", v.backup+v.fsInfo)
 	}
 	if bps == fatspec.SectorSize {
 		return bs, nil
 	}
 	return v.read(0, bps)
-}
-
-// readFATs loads the first FAT and checks every other copy matches it.
-// Entries 0 and 1 hold no allocation (and Windows keeps flags in 1).
-func (v *volume) readFATs() error {
-	n := (int64(v.clusters) + 2) * 4
-	var err error
-	if v.fat, err = v.read(v.fatOff(0), n); err != nil {
-		return err
-	}
-	v.heads = [][]byte{v.fat[:8]}
-	for i := 1; i < v.nfats; i++ {
-		h, err := v.read(v.fatOff(i), 8)
-		if err != nil {
-			return err
-		}
-		v.heads = append(v.heads, h)
-		for base := int64(8); base < n; base += chunk {
-			b, err := v.read(v.fatOff(i)+base, min(chunk, n-base))
-			if err != nil {
-				return err
-			}
-			want := v.fat[base : base+int64(len(b))]
-			if j := mismatch(b, want); j >= 0 {
-				c := (base + int64(j)) / 4
-				return fmt.Errorf("fat: FAT 1 and FAT %d differ at cluster %d (%#08x, %#08x); repair with fsck.vfat first",
-					i+1, c, le.Uint32(v.fat[c*4:]), le.Uint32(b[c*4-base:]))
-			}
-		}
-	}
-	return nil
-}
-
-// mismatch returns the index of the first byte where a and b differ, or -1.
-func mismatch(a, b []byte) int {
-	if bytes.Equal(a, b) {
-		return -1
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	return -1
-}
-
-func (v *volume) next(c uint32) uint32 { return le.Uint32(v.fat[c*4:]) & fatspec.EntryMask }
-
-// freeHints returns FSInfo's free count and next-free hint as the Writer
-// computes them: all free clusters, and the first one (0xFFFFFFFF for none).
-func (v *volume) freeHints() (free, first uint32) {
-	first = fatspec.FSInfoUnknown
-	for c := uint32(2); c < v.clusters+2; c++ {
-		if v.next(c) == 0 {
-			if free == 0 {
-				first = c
-			}
-			free++
-		}
-	}
-	return free, first
-}
-
-// dirtyFree lists the free clusters whose bytes are not all zero: what
-// deleted files left behind (systemd-boot's random seed, replaced kernels).
-func (v *volume) dirtyFree() ([]uint32, error) {
-	var out []uint32
-	buf := make([]byte, v.cs)
-	for c := uint32(2); c < v.clusters+2; c++ {
-		if v.next(c) != 0 {
-			continue
-		}
-		if _, err := v.f.ReadAt(buf, v.off+v.clusterOff(c)); err != nil {
-			return nil, fmt.Errorf("fat: reading free cluster %d: %w", c, err)
-		}
-		for _, b := range buf {
-			if b != 0 {
-				out = append(out, c)
-				break
-			}
-		}
-	}
-	return out, nil
-}
-
-// chain returns a directory's clusters, marking them in seen so that a
-// cross-linked or looping chain is an error rather than endless work.
-func (v *volume) chain(first uint32, seen []uint64, path string) ([]uint32, error) {
-	limit := int((fatspec.MaxDirSize + v.cs - 1) / v.cs)
-	var cs []uint32
-	for c := first; ; {
-		if c < 2 || c > v.clusters+1 {
-			return nil, fmt.Errorf("fat: directory %s: cluster %d out of range", path, c)
-		}
-		if seen[c/64]&(1<<(c%64)) != 0 {
-			return nil, fmt.Errorf("fat: directory %s: cluster %d already in use (cross-linked or looping chain)", path, c)
-		}
-		seen[c/64] |= 1 << (c % 64)
-		if cs = append(cs, c); len(cs) > limit {
-			return nil, fmt.Errorf("fat: directory %s longer than FAT's 65536 entries", path)
-		}
-		switch n := v.next(c); {
-		case n >= fatspec.EndOfChainMin:
-			return cs, nil
-		case n == 0 || n == fatspec.BadCluster:
-			return nil, fmt.Errorf("fat: directory %s: chain runs into free or bad cluster after %d", path, c)
-		default:
-			c = n
-		}
-	}
 }

@@ -1,7 +1,9 @@
 // Package rootfiles settles, inside an ext4 filesystem someone else wrote,
 // the files of an installed NixOS root that record the moment or the
 // machine of its build (account files' order, Nix database registration
-// times, machine-id), rewriting them over their own blocks with debugfs.
+// times, machine-id). Files are found and read with internal/normalize/ext4's
+// bounded reader and rewritten over their own data blocks; only the
+// machine-id's removal is left to debugfs.
 package rootfiles
 
 import (
@@ -13,10 +15,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize/ext4"
 )
 
 // The files inside an installed root that record the moment or the
@@ -31,207 +32,152 @@ var (
 	nixDB         = "/nix/var/nix/db/db.sqlite"
 )
 
-// debugfs is e2fsprogs' debugfs on one ext4 filesystem inside an image:
-// the tool reads files and removes one; rewrites go straight to the blocks
-// it names, so the layout never changes.
-type debugfs struct {
-	image string
-	off   int64
+// edit is one planned in-place rewrite.
+type edit struct {
+	file *ext4.File
+	data []byte
+	line string
 }
 
-func (d debugfs) spec() string { return fmt.Sprintf("%s?offset=%d", d.image, d.off) }
-
-func (d debugfs) run(write bool, request string) (string, error) {
-	args := []string{"-R", request, d.spec()}
-	if write {
-		args = append([]string{"-w"}, args...)
+// Settle settles, in the ext4 filesystem at off that owns size bytes there
+// (its partition), what an installed system records of its build: the order
+// of /etc/shadow and friends (activation appends accounts in hash order),
+// every path's registrationTime in the Nix database, and /etc/machine-id
+// (removed, its bytes zeroed first). It runs before ext4.Normalize, which
+// then clears the traces of the edits (times, the freed inode). Files that
+// are not there are skipped; nothing is said of a filesystem that holds
+// none.
+//
+// Every file is looked up, read and checked (dense, same size, blocks of
+// its own) before any is written: an error before the writes leaves the
+// filesystem byte-identical.
+func Settle(f *os.File, off, size int64, t int64) ([]string, error) {
+	fsys, err := ext4.Open(f, off, size)
+	if err != nil {
+		return nil, err
 	}
-	cmd := exec.CommandContext(context.Background(), "debugfs", args...)
+	var edits []edit
+	var notes []string
+	plan := func(p string, change func([]byte) ([]byte, string, error)) (bool, error) {
+		fl, err := fsys.Lookup(p)
+		if errors.Is(err, ext4.ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		data, err := fsys.ReadFile(fl)
+		if err != nil {
+			return false, err
+		}
+		out, line, err := change(data)
+		if err != nil || out == nil {
+			if line != "" {
+				notes = append(notes, line)
+			}
+			return false, err
+		}
+		if err := fsys.CheckRewrite(fl, out); err != nil {
+			return false, err
+		}
+		edits = append(edits, edit{file: fl, data: out, line: line})
+		return true, nil
+	}
+	for _, p := range AccountFiles {
+		if _, err := plan(p, func(b []byte) ([]byte, string, error) {
+			if s := SortLines(b); !bytes.Equal(s, b) {
+				return s, p + " sorted", nil
+			}
+			return nil, "", nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := plan(nixDB, func(b []byte) ([]byte, string, error) { return nixDBTimes(b, t) }); err != nil {
+		return nil, err
+	}
+	rmMachineID, err := plan(MachineIDFile, func(b []byte) ([]byte, string, error) {
+		return make([]byte, len(b)), MachineIDFile + " removed", nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	files := make([]*ext4.File, len(edits))
+	for i, e := range edits {
+		files[i] = e.file
+	}
+	if err := ext4.Disjoint(files...); err != nil {
+		return nil, err
+	}
+
+	// Everything checked: now write.
+	var done []string
+	for _, e := range edits {
+		if err := fsys.Rewrite(e.file, e.data); err != nil {
+			return nil, err
+		}
+		done = append(done, e.line)
+	}
+	if err := f.Sync(); err != nil {
+		return nil, err
+	}
+	if rmMachineID {
+		if err := debugfsRemove(f, off, MachineIDFile); err != nil {
+			return nil, err
+		}
+	}
+	return append(done, notes...), f.Sync()
+}
+
+// debugfsRemove removes path with debugfs -w. debugfs takes the offset only
+// as "image?offset=N" and cuts the name at its first '?', so it opens our
+// descriptor as /dev/fd/3: neither the image's path (spaces, '?') nor any
+// text of ours but a fixed request reaches it.
+func debugfsRemove(f *os.File, off int64, path string) error {
+	cmd := exec.CommandContext(context.Background(), "debugfs", "-w", "-R", "rm "+path, fmt.Sprintf("/dev/fd/3?offset=%d", off))
+	cmd.ExtraFiles = []*os.File{f}
 	cmd.Env = append(os.Environ(), "DEBUGFS_PAGER=__none__", "PAGER=__none__")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("debugfs %q: %v: %s", request, err, strings.TrimSpace(errb.String()))
+		return fmt.Errorf("debugfs rm %s: %v: %s", path, err, strings.TrimSpace(errb.String()))
 	}
-	// debugfs reports a missing path on stderr and exits 0.
-	if strings.Contains(errb.String(), "File not found by ext2_lookup") {
-		return "", errNotFound
-	}
-	return out.String(), nil
-}
-
-var errNotFound = errors.New("not found")
-
-// stat returns a regular file's size and its data blocks in file order, or
-// errNotFound.
-func (d debugfs) stat(path string) (int64, []int64, error) {
-	out, err := d.run(false, "stat "+path)
-	if err != nil {
-		return 0, nil, err
-	}
-	if !strings.Contains(out, "Type: regular") {
-		return 0, nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	i := strings.Index(out, "Size: ")
-	if i < 0 {
-		return 0, nil, fmt.Errorf("%s: no size in debugfs stat", path)
-	}
-	f := strings.Fields(out[i+len("Size: "):])
-	size, err := strconv.ParseInt(f[0], 10, 64)
-	if err != nil {
-		return 0, nil, fmt.Errorf("%s: size %q", path, f[0])
-	}
-	out, err = d.run(false, "blocks "+path)
-	if err != nil {
-		return 0, nil, err
-	}
-	var blocks []int64
-	for _, s := range strings.Fields(out) {
-		b, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return 0, nil, fmt.Errorf("%s: block %q", path, s)
-		}
-		blocks = append(blocks, b)
-	}
-	return size, blocks, nil
-}
-
-// rewrite writes data, of the file's own length, over its blocks in place.
-// A file with holes (fewer blocks than its size needs) is refused.
-func (d debugfs) rewrite(f *os.File, path string, size int64, blocks []int64, data []byte, blockSize int64) error {
-	if int64(len(data)) != size {
-		return fmt.Errorf("%s: new content is %d bytes, the file %d", path, len(data), size)
-	}
-	if need := (size + blockSize - 1) / blockSize; int64(len(blocks)) != need {
-		return fmt.Errorf("%s: %d blocks for %d bytes (a sparse file)", path, len(blocks), size)
-	}
-	for i, b := range blocks {
-		chunk := data[int64(i)*blockSize : min(int64(i+1)*blockSize, size)]
-		if _, err := f.WriteAt(chunk, d.off+b*blockSize); err != nil {
-			return err
-		}
+	// debugfs reports errors on stderr and exits 0; Settle found the file.
+	if msg := strings.TrimSpace(errb.String()); strings.Contains(msg, "ext2_lookup") || strings.Contains(msg, "rm:") {
+		return fmt.Errorf("debugfs rm %s: %s", path, msg)
 	}
 	return nil
 }
 
-// read returns a file's content, or errNotFound.
-func (d debugfs) read(path string, size int64) ([]byte, error) {
-	tmp, err := os.CreateTemp("", "packer-nixos-reproduce-")
-	if err != nil {
-		return nil, err
-	}
-	tmp.Close()
-	defer os.Remove(tmp.Name())
-	if _, err := d.run(false, fmt.Sprintf("dump %s %s", path, tmp.Name())); err != nil {
-		return nil, err
-	}
-	b, err := os.ReadFile(tmp.Name())
-	if err == nil && int64(len(b)) != size {
-		err = fmt.Errorf("%s: dumped %d bytes of %d", path, len(b), size)
-	}
-	return b, err
-}
-
-// Settle settles, in the ext4 filesystem at off, what an installed
-// system records of its build: the order of /etc/shadow and friends
-// (activation appends accounts in hash order), every path's
-// registrationTime in the Nix database, and /etc/machine-id (removed, its
-// bytes zeroed first). It runs before ext4.Normalize, which then clears the
-// traces of debugfs' own writes (times, the freed inode). Files that are
-// not there are skipped; nothing is said of a filesystem that holds none.
-func Settle(f *os.File, off int64, t int64) ([]string, error) {
-	if err := f.Sync(); err != nil {
-		return nil, err
-	}
-	d := debugfs{image: f.Name(), off: off}
-	const blockSize = ext4spec.BlockSize // ext4.Normalize accepts nothing else
-	var done []string
-	for _, p := range AccountFiles {
-		size, blocks, err := d.stat(p)
-		if err == errNotFound {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		data, err := d.read(p, size)
-		if err != nil {
-			return nil, err
-		}
-		sorted := SortLines(data)
-		if bytes.Equal(sorted, data) {
-			continue
-		}
-		if err := d.rewrite(f, p, size, blocks, sorted, blockSize); err != nil {
-			return nil, err
-		}
-		done = append(done, p+" sorted")
-	}
-
-	if size, blocks, err := d.stat(nixDB); err == nil {
-		line, err := d.nixDB(f, size, blocks, blockSize, t)
-		if err != nil {
-			return nil, err
-		}
-		if line != "" {
-			done = append(done, line)
-		}
-	} else if err != errNotFound {
-		return nil, err
-	}
-
-	if size, blocks, err := d.stat(MachineIDFile); err == nil {
-		if err := d.rewrite(f, MachineIDFile, size, blocks, make([]byte, size), blockSize); err != nil {
-			return nil, err
-		}
-		if err := f.Sync(); err != nil {
-			return nil, err
-		}
-		if _, err := d.run(true, "rm "+MachineIDFile); err != nil {
-			return nil, err
-		}
-		done = append(done, MachineIDFile+" removed")
-	} else if err != errNotFound {
-		return nil, err
-	}
-	return done, f.Sync()
-}
-
-// nixDB sets every registrationTime to t with sqlite3 on a copy and writes
-// the copy back over the file's blocks when its size is unchanged (an
-// UPDATE of integers of the same width changes no page count).
-func (d debugfs) nixDB(f *os.File, size int64, blocks []int64, blockSize, t int64) (string, error) {
-	data, err := d.read(nixDB, size)
-	if err != nil {
-		return "", err
-	}
+// nixDBTimes sets every registrationTime to t with sqlite3 on a copy. It
+// returns nil when nothing changes, or when the copy's size changed (an
+// UPDATE of integers of the same width changes no page count, so that is
+// not expected): the file is rewritten over its own blocks only.
+func nixDBTimes(data []byte, t int64) ([]byte, string, error) {
 	dir, err := os.MkdirTemp("", "packer-nixos-reproduce-")
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
 	defer os.RemoveAll(dir)
 	db := filepath.Join(dir, "db.sqlite")
 	if err := os.WriteFile(db, data, 0o600); err != nil {
-		return "", err
+		return nil, "", err
 	}
 	sql := fmt.Sprintf("PRAGMA journal_mode=DELETE; UPDATE ValidPaths SET registrationTime = %d WHERE registrationTime != %d;", t, t)
 	if out, err := exec.Command("sqlite3", db, sql).CombinedOutput(); err != nil {
-		return "", fmt.Errorf("sqlite3 on the image's Nix database: %v: %s", err, strings.TrimSpace(string(out)))
+		return nil, "", fmt.Errorf("sqlite3 on the image's Nix database: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 	updated, err := os.ReadFile(db)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
 	if bytes.Equal(updated, data) {
-		return "", nil
+		return nil, "", nil
 	}
-	if int64(len(updated)) != size {
-		return fmt.Sprintf("left alone: %s (setting registrationTime would change its size)", nixDB), nil
+	if len(updated) != len(data) {
+		return nil, fmt.Sprintf("left alone: %s (setting registrationTime would change its size)", nixDB), nil
 	}
-	if err := d.rewrite(f, nixDB, size, blocks, updated, blockSize); err != nil {
-		return "", err
-	}
-	return nixDB + " registrationTime", nil
+	return updated, nixDB + " registrationTime", nil
 }
 
 // SortLines sorts a file's lines bytewise, keeping a final newline.
