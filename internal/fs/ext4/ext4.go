@@ -100,6 +100,8 @@ type Writer struct {
 	ibuf   [ext4spec.InodeSize]byte
 	win    inodeWindow
 
+	wb writeback
+
 	jnlBlocks [17]uint32
 	lpfExts   []ext4spec.Extent
 	stats     Stats
@@ -131,6 +133,7 @@ func NewWriter(f *os.File, offset int64, opts Options) (*Writer, error) {
 	}
 	w := &Writer{
 		f:       f,
+		wb:      writeback{fd: int(f.Fd())},
 		off:     offset,
 		opts:    opts,
 		g:       g,
@@ -245,10 +248,12 @@ func (w *Writer) finishInode(ino uint32, exts []ext4spec.Extent, in *inodeInfo, 
 }
 
 func (w *Writer) writeAt(b []byte, block uint64) error {
-	_, err := w.f.WriteAt(b, w.off+int64(block)*ext4spec.BlockSize)
+	at := w.off + int64(block)*ext4spec.BlockSize
+	_, err := w.f.WriteAt(b, at)
 	if err != nil {
 		return fmt.Errorf("ext4: write: %w", err)
 	}
+	w.wb.wrote(at, int64(len(b)))
 	return nil
 }
 

@@ -279,6 +279,7 @@ func (f *File) copyRange(sfd int, soff int64, block uint64, n int64, fallback *b
 		if c == 0 {
 			return fmt.Errorf("%w: %q: source ended early", ErrWriteTooShort, f.hdr.Name)
 		}
+		f.w.wb.wrote(doff-int64(c), int64(c))
 		n -= int64(c)
 	}
 	buf := f.w.buf
@@ -297,6 +298,7 @@ func (f *File) copyRange(sfd int, soff int64, block uint64, n int64, fallback *b
 		if _, err := f.w.f.WriteAt(buf[:c], doff); err != nil {
 			return fmt.Errorf("ext4: write: %w", err)
 		}
+		f.w.wb.wrote(doff, c)
 		soff += c
 		doff += c
 		n -= c
