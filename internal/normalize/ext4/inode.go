@@ -43,6 +43,11 @@ func (n *normalizer) group(grp uint32) error {
 		case isZero(b):
 			// Never initialised (reserved inodes 3-7, 9, 10): nothing to
 			// normalise, and an all-zero inode needs no checksum.
+		case !inUse && ino <= ext4spec.JournalIno:
+			// Reserved inodes up to the journal's are always in use
+			// (mke2fs marks them): one that is not is a damaged bitmap,
+			// and clearing it would destroy the journal or the root.
+			return fmt.Errorf("ext4: normalize: reserved inode %d is not marked in use", ino)
 		case !inUse:
 			// A deleted inode keeps its dtime, times and random
 			// generation; a fresh table slot is zero.
