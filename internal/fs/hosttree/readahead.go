@@ -25,16 +25,16 @@ type openedTarget interface {
 const (
 	aheadEntries = 256      // entries walked but not yet written
 	aheadOpen    = 64       // of them, large files held open
+	aheadBytes   = 2 << 20  // of them, small files' bytes held
 	smallFile    = 64 << 10 // files smaller than this are read whole ahead
 )
-
-var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile); return &b }}
 
 type readAhead struct {
 	ctx  context.Context
 	out  chan *entry
 	done chan struct{}
 	open chan struct{} // a token per large file held open
+	ring *ring         // small files' contents, freed in walk order
 	seen map[devIno]bool
 	wg   sync.WaitGroup
 }
@@ -45,6 +45,7 @@ func newReadAhead(ctx context.Context, seen map[devIno]bool) *readAhead {
 		out:  make(chan *entry, aheadEntries),
 		done: make(chan struct{}),
 		open: make(chan struct{}, aheadOpen),
+		ring: newRing(aheadBytes),
 		seen: seen,
 	}
 	r.wg.Add(1) // run's
@@ -117,15 +118,18 @@ func (r *readAhead) prepare(e *entry) {
 		return
 	}
 	defer f.Close()
-	buf := smallBufs.Get().(*[]byte)
 	// One byte more than the size says: a file that grew shows as such.
-	n, err := io.ReadFull(f, (*buf)[:size+1])
+	buf, end, ok := r.ring.alloc(int(size)+1, r.done)
+	if !ok {
+		return
+	}
+	e.ringEnd = end
+	n, err := io.ReadFull(f, buf)
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		smallBufs.Put(buf)
 		e.err = err
 		return
 	}
-	e.buf, e.data = buf, (*buf)[:n]
+	e.data = buf[:n:n]
 }
 
 // release gives back what an entry holds once the writer is done with it.
@@ -135,17 +139,75 @@ func (r *readAhead) release(e *entry) {
 		e.f = nil
 		<-r.open
 	}
-	if e.buf != nil {
-		smallBufs.Put(e.buf)
-		e.buf, e.data = nil, nil
+	if e.ringEnd != 0 {
+		r.ring.free(e.ringEnd)
+		e.ringEnd, e.data = 0, nil
 	}
 }
 
 // stop ends the walk and releases what it had read ahead.
 func (r *readAhead) stop() {
 	close(r.done)
+	r.ring.wake()
 	for e := range r.out {
 		r.release(e)
 	}
 	r.wg.Wait()
+}
+
+// ring holds small files' contents between the reader and the writer in
+// one fixed buffer: the reader takes space at the head, the writer frees
+// it at the tail in the same (walk) order, so nothing is allocated a file.
+type ring struct {
+	buf        []byte
+	mu         sync.Mutex
+	cond       *sync.Cond
+	head, tail int64 // positions since the start; head-tail bytes are held
+}
+
+func newRing(size int) *ring {
+	r := &ring{buf: make([]byte, size)}
+	r.cond = sync.NewCond(&r.mu)
+	return r
+}
+
+// alloc returns n contiguous bytes (n <= len(buf)) and the position that
+// frees them, waiting for the writer to free space; false once done is
+// closed.
+func (r *ring) alloc(n int, done <-chan struct{}) ([]byte, int64, bool) {
+	size := int64(len(r.buf))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		select {
+		case <-done:
+			return nil, 0, false
+		default:
+		}
+		pos := r.head
+		if off := pos % size; off+int64(n) > size {
+			pos += size - off // no room before the end: start over at 0
+		}
+		if pos+int64(n)-r.tail <= size {
+			r.head = pos + int64(n)
+			off := pos % size
+			return r.buf[off : off+int64(n)], r.head, true
+		}
+		r.cond.Wait()
+	}
+}
+
+// free releases everything up to end.
+func (r *ring) free(end int64) {
+	r.mu.Lock()
+	r.tail = max(r.tail, end)
+	r.mu.Unlock()
+	r.cond.Broadcast()
+}
+
+// wake lets a waiting alloc see that the reader was stopped.
+func (r *ring) wake() {
+	r.mu.Lock()
+	r.mu.Unlock() //nolint:staticcheck // the lock orders this after alloc's check
+	r.cond.Broadcast()
 }

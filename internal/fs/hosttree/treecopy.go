@@ -96,7 +96,7 @@ type entry struct {
 	target  string   // a symlink's
 	f       *os.File // a regular file's, opened ahead (nil for a hard link seen before)
 	data    []byte   // a small file's whole content, read ahead
-	buf     *[]byte  // data's pooled buffer
+	ringEnd int64    // where data's space in the read-ahead ring ends
 	err     error
 }
 
