@@ -96,3 +96,12 @@ func TestMedianRun(t *testing.T) {
 		t.Errorf("medianRun = %+v", got)
 	}
 }
+
+// A failure on the terminal comes with packer's colours; the table's cell
+// must not.
+func TestReasonStripsColours(t *testing.T) {
+	out := []byte("\x1b[1;31mBuild 'nixos-image.bench' errored after 1 second: store_paths: bad\x1b[0m\r\n\r\n==> Wait completed\r\n")
+	if got, want := reason(errors.New("exit status 1"), out), "Build 'nixos-image.bench' errored after 1 second: store_paths: bad"; got != want {
+		t.Errorf("reason = %q, want %q", got, want)
+	}
+}

@@ -84,9 +84,8 @@ func (r *installRow) peakRSS() int64 {
 	return m
 }
 
-// benchInstall builds the plugin from this tree, installs it into a scratch
-// plugin directory (the user's own installation is left alone) and times
-// `packer build` of each test system c.runs times.
+// benchInstall times `packer build` of each test system c.runs times, with
+// the plugin from this tree (c.packerEnv).
 func benchInstall(ctx context.Context, c config) []*installRow {
 	var rows []*installRow
 	fail := func(msg string) []*installRow {
@@ -100,10 +99,10 @@ func benchInstall(ctx context.Context, c config) []*installRow {
 		return fail(err.Error())
 	}
 	defer removeAll(dir)
-	env, err := installPlugin(c.packer, dir)
+	env, err := c.packerEnv()
 	if err != nil {
 		logf("install: %v", err)
-		return fail(strings.ReplaceAll(err.Error(), c.tmp, "$TMP"))
+		return fail(err.Error())
 	}
 	for _, name := range installFixtures {
 		rows = append(rows, benchSystem(ctx, c, env, dir, name))
@@ -119,7 +118,7 @@ func installPlugin(packer, dir string) ([]string, error) {
 		return nil, fmt.Errorf("packer not found (%v): run `make setup` or pass -packer", err)
 	}
 	bin := filepath.Join(dir, "packer-plugin-nixos")
-	logf("install: building the plugin")
+	logf("building the plugin for packer build")
 	build := exec.Command("go", "build", "-trimpath", "-o", bin, ".")
 	build.Dir = fixtures.Root()
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -198,7 +197,11 @@ func benchSystem(ctx context.Context, c config, env []string, dir, name string) 
 // installTemplate is the build the section times: the issue's test setup,
 // a legacy (BIOS, GRUB) layout installed in a 256 MiB TCG guest.
 func installTemplate(system, out string) string {
-	return fmt.Sprintf(`source "nixos-image" "bench" {
+	return installSource("bench", system, out) + "\n" + buildBlock("bench")
+}
+
+func installSource(name, system, out string) string {
+	return fmt.Sprintf(`source "nixos-image" %q {
   system               = %q
   partition_table_type = "legacy"
   additional_space     = "16M"
@@ -206,11 +209,7 @@ func installTemplate(system, out string) string {
   mem_size             = 256
   output_directory     = %q
 }
-
-build {
-  sources = ["source.nixos-image.bench"]
-}
-`, system, out)
+`, name, system, out)
 }
 
 func printInstallTable(w io.Writer, c config, rows []*installRow) {

@@ -1,17 +1,25 @@
 // Command bench times the plugin against its peers and its targets and
-// prints Markdown tables (run it as `make bench`): the store-only ext4
-// writer against other writers on the same closures (run.go), the
-// post-processing formats (convert.go) and install mode (install.go).
+// prints Markdown tables (run it as `make bench`): ours through a real
+// `packer build` (the plugin over RPC, in a terminal and as CI runs it)
+// against other writers on the same closures, with the floors (run.go,
+// storebuild.go, floors.go), the plugin's peak RSS for a 64 MiB and a 4 GiB
+// closure (closurerss.go), several sources in one `packer build` in parallel
+// and one after another (parallel.go), the post-processing formats
+// (convert.go) and install mode (install.go).
 //
-// Every contender, ours included, runs as a separate child process so that
-// its peak RSS (the child's rusage Maxrss) is its own. Go contenders are this
-// binary re-executed with the hidden subcommand in child.go.
+// Every contender runs as a separate process so that its peak RSS is its
+// own: the child's rusage Maxrss, or for `packer build` the largest VmHWM of
+// the plugin's processes (procwatch.go). Go contenders are this binary
+// re-executed with the hidden subcommand in child.go; ours' in-process
+// writer is one of them, a second column of the packer rows.
 //
 // The install section (-install, on by default, about a minute and a
 // half) builds the test systems with the real `packer build` and the
 // plugin built from this tree, and reports the install mode's phase times
-// and the installer VM's peak RSS. `go run ./cmd/bench -fixtures=` runs
-// it alone; -install=false leaves it out.
+// and the installer VM's peak RSS. `go run ./cmd/bench -fixtures=
+// -convert= -rss=false -parallel=` runs it alone; -install=false leaves it
+// out. Likewise -fixtures=, -rss=false, -parallel= and -convert= skip the
+// other sections, -only and -ui pick contenders and UI modes.
 package main
 
 import (
@@ -45,7 +53,12 @@ type config struct {
 	only     map[string]bool
 	install  bool
 	convert  string // fixture whose image the post-processing section converts; "" skips it
-	packer   string // the packer binary the install section runs
+	packer   string // the packer binary every `packer build` runs
+	ui       []uiMode
+	rss      bool   // the closure-size RSS section
+	parallel string // fixture of the parallel section's store-only sources; "" skips it
+	parInst  bool   // the parallel section also builds an install-mode source
+	plugin   *pluginSetup
 }
 
 func main() {
@@ -58,6 +71,7 @@ func main() {
 		scale    = flag.Bool("scale", false, "instead: run ours on generated bench200k-like trees and print time per entry")
 		scaleN   = flag.String("scale-sizes", "50000,100000,200000", "file counts for -scale")
 		onlyList = flag.String("only", "", "comma-separated contenders to run (default all): "+strings.Join(contenderKeys, ","))
+		uiList   = flag.String("ui", "terminal,plain", "UI modes of every timed packer build of the tables (terminal: on a pty with Packer's progress bar; plain: as CI)")
 	)
 	flag.IntVar(&c.runs, "runs", 3, "runs per contender; the median is reported")
 	flag.DurationVar(&c.timeout, "timeout", 300*time.Second, "per-run limit (go-diskfs is quadratic on large directories)")
@@ -66,7 +80,10 @@ func main() {
 	flag.BoolVar(&c.keep, "keep", false, "keep the scratch directory")
 	flag.BoolVar(&c.fsck, "fsck", true, "check each writer's last image with e2fsck -fn (untimed)")
 	flag.BoolVar(&c.install, "install", true, "also time install mode: packer build of "+strings.Join(installFixtures, " and ")+" in a TCG VM")
-	flag.StringVar(&c.packer, "packer", defaultPacker(), "packer binary for -install")
+	flag.StringVar(&c.packer, "packer", defaultPacker(), "packer binary for every packer build")
+	flag.BoolVar(&c.rss, "rss", true, "also compare the plugin's peak RSS through packer build of "+rssFixtures[0]+" and "+rssFixtures[1])
+	flag.StringVar(&c.parallel, "parallel", "debian", "also time one packer build of several sources of this fixture (and -parallel-install) in parallel and one after another (\"\" to skip)")
+	flag.BoolVar(&c.parInst, "parallel-install", true, "the -parallel build also installs "+installFixtures[0]+" (TCG)")
 	flag.StringVar(&c.convert, "convert", "debian", "also time nixos-convert's formats and nixos-reproducible on this fixture's image (\"\" to skip)")
 	flag.Parse()
 	if c.runs < 1 {
@@ -81,6 +98,14 @@ func main() {
 			c.only[k] = true
 		}
 	}
+	for _, u := range strings.Split(*uiList, ",") {
+		if m := uiMode(u); slices.Contains(uiModes, m) && !slices.Contains(c.ui, m) {
+			c.ui = append(c.ui, m)
+		} else {
+			fatalf("-ui: %q is not one of terminal, plain (or given twice)", u)
+		}
+	}
+	c.plugin = &pluginSetup{}
 	ctx := context.Background()
 
 	scratch, err := os.MkdirTemp(c.tmp, "nixos-bench-")
@@ -110,12 +135,16 @@ func main() {
 	if *fixList != "" {
 		c.fixtures = strings.Split(*fixList, ",")
 	}
-	title := "ext4 image writers"
-	switch {
-	case len(c.fixtures) == 0 && c.install:
-		title = "install mode"
-	case c.install:
-		title += " and install mode"
+	var parts []string
+	if len(c.fixtures) > 0 || c.rss || c.parallel != "" {
+		parts = append(parts, "`packer build` against ext4 image writers")
+	}
+	if c.install {
+		parts = append(parts, "install mode")
+	}
+	title := strings.Join(parts, " and ")
+	if title == "" {
+		title = "post-processing"
 	}
 	fmt.Fprintf(os.Stdout, "# %s, %s\n\n", title, machine())
 	var verdicts []string
@@ -126,6 +155,16 @@ func main() {
 		}
 		printTable(os.Stdout, res)
 		verdicts = append(verdicts, targets(res)...)
+	}
+	if c.rss {
+		rows := benchClosureRSS(ctx, c)
+		printClosureRSS(os.Stdout, c, rows)
+		verdicts = append(verdicts, closureRSSTargets(rows)...)
+	}
+	if c.parallel != "" {
+		p := benchParallel(ctx, c)
+		printParallel(os.Stdout, c, p)
+		verdicts = append(verdicts, parallelTargets(p)...)
 	}
 	if c.convert != "" {
 		rows, norm, size, err := benchConvert(ctx, c, c.convert)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,8 +16,11 @@ import (
 	"github.com/google/uuid"
 )
 
-// contenderKeys name the contenders for -only, in table order.
-var contenderKeys = []string{"ours", "mkfs", "repart", "go-diskfs", "read"}
+// contenderKeys name the contenders for -only, in table order: packer is
+// ours through a real `packer build` (every -ui mode), inprocess ours'
+// writer in a child process of the bench (without packer, a row of its own;
+// with it, a column of the packer rows), floors the read, tar and dd floors.
+var contenderKeys = []string{"packer", "inprocess", "mkfs", "repart", "go-diskfs", "floors"}
 
 // longRun: a run this slow is not repeated, so a slow peer cannot push
 // `make bench` past its time budget; the row says how many runs it got.
@@ -28,7 +30,14 @@ type contender struct {
 	key, name string
 	image     bool // writes the image file (timed up to its fsync)
 	cmd       func(image string) *exec.Cmd
-	fsOffset  int64 // where the filesystem starts in the image
+	// run, if set, replaces cmd: it times one run itself (to the image's
+	// fsync) and returns its wall time, peak RSS and output.
+	run      func(ctx context.Context, image string) (time.Duration, int64, []byte, error)
+	fsOffset int64 // where the filesystem starts in the image
+	noFsck   bool  // the image is a copy of another's (the dd floor)
+	// keep: where the last image goes instead of being removed, unless a
+	// file is there already (the dd floor's source).
+	keep string
 	// prep runs before each run, untimed.
 	prep func() error
 }
@@ -47,6 +56,7 @@ type row struct {
 	timeout     time.Duration
 	note        string
 	fsck        string // e2fsck's verdict on the last image
+	inproc      *row   // packer rows: the in-process writer's figures
 }
 
 func (r *row) median() time.Duration {
@@ -75,8 +85,10 @@ type fixtureResult struct {
 	inodes         uint32
 	runs           int
 	rows           []*row
-	ours           *row
-	mkfsN          *row
+	ours           *row   // the × ours reference: the first packer row that finished, else the in-process writer
+	packer         []*row // ours through `packer build`, one per UI mode
+	mkfs, mkfsN    *row
+	dd             *row
 	peers          []*row // image writers other than ours
 }
 
@@ -164,14 +176,35 @@ func benchFixture(ctx context.Context, c config, name string) (*fixtureResult, e
 		}
 	}
 
-	// Run order: the floor and ours first, while nothing else has disturbed
+	// Run order: the floors and ours first, while nothing else has disturbed
 	// the page cache; the table lists them in contenderKeys order anyway.
 	var cs []contender
-	if want("read") {
-		cs = append(cs, contender{key: "read", name: "read only (floor)", cmd: child("read")})
+	floorSrc := filepath.Join(dir, "floor-src.img")
+	var floors []contender
+	if want("floors") {
+		floors = floorContenders(paths, floorSource(ctx, floorSrc, paths, extra))
+		cs = append(cs, contender{key: "floors", name: "reading the tree (floor)", cmd: child("read")}, floors[0])
 	}
-	if want("ours") {
-		cs = append(cs, contender{key: "ours", name: "ours (hosttree → ext4)", image: true, cmd: child("ours")})
+	if want("packer") {
+		roots, err := fixtureRoots(name)
+		if err != nil {
+			return nil, err
+		}
+		b, err := newStoreBuild(c, dir, roots, extra)
+		if err != nil {
+			return nil, fmt.Errorf("packer build: %w", err)
+		}
+		for _, ui := range c.ui {
+			ct := b.contender(ui)
+			ct.keep = floorSrc
+			cs = append(cs, ct)
+		}
+	}
+	if want("inprocess") {
+		cs = append(cs, contender{key: "inprocess", name: "ours in-process (hosttree → ext4)", image: true, cmd: child("ours"), keep: floorSrc})
+	}
+	if want("floors") {
+		cs = append(cs, floors[1])
 	}
 	if want("mkfs") {
 		cs = append(cs,
@@ -192,18 +225,42 @@ func benchFixture(ctx context.Context, c config, name string) (*fixtureResult, e
 	}
 
 	rows := map[string][]*row{}
+	var inproc *row
 	for _, ct := range cs {
 		r := measure(ctx, c, ct, image)
 		rows[ct.key] = append(rows[ct.key], r)
 		switch {
-		case ct.key == "ours":
-			res.ours = r
+		case ct.key == "packer":
+			res.packer = append(res.packer, r)
+		case ct.key == "inprocess":
+			inproc = r
+		case ct.name == "mkfs.ext4 -d":
+			res.mkfs = r
 		case ct.name == "mkfs.ext4 -N -d":
 			res.mkfsN = r
+		case ct.key == "floors" && ct.image:
+			res.dd = r
 		}
-		if ct.image && ct.key != "ours" {
+		if ct.image && ct.key != "packer" && ct.key != "inprocess" && ct.key != "floors" {
 			res.peers = append(res.peers, r)
 		}
+	}
+	os.Remove(floorSrc)
+	if inproc != nil && len(res.packer) > 0 {
+		// The in-process figure is a column of the packer rows.
+		for _, r := range res.packer {
+			r.inproc = inproc
+		}
+		delete(rows, "inprocess")
+	}
+	for _, r := range res.packer {
+		if r.ok() {
+			res.ours = r
+			break
+		}
+	}
+	if res.ours == nil && len(res.packer) == 0 {
+		res.ours = inproc
 	}
 	for _, k := range contenderKeys {
 		res.rows = append(res.rows, rows[k]...)
@@ -259,7 +316,15 @@ func measure(ctx context.Context, c config, ct contender, image string) *row {
 				return r
 			}
 		}
-		el, rss, out, err := runOnce(ctx, c.timeout, ct.cmd(image), ct.image, image)
+		var el time.Duration
+		var rss int64
+		var out []byte
+		var err error
+		if ct.run != nil {
+			el, rss, out, err = ct.run(ctx, image)
+		} else {
+			el, rss, out, err = runOnce(ctx, c.timeout, ct.cmd(image), ct.image, image)
+		}
 		r.rss = max(r.rss, rss)
 		if errors.Is(err, context.DeadlineExceeded) {
 			r.timedOut = true
@@ -281,12 +346,17 @@ func measure(ctx context.Context, c config, ct contender, image string) *row {
 		}
 	}
 	if ct.image && r.ok() {
-		if c.fsck {
+		if c.fsck && !ct.noFsck {
 			r.fsck = fsck(image, ct.fsOffset)
 		}
 		if fi, err := os.Stat(image); err == nil {
 			r.size = fi.Size()
 			r.alloc = allocatedBytes(fi)
+		}
+	}
+	if _, err := os.Stat(ct.keep); ct.keep != "" && r.ok() && errors.Is(err, os.ErrNotExist) {
+		if err := os.Rename(image, ct.keep); err == nil {
+			return r
 		}
 	}
 	os.Remove(image)
@@ -330,83 +400,6 @@ func fsync(name string) error {
 	}
 	defer f.Close()
 	return f.Sync()
-}
-
-// reason condenses a failure to one line: the last that names an error,
-// skipping wrappers' "failed with exit status" lines, else the last line.
-func reason(err error, out []byte) string {
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	pick := ""
-	for i := len(lines) - 1; i >= 0 && pick == ""; i-- {
-		l := strings.TrimSpace(lines[i])
-		ll := strings.ToLower(l)
-		if strings.Contains(ll, "exit status") {
-			continue
-		}
-		for _, w := range []string{"fail", "error", "could not", "can't", "cannot", "no space", "refusing"} {
-			if strings.Contains(ll, w) {
-				pick = l
-				break
-			}
-		}
-	}
-	for i := len(lines) - 1; i >= 0 && pick == ""; i-- {
-		pick = strings.TrimSpace(lines[i])
-	}
-	if pick == "" {
-		return err.Error()
-	}
-	if len(pick) > 120 {
-		pick = pick[:117] + "..."
-	}
-	return pick
-}
-
-var fsckFiles = regexp.MustCompile(`(\d+)/\d+ files`)
-
-// fsck checks an image read-only with e2fsck, untimed: a fast writer of
-// broken filesystems would win nothing. The inode count shows whether every
-// tool stored the same tree.
-func fsck(image string, offset int64) string {
-	name := image
-	if offset != 0 {
-		name += "?offset=" + strconv.FormatInt(offset, 10)
-	}
-	out, err := exec.Command("e2fsck", "-fn", name).CombinedOutput()
-	used := ""
-	if m := fsckFiles.FindSubmatch(out); m != nil {
-		used = ", " + string(m[1]) + " inodes"
-	}
-	if err != nil {
-		logf("    e2fsck -fn %s: %v\n%s", name, err, tail(out, 20))
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return fmt.Sprintf("errors (exit %d)%s", ee.ExitCode(), used)
-		}
-		return "not run (" + err.Error() + ")"
-	}
-	return "clean" + used
-}
-
-func cannotRunHere(err error, out []byte) bool {
-	if errors.Is(err, exec.ErrNotFound) {
-		return true
-	}
-	o := strings.ToLower(string(out))
-	for _, s := range []string{"loop device", "loopback", "failed to mount", "operation not permitted", "permission denied"} {
-		if strings.Contains(o, s) {
-			return true
-		}
-	}
-	return false
-}
-
-func tail(out []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "      " + strings.Join(lines, "\n      ")
 }
 
 // planSize asks the "plan" child for ours' size and inode count, so the
