@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 	"golang.org/x/sys/unix"
 )
 
@@ -233,4 +234,34 @@ func TestKillAtManyPoints(t *testing.T) {
 		t.Errorf("only %d of 24 runs were killed before finishing (a full run takes %v): the test did not test", kills, full)
 	}
 	t.Logf("%d runs killed at points through a %v edit", kills, full)
+}
+
+// On a filesystem that shares blocks the copy is a clone: the edit costs
+// the blocks it changes, not the image's size.
+func TestEditClones(t *testing.T) {
+	dir := imagecheck.ReflinkDir(t)
+	p := filepath.Join(dir, "disk.img")
+	data := bytes.Repeat([]byte("0123456789abcdef"), 4<<20) // 64 MiB
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var shared int64
+	err := Edit(context.Background(), p, func(_ context.Context, c string) error {
+		f, err := os.Open(c)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		shared = imagecheck.SharedBytes(t, f)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shared < int64(len(data)) {
+		t.Errorf("the copy shares %d of %d bytes with the original: it was copied, not cloned", shared, len(data))
+	}
+	if got, _ := os.ReadFile(p); !bytes.Equal(got, data) {
+		t.Error("the replaced file differs from the original")
+	}
 }
