@@ -15,6 +15,7 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/qemuimg"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/qemu"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/vmlinux"
 )
 
 // BuilderID identifies artifacts of this builder.
@@ -79,7 +80,7 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 			&stepNixState{},
 			&stepPlan{},
 			&stepWriteImage{},
-			&stepInstall{writeInitrd: writeInstallerInitrd},
+			&stepInstall{writeInitrd: writeInstallerInitrd, unpackKernel: vmlinux.Extract},
 			new(commonsteps.StepProvision),
 			&stepFinishInstall{},
 			&stepNormalize{},

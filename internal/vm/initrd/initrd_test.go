@@ -57,22 +57,17 @@ func fakeModules(t *testing.T) string {
 	return dir
 }
 
-func listCpio(t *testing.T, gz []byte) (names []string, tree string) {
+func listCpio(t *testing.T, archive []byte) (names []string, tree string) {
 	t.Helper()
 	imagecheck.RequireTool(t, "cpio")
-	zr, err := gzip.NewReader(bytes.NewReader(gz))
-	if err != nil {
-		t.Fatal(err)
-	}
 	tree = t.TempDir()
 	cmd := exec.Command("cpio", "-idm", "--quiet", "--no-absolute-filenames")
-	cmd.Dir, cmd.Stdin = tree, zr
+	cmd.Dir, cmd.Stdin = tree, bytes.NewReader(archive)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("cpio -i: %v\n%s", err, out)
 	}
-	zr, _ = gzip.NewReader(bytes.NewReader(gz))
 	cmd = exec.Command("cpio", "-t", "--quiet")
-	cmd.Stdin = zr
+	cmd.Stdin = bytes.NewReader(archive)
 	b, err := cmd.Output()
 	if err != nil {
 		t.Fatal(err)
