@@ -12,7 +12,8 @@ import (
 
 // writeInstallerInitrd puts this plugin binary, as /init, and the modules
 // the installer needs from the system's own kernel into an initrd.
-func writeInstallerInitrd(path string, system *toplevel) error {
+// With gzip (OVMF boots the VM) the archive is compressed.
+func writeInstallerInitrd(path string, system *toplevel, gzip bool) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -28,7 +29,7 @@ func writeInstallerInitrd(path string, system *toplevel) error {
 		return err
 	}
 	defer f.Close()
-	if err := initrd.Build(f, initrd.Options{Agent: exe, ModulesDir: system.modulesDir}); err != nil {
+	if err := initrd.Build(f, initrd.Options{Agent: exe, ModulesDir: system.modulesDir, Gzip: gzip}); err != nil {
 		return err
 	}
 	return f.Close()

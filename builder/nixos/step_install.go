@@ -29,7 +29,7 @@ import (
 type stepInstall struct {
 	// writeInitrd writes the installer VM's initrd for the system:
 	// writeInstallerInitrd, or in tests a stand-in for a VM that needs none.
-	writeInitrd func(path string, system *toplevel) error
+	writeInitrd func(path string, system *toplevel, gzip bool) error
 	// unpackKernel writes the ELF kernel inside a bzImage for a PVH boot
 	// under TCG (vmlinux.Extract); nil boots the bzImage as it is.
 	unpackKernel func(bzImage, dst string) error
@@ -77,7 +77,8 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	s.dir = dir
 	initrdPath := filepath.Join(dir, "initrd.cpio")
-	if err := s.writeInitrd(initrdPath, system); err != nil {
+	// OVMF (touch_efi_vars) loads the initrd itself and needs it small.
+	if err := s.writeInitrd(initrdPath, system, c.TouchEFIVars); err != nil {
 		return halt(state, err)
 	}
 

@@ -51,7 +51,7 @@ func withEFIVars(t *testing.T, raw map[string]interface{}) map[string]interface{
 // newStepInstall is stepInstall with an empty initrd: the fake VM boots
 // nothing.
 func newStepInstall() *stepInstall {
-	return &stepInstall{writeInitrd: func(path string, _ *toplevel) error { return os.WriteFile(path, nil, 0o644) }}
+	return &stepInstall{writeInitrd: func(path string, _ *toplevel, _ bool) error { return os.WriteFile(path, nil, 0o644) }}
 }
 
 // A VM that does not start halts the build; Cleanup removes the VM's

@@ -92,6 +92,20 @@ func TestBuild(t *testing.T) {
 	if !bytes.Equal(a.Bytes(), b.Bytes()) {
 		t.Error("two builds differ")
 	}
+	// Gzip (for OVMF) is the same archive compressed.
+	var z bytes.Buffer
+	og := o
+	og.Gzip = true
+	if err := Build(&z, og); err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(&z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if un, err := io.ReadAll(zr); err != nil || !bytes.Equal(un, a.Bytes()) {
+		t.Errorf("the gzip archive does not decompress to the plain one (%v)", err)
+	}
 	names, tree := listCpio(t, a.Bytes())
 	// Every module ships decompressed under a .ko name.
 	want := "dev proc sys run tmp mnt lib lib/modules dev/console init lib/modules/e.ko lib/modules/b.ko lib/modules/a.ko lib/modules/c_d.ko lib/modules/load-order"
