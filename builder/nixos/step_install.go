@@ -229,11 +229,7 @@ func (s *stepInstall) install(ctx context.Context, ui packersdk.Ui, c *Config, p
 	if p.layout.Type != disk.None {
 		rootDev = fmt.Sprintf("/dev/vda%d", partIndex(p.layout, disk.RoleRoot))
 	}
-	// nodelalloc: ext4 then picks a file's blocks when it is written, in
-	// the installer's order, not when the kernel's flusher happens to run
-	// (a matter of timing and of the VM's memory): the image depends on
-	// the system alone.
-	if err := cl.Mount(ctx, protocol.MountRequest{Source: rootDev, Target: guestRoot, FSType: c.FSType, Options: "nodelalloc"}); err != nil {
+	if err := cl.Mount(ctx, protocol.MountRequest{Source: rootDev, Target: guestRoot, FSType: c.FSType}); err != nil {
 		return err
 	}
 	// The ESP and XBOOTLDR go where the system mounts them: its boot

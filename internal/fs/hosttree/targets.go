@@ -45,33 +45,6 @@ func (t *writerTarget) File(h ext4.Header, src string) (uint32, error) {
 	return fw.Inode(), nil
 }
 
-// OpenedFile takes a file the read-ahead opened (and, when small, read).
-func (t *writerTarget) OpenedFile(h ext4.Header, src string, f *os.File, data []byte) (uint32, error) {
-	if data != nil && int64(len(data)) != h.Size {
-		return 0, fmt.Errorf("%s changed while it was copied: read %d of %d bytes", src, len(data), h.Size)
-	}
-	fw, err := t.w.Create(h)
-	if err != nil {
-		return 0, err
-	}
-	n := int64(len(data))
-	switch {
-	case data == nil:
-		if n, err = fw.ReadFrom(f); err == nil && n != h.Size {
-			err = fmt.Errorf("%s changed while it was copied: read %d of %d bytes", src, n, h.Size)
-		}
-	case n > 0:
-		_, err = fw.Write(data)
-	}
-	if err != nil {
-		return 0, err
-	}
-	if t.progress != nil {
-		t.progress(n)
-	}
-	return fw.Inode(), nil
-}
-
 func (t *writerTarget) Bytes(h ext4.Header, data []byte) error {
 	fw, err := t.w.Create(h)
 	if err != nil {

@@ -56,53 +56,14 @@ type Copier struct {
 	Stats Stats
 
 	links map[devIno]uint32
-	ahead map[devIno]bool // hard-linked inodes the reader has opened (its own, across Copy calls)
 }
 
 // Copy adds the host tree at src (a directory, file or symlink) as dst, a
 // slash-separated path relative to the image's root whose parent exists.
-// With a Target that takes opened files (Writer), a reader goroutine walks
-// ahead of it: it stats, opens and reads small files while the target
-// writes the ones before, a bounded distance ahead, in the same order.
 func (c *Copier) Copy(ctx context.Context, src, dst string) error {
 	if c.links == nil {
 		c.links = map[devIno]uint32{}
-		c.ahead = map[devIno]bool{}
 	}
-	ot, ok := c.T.(openedTarget)
-	if !ok {
-		return walk(ctx, src, dst, func(e *entry) error { return c.add(e, nil) })
-	}
-	r := newReadAhead(ctx, c.ahead)
-	go r.run(src, dst)
-	defer r.stop()
-	for e := range r.out {
-		err := e.err
-		if err == nil {
-			err = c.add(e, ot)
-		}
-		r.release(e)
-		if err != nil {
-			return err
-		}
-	}
-	return ctx.Err()
-}
-
-// entry is one walked path with what the reader found out about it.
-type entry struct {
-	p, name string
-	fi      fs.FileInfo
-	target  string   // a symlink's
-	f       *os.File // a regular file's, opened ahead (nil for a hard link seen before)
-	data    []byte   // a small file's whole content, read ahead
-	ringEnd int64    // where data's space in the read-ahead ring ends
-	err     error
-}
-
-// walk visits src in the sorted depth-first order the writer needs, with
-// each path stat'ed (and a symlink's target read).
-func walk(ctx context.Context, src, dst string, fn func(*entry) error) error {
 	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -118,24 +79,18 @@ func walk(ctx context.Context, src, dst string, fn func(*entry) error) error {
 		if rel != "." {
 			name = path.Join(dst, filepath.ToSlash(rel))
 		}
-		e := &entry{p: p, name: name}
-		if e.fi, err = os.Lstat(p); err != nil {
-			return err
-		}
-		if e.fi.Mode()&fs.ModeSymlink != 0 {
-			if e.target, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		return fn(e)
+		return c.add(p, name)
 	})
 }
 
-func (c *Copier) add(e *entry, ot openedTarget) error {
-	fi, name := e.fi, e.name
+func (c *Copier) add(p, name string) error {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return err
+	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return fmt.Errorf("%s: no stat information", e.p)
+		return fmt.Errorf("%s: no stat information", p)
 	}
 	h := ext4.Header{
 		Name:  name,
@@ -160,8 +115,12 @@ func (c *Copier) add(e *entry, ot openedTarget) error {
 		c.Stats.Dirs++
 		return wrap(name, c.T.Mkdir(h))
 	case fi.Mode()&fs.ModeSymlink != 0:
+		target, err := os.Readlink(p)
+		if err != nil {
+			return err
+		}
 		c.Stats.Symlinks++
-		return wrap(name, c.T.Symlink(h, e.target))
+		return wrap(name, c.T.Symlink(h, target))
 	case fi.Mode().IsRegular():
 		key := devIno{uint64(st.Dev), uint64(st.Ino)}
 		if st.Nlink > 1 {
@@ -171,18 +130,7 @@ func (c *Copier) add(e *entry, ot openedTarget) error {
 			}
 		}
 		h.Size = fi.Size()
-		var ino uint32
-		var err error
-		switch {
-		case ot == nil:
-			ino, err = c.T.File(h, e.p)
-		case e.f == nil && e.data == nil:
-			// The reader took it for a hard link it had opened already,
-			// but it is not one here (a target that failed to keep it).
-			err = fmt.Errorf("%s: not read ahead", e.p)
-		default:
-			ino, err = ot.OpenedFile(h, e.p, e.f, e.data)
-		}
+		ino, err := c.T.File(h, p)
 		if err != nil {
 			return wrap(name, err)
 		}
@@ -193,7 +141,7 @@ func (c *Copier) add(e *entry, ot openedTarget) error {
 		c.Stats.Bytes += h.Size
 		return nil
 	default:
-		return fmt.Errorf("%s: unsupported file type %s (the Nix store holds only files, directories and symlinks)", e.p, fi.Mode().Type())
+		return fmt.Errorf("%s: unsupported file type %s (the Nix store holds only files, directories and symlinks)", p, fi.Mode().Type())
 	}
 }
 
