@@ -269,10 +269,7 @@ func image(f *os.File, path string, o Options) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	parts, err := partition.ReadPartitions(f)
-	if err != nil {
-		return nil, err
-	}
+	parts := pt.Partitions // checked by the same plan Normalize wrote from
 	if pt.Table == "none" {
 		parts = []partition.Extent{{Number: 0, Start: 0, Size: fi.Size()}}
 	}
