@@ -74,13 +74,14 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 		// system and installs its boot loader.
 		steps = []multistep.Step{
 			&stepResolveSystem{},
+			&stepPrepareInstaller{writeInitrd: writeInstallerInitrd, unpack: vmlinux.Extract},
 			&stepChannel{},
 			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
 			&stepClosure{},
 			&stepNixState{},
 			&stepPlan{},
 			&stepWriteImage{},
-			&stepInstall{writeInitrd: writeInstallerInitrd, unpackKernel: vmlinux.Extract},
+			&stepInstall{},
 			new(commonsteps.StepProvision),
 			&stepFinishInstall{},
 			&stepNormalize{},

@@ -3,23 +3,35 @@ package nixos
 import (
 	"debug/elf"
 	"fmt"
+	"log"
 	"os"
+	"runtime"
 	"strings"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentbin"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/initrd"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/kmod"
 )
 
-// writeInstallerInitrd puts this plugin binary, as /init, and the modules
-// the installer needs from the system's own kernel into an initrd.
-// With gzip (OVMF boots the VM) the archive is compressed.
-func writeInstallerInitrd(path string, system *toplevel, gzip bool) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	if err := checkStatic(exe); err != nil {
-		return err
+// writeInstallerInitrd puts the agent, as /init, and the modules the
+// installer needs from the system's own kernel into an initrd. The agent
+// is agentbin's, or this plugin binary itself when it was built without
+// one. With gzip (OVMF boots the VM) the archive is compressed.
+func writeInstallerInitrd(path string, system *toplevel, gzip bool, needs initrd.Needs) error {
+	o := initrd.Options{ModulesDir: system.modulesDir, Gzip: gzip, Needs: &needs}
+	if data, hash, ok := agentbin.Agent(runtime.GOARCH); ok {
+		log.Printf("installer agent: the embedded one (%d bytes, sources %.12s)", len(data), hash)
+		o.AgentData = data
+	} else {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		if err := checkStatic(exe); err != nil {
+			return err
+		}
+		log.Printf("installer agent: this plugin binary %s (built without go generate's agent)", exe)
+		o.Agent = exe
 	}
 	if err := checkEtcOverlay(system); err != nil {
 		return err
@@ -29,7 +41,7 @@ func writeInstallerInitrd(path string, system *toplevel, gzip bool) error {
 		return err
 	}
 	defer f.Close()
-	if err := initrd.Build(f, initrd.Options{Agent: exe, ModulesDir: system.modulesDir, Gzip: gzip}); err != nil {
+	if err := initrd.Build(f, o); err != nil {
 		return err
 	}
 	return f.Close()

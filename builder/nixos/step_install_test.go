@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/initrd"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/qemu"
 )
 
@@ -30,7 +31,15 @@ func installState(t *testing.T, raw map[string]interface{}, q *fakeQEMU) (*multi
 	}
 	state.Put("raw_image", rawImage)
 	state.Put("qemu", q)
+	prepare := &stepPrepareInstaller{writeInitrd: emptyInitrd}
+	requireContinue(t, prepare.Run(context.Background(), state), state)
+	t.Cleanup(func() { prepare.Cleanup(state) })
 	return state, ui
+}
+
+// emptyInitrd stands for writeInstallerInitrd: the fake VM boots nothing.
+func emptyInitrd(path string, _ *toplevel, _ bool, _ initrd.Needs) error {
+	return os.WriteFile(path, nil, 0o644)
 }
 
 // withEFIVars is raw with touch_efi_vars on, and firmware files for it.
@@ -48,11 +57,7 @@ func withEFIVars(t *testing.T, raw map[string]interface{}) map[string]interface{
 	return raw
 }
 
-// newStepInstall is stepInstall with an empty initrd: the fake VM boots
-// nothing.
-func newStepInstall() *stepInstall {
-	return &stepInstall{writeInitrd: func(path string, _ *toplevel, _ bool) error { return os.WriteFile(path, nil, 0o644) }}
-}
+func newStepInstall() *stepInstall { return &stepInstall{} }
 
 // A VM that does not start halts the build; Cleanup removes the VM's
 // directory and the EFI variables being written.
@@ -141,5 +146,70 @@ func TestStepInstallInstalls(t *testing.T) {
 	step.Cleanup(state)
 	if !q.vm.wasKilled() || exists(step.dir) {
 		t.Errorf("after Cleanup: VM killed %v, %s left %v", q.vm.wasKilled(), step.dir, exists(step.dir))
+	}
+}
+
+// What the installer boots is made in the background from the moment
+// the system is known (stepPrepareInstaller), beside the steps that write
+// the image, and stepInstall boots it: under TCG without firmware the
+// kernel unpacked for a PVH boot, and an initrd with only the modules the
+// layout needs. Under KVM or with touch_efi_vars (OVMF boots the bzImage)
+// nothing is unpacked.
+func TestStepPrepareInstallerWorksBesideTheOtherSteps(t *testing.T) {
+	for _, tc := range []struct {
+		raw    map[string]interface{}
+		unpack bool
+		needs  initrd.Needs
+	}{
+		{map[string]interface{}{"partition_table_type": "legacy", "accelerator": "tcg"}, true, initrd.Needs{}},
+		{map[string]interface{}{"partition_table_type": "efi", "accelerator": "tcg"}, true, initrd.Needs{FAT: true}},
+		{map[string]interface{}{"partition_table_type": "efi", "accelerator": "kvm"}, false, initrd.Needs{FAT: true}},
+		{withEFIVars(t, map[string]interface{}{"partition_table_type": "efi", "accelerator": "tcg"}), false, initrd.Needs{FAT: true, EFIVars: true}},
+	} {
+		q := &fakeQEMU{guest: newFakeGuest()}
+		state, _ := installState(t, tc.raw, q)
+		// Neither job may finish before Run returns: they run in the
+		// background while the next steps (here: none) go on.
+		release := make(chan struct{})
+		var gotNeeds initrd.Needs
+		unpacked := false
+		prepare := &stepPrepareInstaller{
+			writeInitrd: func(path string, _ *toplevel, _ bool, needs initrd.Needs) error {
+				<-release
+				gotNeeds = needs
+				return os.WriteFile(path, nil, 0o644)
+			},
+			unpack: func(bzImage, dst string) error {
+				<-release
+				unpacked = true
+				return os.WriteFile(dst, []byte(bzImage), 0o644)
+			},
+		}
+		ran := make(chan multistep.StepAction, 1)
+		go func() { ran <- prepare.Run(context.Background(), state) }()
+		select {
+		case a := <-ran:
+			requireContinue(t, a, state)
+		case <-time.After(10 * time.Second):
+			t.Fatal("stepPrepareInstaller.Run waits for the initrd or the kernel")
+		}
+		close(release)
+		step := newStepInstall()
+		requireContinue(t, step.Run(context.Background(), state), state)
+		if gotNeeds != tc.needs {
+			t.Errorf("%v: initrd modules for %+v, want %+v", tc.raw["partition_table_type"], gotNeeds, tc.needs)
+		}
+		want := "/boot/bzImage"
+		if tc.unpack {
+			want = filepath.Join(prepare.files.dir, "vmlinux")
+		}
+		if unpacked != tc.unpack || q.started[0].Kernel != want || q.started[0].Initrd != filepath.Join(prepare.files.dir, "initrd.cpio") {
+			t.Errorf("%v: unpacked %v, booted %s with %s; want %v, %s", tc.raw, unpacked, q.started[0].Kernel, q.started[0].Initrd, tc.unpack, want)
+		}
+		step.Cleanup(state)
+		prepare.Cleanup(state)
+		if exists(prepare.files.dir) {
+			t.Errorf("Cleanup left %s", prepare.files.dir)
+		}
 	}
 }

@@ -56,6 +56,9 @@ func Main() {
 		if err := mountPseudo(); err != nil {
 			fatal(pid1, "%v", err)
 		}
+		if err := setWriteback("/proc/sys/vm"); err != nil {
+			fatal(pid1, "%v", err)
+		}
 		// The kernel gave us /dev/console from the initrd's node; reopen it
 		// on devtmpfs so the log survives anything done to the initrd's /dev.
 		if c, err := os.OpenFile("/dev/console", os.O_WRONLY|syscall.O_NOCTTY, 0); err == nil {

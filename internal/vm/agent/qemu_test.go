@@ -50,7 +50,7 @@ func testInitrd(t *testing.T) (kernel, initrdFile string) {
 		}
 		agent := filepath.Join(dir, "agent")
 		agentPath = agent
-		build := exec.Command("go", "build", "-trimpath", "-o", agent, "github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/testagent")
+		build := exec.Command("go", "build", "-trimpath", "-o", agent, "github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentbin/agent")
 		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod")
 		if out, err := build.CombinedOutput(); err != nil {
 			initrdErr = errors.New("building the test agent: " + err.Error() + "\n" + string(out))

@@ -4,6 +4,7 @@
 package initrd
 
 import (
+	"bytes"
 	"compress/gzip"
 	"debug/elf"
 	"fmt"
@@ -23,10 +24,31 @@ import (
 // activation mounts /etc with (the installer has no modprobe for the
 // kernel to load them on demand). Those this kernel neither ships nor
 // builds in are skipped.
-var DefaultModules = append([]string{
-	"virtio_pci", "virtio_blk", "virtio_console",
-	"ext4", "vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii", "efivarfs",
-}, EtcOverlayModules...)
+var DefaultModules = Needs{FAT: true, EFIVars: true, EtcOverlay: true}.Modules()
+
+// Needs says which optional parts of DefaultModules an install uses. Each
+// module costs the installer VM tens of milliseconds to load under TCG, so
+// a build loads only these.
+type Needs struct {
+	FAT        bool // an ESP or XBOOTLDR is mounted
+	EFIVars    bool // efivarfs (touch_efi_vars)
+	EtcOverlay bool // system.etc.overlay
+}
+
+// Modules is the part of DefaultModules n asks for.
+func (n Needs) Modules() []string {
+	m := []string{"virtio_pci", "virtio_blk", "virtio_console", "ext4"}
+	if n.FAT {
+		m = append(m, "vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii")
+	}
+	if n.EFIVars {
+		m = append(m, "efivarfs")
+	}
+	if n.EtcOverlay {
+		m = append(m, EtcOverlayModules...)
+	}
+	return m
+}
 
 // EtcOverlayModules are the modules system.etc.overlay's activation needs:
 // it mounts an erofs image through a loop device and overlayfs on /etc.
@@ -34,15 +56,20 @@ var EtcOverlayModules = []string{"loop", "erofs", "overlay"}
 
 // Options says what goes into the installer initrd.
 type Options struct {
-	// Agent is the static binary to install as /init, normally the
-	// plugin itself (os.Executable()).
-	Agent string
+	// AgentData, when set, is the static binary to install as /init
+	// (agentbin's); otherwise Agent names it (the plugin itself, from
+	// os.Executable()).
+	Agent     string
+	AgentData []byte
 	// ModulesDir is <kernel-modules>/lib/modules/<version> of the kernel
 	// that will boot the initrd; empty for a kernel with everything built in.
 	ModulesDir string
-	// Modules to load, with their dependencies; nil means DefaultModules.
-	// An explicitly named module the kernel does not know is an error.
+	// Modules to load, with their dependencies; nil means Needs' modules
+	// or, without Needs, DefaultModules. An explicitly named module the
+	// kernel does not know is an error.
 	Modules []string
+	// Needs, when set, narrows the default modules to what it asks for.
+	Needs *Needs
 	// Gzip compresses the archive. OVMF's direct kernel boot loads the
 	// initrd into the guest's memory itself and fails (it drops to its
 	// shell) on the 49 MiB archive uncompressed in a 256 MiB VM.
@@ -55,25 +82,37 @@ type Options struct {
 // kernel's gunzip of the agent took a second and the host's gzip more,
 // and the archive goes to the guest's memory, not over a network.
 func Build(w io.Writer, o Options) error {
-	agent, err := os.Open(o.Agent)
-	if err != nil {
-		return fmt.Errorf("guest initrd: %w", err)
-	}
-	defer agent.Close()
-	st, err := agent.Stat()
-	if err != nil || !st.Mode().IsRegular() {
-		return fmt.Errorf("guest initrd: agent %s is not a regular file (%v)", o.Agent, err)
+	var agent io.Reader
+	var agentSize int64
+	if o.AgentData != nil {
+		agent, agentSize = bytes.NewReader(o.AgentData), int64(len(o.AgentData))
+	} else {
+		f, err := os.Open(o.Agent)
+		if err != nil {
+			return fmt.Errorf("guest initrd: %w", err)
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil || !st.Mode().IsRegular() {
+			return fmt.Errorf("guest initrd: agent %s is not a regular file (%v)", o.Agent, err)
+		}
+		agent, agentSize = f, st.Size()
 	}
 
 	var db *kmod.DB
 	var mods []string
+	var err error
 	if o.ModulesDir != "" {
 		if db, err = kmod.Load(o.ModulesDir); err != nil {
 			return fmt.Errorf("guest initrd: %w", err)
 		}
 		roots := o.Modules
 		if roots == nil {
-			for _, m := range DefaultModules {
+			defaults := DefaultModules
+			if o.Needs != nil {
+				defaults = o.Needs.Modules()
+			}
+			for _, m := range defaults {
 				if db.Known(m) {
 					roots = append(roots, m)
 				}
@@ -113,7 +152,7 @@ func Build(w io.Writer, o Options) error {
 	if err := cw.WriteHeader(&cpio.Header{Name: "dev/console", Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Devmajor: 5, Devminor: 1}); err != nil {
 		return err
 	}
-	if err := file("init", 0o755, st.Size(), agent); err != nil {
+	if err := file("init", 0o755, agentSize, agent); err != nil {
 		return fmt.Errorf("guest initrd: %s: %w", o.Agent, err)
 	}
 	var order strings.Builder

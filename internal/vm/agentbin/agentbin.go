@@ -1,0 +1,34 @@
+// Package agentbin holds the installer VM's agent as a separate static
+// binary (./agent, built by `go generate`, which `make build` runs) for the
+// installer initrd. Under TCG the whole plugin as /init cost the installer
+// about 0.8 s more than the agent alone: the kernel unpacks a 45 MiB
+// initrd instead of a few MiB, and the Go runtime starts the Packer SDK's
+// package initialisers. A plugin built without `go generate` has no agent
+// here, and the installer runs the plugin binary itself as /init, which
+// works the same, only slower.
+package agentbin
+
+import (
+	"embed"
+	"strings"
+)
+
+//go:generate go run ./gen
+
+//go:embed bin
+var bin embed.FS
+
+// Agent is the agent binary for goarch and the hash of the sources it was
+// built from (srchash.Of), or ok false when this plugin was built without
+// it.
+func Agent(goarch string) (data []byte, sourceHash string, ok bool) {
+	data, err := bin.ReadFile("bin/agent-linux-" + goarch)
+	if err != nil {
+		return nil, "", false
+	}
+	h, err := bin.ReadFile("bin/agent-linux-" + goarch + ".srchash")
+	if err != nil {
+		return nil, "", false
+	}
+	return data, strings.TrimSpace(string(h)), true
+}
