@@ -112,8 +112,8 @@ func benchInstall(ctx context.Context, c config) []*installRow {
 	return rows
 }
 
-// installPlugin builds the plugin as `make build` does (static: it is also
-// the installer VM's /init) and installs it where only the bench's packer
+// installPlugin builds the plugin as `make build` does (the agent
+// generated and embedded, the plugin static) and installs it where only the bench's packer
 // runs look. It returns their environment.
 func installPlugin(packer, dir string) ([]string, error) {
 	if _, err := os.Stat(packer); err != nil {
@@ -121,11 +121,16 @@ func installPlugin(packer, dir string) ([]string, error) {
 	}
 	bin := filepath.Join(dir, "packer-plugin-nixos")
 	logf("building the plugin for packer build")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, ".")
-	build.Dir = fixtures.Root()
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build: %v: %s", err, strings.TrimSpace(string(out)))
+	for _, args := range [][]string{
+		{"generate", "./internal/vm/agentbin"}, // the installer's agent
+		{"build", "-trimpath", "-o", bin, "."},
+	} {
+		build := exec.Command("go", args...)
+		build.Dir = fixtures.Root()
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("go %s: %v: %s", args[0], err, strings.TrimSpace(string(out)))
+		}
 	}
 	env := append(os.Environ(), "CHECKPOINT_DISABLE=1", "PACKER_PLUGIN_PATH="+filepath.Join(dir, "plugins"))
 	inst := exec.Command(packer, "plugins", "install", "--path", bin, pluginFQN)
