@@ -47,7 +47,12 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 	state.Put("hook", hook)
 	state.Put("ui", ui)
 	// The host programs the steps run, each behind its interface (driver.go).
-	state.Put("store", &nixstore.Store{Dir: "/nix/store"})
+	// The host's Nix store, or the binary caches when substituters are set.
+	store, err := closureStore(&b.config, ui)
+	if err != nil {
+		return nil, err
+	}
+	state.Put("store", store)
 	state.Put("nix-db", nixstore.DBWriter{})
 	state.Put("nix", NixDriver{})
 	state.Put("cp", CpDriver{})
@@ -61,6 +66,7 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 		steps = []multistep.Step{
 			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
 			&stepClosure{},
+			&stepFetch{}, // with substituters: every NAR downloaded once
 			// Provisioners' uploads are staged, then written with the closure.
 			&stepStoreComm{},
 			new(commonsteps.StepProvision),
@@ -78,6 +84,7 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 			&stepChannel{},
 			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
 			&stepClosure{},
+			&stepFetch{},
 			&stepNixState{},
 			&stepPlan{},
 			&stepWriteImage{},

@@ -38,6 +38,10 @@ type FlatConfig struct {
 	EFIFirmwareCode     *string           `mapstructure:"efi_firmware_code" required:"false" cty:"efi_firmware_code" hcl:"efi_firmware_code"`
 	EFIFirmwareVars     *string           `mapstructure:"efi_firmware_vars" required:"false" cty:"efi_firmware_vars" hcl:"efi_firmware_vars"`
 	AdditionalPaths     []string          `mapstructure:"additional_paths" required:"false" cty:"additional_paths" hcl:"additional_paths"`
+	Substituters        []string          `mapstructure:"substituters" required:"false" cty:"substituters" hcl:"substituters"`
+	TrustedPublicKeys   []string          `mapstructure:"trusted_public_keys" required:"false" cty:"trusted_public_keys" hcl:"trusted_public_keys"`
+	RequireSigs         *bool             `mapstructure:"require_sigs" required:"false" cty:"require_sigs" hcl:"require_sigs"`
+	NetrcFile           *string           `mapstructure:"netrc_file" required:"false" cty:"netrc_file" hcl:"netrc_file"`
 	DiskSize            *string           `mapstructure:"disk_size" required:"false" cty:"disk_size" hcl:"disk_size"`
 	AdditionalSpace     *string           `mapstructure:"additional_space" required:"false" cty:"additional_space" hcl:"additional_space"`
 	BootSize            *string           `mapstructure:"boot_size" required:"false" cty:"boot_size" hcl:"boot_size"`
@@ -95,6 +99,10 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"efi_firmware_code":          &hcldec.AttrSpec{Name: "efi_firmware_code", Type: cty.String, Required: false},
 		"efi_firmware_vars":          &hcldec.AttrSpec{Name: "efi_firmware_vars", Type: cty.String, Required: false},
 		"additional_paths":           &hcldec.AttrSpec{Name: "additional_paths", Type: cty.List(cty.String), Required: false},
+		"substituters":               &hcldec.AttrSpec{Name: "substituters", Type: cty.List(cty.String), Required: false},
+		"trusted_public_keys":        &hcldec.AttrSpec{Name: "trusted_public_keys", Type: cty.List(cty.String), Required: false},
+		"require_sigs":               &hcldec.AttrSpec{Name: "require_sigs", Type: cty.Bool, Required: false},
+		"netrc_file":                 &hcldec.AttrSpec{Name: "netrc_file", Type: cty.String, Required: false},
 		"disk_size":                  &hcldec.AttrSpec{Name: "disk_size", Type: cty.String, Required: false},
 		"additional_space":           &hcldec.AttrSpec{Name: "additional_space", Type: cty.String, Required: false},
 		"boot_size":                  &hcldec.AttrSpec{Name: "boot_size", Type: cty.String, Required: false},

@@ -1,6 +1,8 @@
 package nixos
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -163,5 +165,78 @@ func TestPrepareInstallErrors(t *testing.T) {
 	}
 	if c.Attribute != "config.system.build.toplevel" || c.MemSize != 256 || c.Accelerator != "auto" || !*c.InstallBootloader || c.Label != "nixos" {
 		t.Errorf("install defaults: %+v", c)
+	}
+}
+
+// The binary cache keys: each bad value named with its key and what is
+// allowed, all at once; none of them without substituters.
+func TestPrepareCacheErrors(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "")
+	const key = "test-1:562trz/P0KiKmH7HDlwzjeI6T3X2+ZeKgTkMHWI3mwM="
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	if err := os.WriteFile(netrc, []byte("machine cache.example.com login u password secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withSubs := func(kv ...interface{}) map[string]interface{} {
+		raw := map[string]interface{}{"substituters": []string{"https://cache.example.com"}, "trusted_public_keys": []string{key}}
+		for i := 0; i < len(kv); i += 2 {
+			raw[kv[i].(string)] = kv[i+1]
+		}
+		return raw
+	}
+	cases := []struct {
+		raw  map[string]interface{}
+		want string
+	}{
+		{withSubs("substituters", []string{"ftp://cache.example.com"}), `substituters: "ftp://cache.example.com": scheme must be https, http or file; allowed: https://`},
+		{withSubs("substituters", []string{"https://cache.example.com", "s3://bucket"}), `substituters: "s3://bucket": scheme must be`},
+		{withSubs("substituters", []string{"file://relative/dir"}), `substituters: "file://relative/dir": want file:///absolute/dir`},
+		{withSubs("substituters", []string{"https:///path"}), `substituters: "https:///path": no host`},
+		{withSubs("trusted_public_keys", []string{"cache.nixos.org-1"}), `trusted_public_keys: "cache.nixos.org-1": public key is corrupt`},
+		{withSubs("trusted_public_keys", []string{"k:bm90IGEga2V5"}), `trusted_public_keys: "k:bm90IGEga2V5": public key is corrupt`},
+		{withSubs("trusted_public_keys", []string{}), "trusted_public_keys: require_sigs is true (the default) but no trusted_public_keys are given"},
+		{withSubs("trusted_public_keys", []string{}, "require_sigs", true), "set require_sigs = false"},
+		{withSubs("netrc_file", "/nonexistent/netrc"), "netrc_file: /nonexistent/netrc: no such file or directory; want a readable netrc file"},
+		{withSubs("netrc_file", t.TempDir()), "netrc_file: "},
+		{map[string]interface{}{"trusted_public_keys": []string{key}}, "trusted_public_keys: only with substituters"},
+		{map[string]interface{}{"require_sigs": false}, "require_sigs: only with substituters"},
+		{map[string]interface{}{"netrc_file": netrc}, "netrc_file: only with substituters"},
+		{withSubs("only_nix_store", false, "system", "/nix/store/x-sys"), "substituters: install mode (only_nix_store = false) cannot read the closure from binary caches yet"},
+	}
+	for _, tc := range cases {
+		raw := map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}}
+		for k, v := range tc.raw {
+			raw[k] = v
+		}
+		if _, err := prepare(t, raw); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want an error containing %q", tc.raw, err, tc.want)
+		}
+	}
+	// All at once, each with its key.
+	_, err := prepare(t, map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"},
+		"substituters": []string{"ftp://x"}, "trusted_public_keys": []string{"bad"}, "netrc_file": "/nonexistent/netrc", "disk_size": "12Q"})
+	for _, k := range []string{"substituters: ", "trusted_public_keys: ", "netrc_file: ", "disk_size: "} {
+		if err == nil || !strings.Contains(err.Error(), k) {
+			t.Errorf("the combined error does not name %s:\n%v", k, err)
+		}
+	}
+
+	// Good values: require_sigs defaults to true, and the client's settings are kept.
+	c, err := prepare(t, map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"},
+		"substituters":        []string{"file:///srv/cache", "https://cache.example.com/sub?priority=10", "http://127.0.0.1:8080"},
+		"trusted_public_keys": []string{key}, "netrc_file": netrc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.FromCache() || !*c.RequireSigs || c.cache.AcceptUnsigned || c.cache.NetrcFile != netrc || len(c.cache.Substituters) != 3 {
+		t.Errorf("cache settings: require_sigs %v, %+v", *c.RequireSigs, c.cache)
+	}
+	c, err = prepare(t, map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"},
+		"substituters": []string{"https://cache.example.com"}, "require_sigs": false})
+	if err != nil || !c.cache.AcceptUnsigned {
+		t.Errorf("require_sigs = false without keys: %v, %+v", err, c.cache)
+	}
+	if c, err := prepare(t, map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}}); err != nil || c.FromCache() || c.RequireSigs != nil {
+		t.Errorf("without substituters: %v, from cache %v", err, c.FromCache())
 	}
 }

@@ -3,6 +3,7 @@ package nixos
 import (
 	"context"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/binarycache"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 )
 
@@ -23,12 +24,31 @@ type NixBuilder interface {
 }
 
 // ClosureReader reads the host's Nix database ("store"; *nixstore.Store,
-// through nix-store --check-validity, -qR and --dump-db).
+// through nix-store --check-validity, -qR and --dump-db), or binary caches
+// when substituters are set ("store"; *CacheStore).
 type ClosureReader interface {
 	// Check says, naming path, why it is not a valid store path.
 	Check(path string) error
 	// Closure is every path roots need, sorted, as the database has it.
 	Closure(ctx context.Context, roots []string) ([]nixstore.PathInfo, error)
+}
+
+// CacheClosureReader is a ClosureReader over binary caches: after Closure it
+// has each path's narinfo, which stepClosure puts in the state bag
+// ("cache_closure") for stepFetch.
+type CacheClosureReader interface {
+	ClosureReader
+	// CacheClosure is the last Closure's narinfos, in the same order.
+	CacheClosure() []*binarycache.PathInfo
+}
+
+// NARFetcher downloads NARs from binary caches ("store" when substituters
+// are set; *CacheStore).
+type NARFetcher interface {
+	// SpoolProgress downloads p's NAR, verified, into a new file in dir,
+	// calling progress with the bytes written (negative when a retry
+	// starts over); on an error nothing is left in dir.
+	SpoolProgress(ctx context.Context, p *binarycache.PathInfo, dir string, progress func(int64)) (*binarycache.Spooled, error)
 }
 
 // NixDBWriter writes the Nix database of the installed system ("nix-db";
@@ -46,8 +66,10 @@ type FileCopier interface {
 }
 
 var (
-	_ NixBuilder    = NixDriver{}
-	_ ClosureReader = (*nixstore.Store)(nil)
-	_ NixDBWriter   = nixstore.DBWriter{}
-	_ FileCopier    = CpDriver{}
+	_ NixBuilder         = NixDriver{}
+	_ ClosureReader      = (*nixstore.Store)(nil)
+	_ CacheClosureReader = (*CacheStore)(nil)
+	_ NARFetcher         = (*CacheStore)(nil)
+	_ NixDBWriter        = nixstore.DBWriter{}
+	_ FileCopier         = CpDriver{}
 )

@@ -9,7 +9,8 @@ import (
 )
 
 // stepClosure checks every root against the host's Nix database and computes
-// the closure: every store path the image must hold.
+// the closure: every store path the image must hold. From binary caches it
+// also keeps their narinfos ("cache_closure") for stepFetch.
 type stepClosure struct{}
 
 func (s *stepClosure) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
@@ -40,6 +41,9 @@ func (s *stepClosure) Run(ctx context.Context, state multistep.StateBag) multist
 	}
 	ui.Say(fmt.Sprintf("Closure: %d store paths, %s", len(infos), humanBytes(nar)))
 	state.Put("closure", infos)
+	if cr, ok := store.(CacheClosureReader); ok {
+		state.Put("cache_closure", cr.CacheClosure())
+	}
 	return multistep.ActionContinue
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/binarycache"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 )
 
@@ -41,6 +42,13 @@ func (s *stepPlan) Run(ctx context.Context, state multistep.StateBag) multistep.
 		epoch = time.Now().Unix()
 	}
 	base := treeBase{closure: closure, root: ext4.Header{Mode: 0o755, Mtime: epoch}}
+	if nars, ok := state.GetOk("nars"); ok {
+		// From binary caches: each path is read from its spooled NAR,
+		// decompressed and checked against its narinfo on every read.
+		for _, n := range nars.([]*binarycache.Spooled) {
+			base.nars = append(base.nars, n.Open)
+		}
+	}
 	owner := [2]uint32{0, 0} // the store is root's whatever the host's numbering
 	base.opts = hosttree.Options{Owner: &owner}
 	if *c.Deterministic {

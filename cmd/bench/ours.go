@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"path/filepath"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
@@ -16,21 +15,21 @@ var (
 	oursRoot  = ext4.Header{Mode: 0o755, Mtime: epoch}
 )
 
-func oursCopier(t hosttree.Target) *hosttree.Copier {
-	return &hosttree.Copier{T: t, Opts: hosttree.Options{Owner: &oursOwner, MaxMtime: &oursEpoch}}
+// oursWalker walks srcs (store paths) as the builder walks a closure: the
+// first Walk measures and decides the hard links, the next one replays them.
+func oursWalker(srcs []string) *hosttree.Closure {
+	return hosttree.NewClosure(hosttree.HostPaths(srcs...), hosttree.Options{Owner: &oursOwner, MaxMtime: &oursEpoch})
 }
 
-// planOurs is the builder's first walk: measure the tree, no file data read.
-func planOurs(ctx context.Context, srcs []string, extra int64) (int64, uint32, error) {
+// planOurs is the builder's first walk: measure the tree (reading only the
+// files the hard-link rule must hash).
+func planOurs(ctx context.Context, walker *hosttree.Closure, extra int64) (int64, uint32, error) {
 	s := ext4.NewSizer()
 	if err := s.SetRoot(oursRoot); err != nil {
 		return 0, 0, err
 	}
-	cp := oursCopier(hosttree.Sizer(s))
-	for _, src := range srcs {
-		if err := cp.Copy(ctx, src, filepath.Base(src)); err != nil {
-			return 0, 0, err
-		}
+	if _, err := walker.Walk(ctx, hosttree.Sizer(s), ""); err != nil {
+		return 0, 0, err
 	}
 	size, inodes := s.Plan(extra)
 	return size, inodes, nil
@@ -39,7 +38,8 @@ func planOurs(ctx context.Context, srcs []string, extra int64) (int64, uint32, e
 // writeOurs does what the builder does for the root filesystem: plan, then
 // stream the closure with a second walk, close and fsync.
 func writeOurs(ctx context.Context, image string, srcs []string, extra int64) error {
-	size, inodes, err := planOurs(ctx, srcs, extra)
+	walker := oursWalker(srcs)
+	size, inodes, err := planOurs(ctx, walker, extra)
 	if err != nil {
 		return err
 	}
@@ -56,11 +56,8 @@ func writeOurs(ctx context.Context, image string, srcs []string, extra int64) er
 	if err := w.SetRoot(oursRoot); err != nil {
 		return err
 	}
-	cp := oursCopier(hosttree.Writer(w, nil))
-	for _, src := range srcs {
-		if err := cp.Copy(ctx, src, filepath.Base(src)); err != nil {
-			return err
-		}
+	if _, err := walker.Walk(ctx, hosttree.Writer(w, nil), ""); err != nil {
+		return err
 	}
 	if err := w.Close(); err != nil {
 		return err

@@ -1,11 +1,14 @@
-// Package hosttree walks host directory trees into an ext4 image (or into an
-// ext4.Sizer that measures the same tree), in the sorted depth-first order the
-// writer streams in, keeping hard links as hard links.
+// Package hosttree walks trees into an ext4 image (or into an ext4.Sizer that
+// measures the same tree), in the sorted depth-first order the writer streams
+// in. Copier copies host trees, keeping the host's hard links; Closure walks a
+// closure's store paths, from the host store or from NARs, under one hard-link
+// rule that depends on the closure alone.
 package hosttree
 
 import (
 	"context"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -23,6 +26,8 @@ type Target interface {
 	Link(name string, ino uint32) error
 	// File adds a regular file whose data is read from the host file src.
 	File(h ext4.Header, src string) (ino uint32, err error)
+	// FileFrom adds a regular file whose data, h.Size bytes, is read from r.
+	FileFrom(h ext4.Header, r io.Reader) (ino uint32, err error)
 	// Bytes adds a regular file holding data (len(data) == h.Size).
 	Bytes(h ext4.Header, data []byte) error
 }
@@ -48,8 +53,9 @@ type Stats struct {
 
 type devIno struct{ dev, ino uint64 }
 
-// Copier copies trees into one Target. Hard links are tracked across calls,
-// since an optimised Nix store shares inodes between store paths.
+// Copier copies host trees into one Target. Hard links are tracked across
+// calls: names sharing a host inode share an image inode. The closure's store
+// paths go through Closure instead, whose rule does not depend on the host.
 type Copier struct {
 	T     Target
 	Opts  Options
@@ -92,24 +98,7 @@ func (c *Copier) add(p, name string) error {
 	if !ok {
 		return fmt.Errorf("%s: no stat information", p)
 	}
-	h := ext4.Header{
-		Name:  name,
-		Mode:  fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky),
-		Uid:   st.Uid,
-		Gid:   st.Gid,
-		Mtime: st.Mtim.Sec,
-	}
-	if c.Opts.Owner != nil {
-		h.Uid, h.Gid = c.Opts.Owner[0], c.Opts.Owner[1]
-	}
-	if c.Opts.OwnerOf != nil {
-		if uid, gid, ok := c.Opts.OwnerOf(name); ok {
-			h.Uid, h.Gid = uid, gid
-		}
-	}
-	if c.Opts.MaxMtime != nil && h.Mtime > *c.Opts.MaxMtime {
-		h.Mtime = *c.Opts.MaxMtime
-	}
+	h := c.Opts.header(name, fi.Mode(), st.Uid, st.Gid, st.Mtim.Sec)
 	switch {
 	case fi.IsDir():
 		c.Stats.Dirs++
@@ -145,9 +134,41 @@ func (c *Copier) add(p, name string) error {
 	}
 }
 
+// header maps an entry's metadata to the image's.
+func (o *Options) header(name string, mode fs.FileMode, uid, gid uint32, mtime int64) ext4.Header {
+	h := ext4.Header{
+		Name:  name,
+		Mode:  mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky),
+		Uid:   uid,
+		Gid:   gid,
+		Mtime: mtime,
+	}
+	if o.Owner != nil {
+		h.Uid, h.Gid = o.Owner[0], o.Owner[1]
+	}
+	if o.OwnerOf != nil {
+		if uid, gid, ok := o.OwnerOf(name); ok {
+			h.Uid, h.Gid = uid, gid
+		}
+	}
+	if o.MaxMtime != nil && h.Mtime > *o.MaxMtime {
+		h.Mtime = *o.MaxMtime
+	}
+	return h
+}
+
 func wrap(name string, err error) error {
 	if err == nil {
 		return nil
 	}
 	return fmt.Errorf("writing %s: %w", name, err)
+}
+
+// Add adds o's counts to s.
+func (s *Stats) Add(o Stats) {
+	s.Files += o.Files
+	s.Dirs += o.Dirs
+	s.Symlinks += o.Symlinks
+	s.HardLinks += o.HardLinks
+	s.Bytes += o.Bytes
 }

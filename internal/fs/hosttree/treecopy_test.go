@@ -3,6 +3,7 @@ package hosttree
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,7 +38,8 @@ func (r *recorder) File(h ext4.Header, src string) (uint32, error) {
 	r.calls = append(r.calls, fmt.Sprintf("file %s %v %d bytes %d:%d %d #%d", h.Name, h.Mode, h.Size, h.Uid, h.Gid, h.Mtime, r.ino))
 	return r.ino, nil
 }
-func (r *recorder) Bytes(h ext4.Header, data []byte) error { return nil }
+func (r *recorder) FileFrom(h ext4.Header, _ io.Reader) (uint32, error) { return r.File(h, "") }
+func (r *recorder) Bytes(h ext4.Header, data []byte) error              { return nil }
 
 func TestCopyWalk(t *testing.T) {
 	src := t.TempDir()

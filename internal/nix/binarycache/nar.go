@@ -79,6 +79,13 @@ type Spooled struct {
 // Spool downloads p's NAR into a new file in dir (retrying transient failures from the
 // start), verifying FileSize and FileHash. On any error nothing is left in dir.
 func (c *Client) Spool(ctx context.Context, p *PathInfo, dir string) (*Spooled, error) {
+	return c.SpoolProgress(ctx, p, dir, nil)
+}
+
+// SpoolProgress is Spool, calling progress (if not nil) with the number of compressed
+// bytes each write to the spool file adds, as they arrive. A retried download starts
+// over: progress is then called with the negative count of the bytes thrown away.
+func (c *Client) SpoolProgress(ctx context.Context, p *PathInfo, dir string, progress func(n int64)) (*Spooled, error) {
 	if p.sub == nil {
 		return nil, errNoSubstituter
 	}
@@ -96,6 +103,10 @@ func (c *Client) Spool(ctx context.Context, p *PathInfo, dir string) (*Spooled, 
 		if err := f.Truncate(0); err != nil {
 			return err
 		}
+		if progress != nil && n > 0 {
+			progress(-n)
+		}
+		n = 0
 		body, err := c.openOnce(ctx, p.sub, p.URL)
 		if err != nil {
 			return err
@@ -103,7 +114,11 @@ func (c *Client) Spool(ctx context.Context, p *PathInfo, dir string) (*Spooled, 
 		defer body.Close()
 		h := sha256.New()
 		limit := fileLimit(p)
-		n, err = io.Copy(io.MultiWriter(f, h), io.LimitReader(body, limit+1))
+		var w io.Writer = f
+		if progress != nil {
+			w = &progressWriter{w: f, progress: progress}
+		}
+		n, err = io.Copy(io.MultiWriter(w, h), io.LimitReader(body, limit+1))
 		if err != nil {
 			return err
 		}
@@ -120,6 +135,20 @@ func (c *Client) Spool(ctx context.Context, p *PathInfo, dir string) (*Spooled, 
 		return nil, err
 	}
 	return &Spooled{Info: p, file: name, size: n}, nil
+}
+
+// progressWriter reports each write's byte count.
+type progressWriter struct {
+	w        io.Writer
+	progress func(int64)
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	if n > 0 {
+		p.progress(int64(n))
+	}
+	return n, err
 }
 
 // Size is the compressed size on disk.

@@ -60,10 +60,10 @@ func (r *reporter) done(what string) {
 	}
 }
 
-type devIno struct{ dev, ino uint64 }
-
 type hashJob struct {
 	rel, host, extracted string
+	mode                 uint32
+	size                 int64
 }
 
 // CompareTree checks that each store path of closure (absolute host paths) is in the image,
@@ -74,10 +74,9 @@ type hashJob struct {
 //     image records them (debugfs ls -p) and as extracted;
 //   - regular files: size, and content (sha256 of the host file and the extracted copy);
 //   - symlinks: target;
-//   - hard links: names sharing a host inode within the closure share one image inode,
-//     names not sharing one do not, and each such inode's link count in the image is the
-//     number of those names (an optimised store's own counts include /nix/store/.links,
-//     so they cannot be compared directly).
+//   - hard links, by the builder's rule whatever the host store shares: non-empty regular
+//     files with the same content and mode share one image inode, all others do not, and
+//     each inode's link count in the image is the number of its names.
 //
 // The root may hold nothing else but lost+found and the registration file (both 0:0).
 func CompareTree(t testing.TB, fsys FS, extracted string, closure []string) {
@@ -86,7 +85,6 @@ func CompareTree(t testing.TB, fsys FS, extracted string, closure []string) {
 	img := walkImage(t, fsys, closure, rep)
 
 	var jobs []hashJob
-	groups := map[devIno][]string{}
 	seen := map[string]bool{}
 	for _, sp := range closure {
 		base := path.Base(sp)
@@ -103,7 +101,7 @@ func CompareTree(t testing.TB, fsys FS, extracted string, closure []string) {
 				rel = base + "/" + filepath.ToSlash(r)
 			}
 			seen[rel] = true
-			compareEntry(rep, hp, rel, filepath.Join(extracted, filepath.FromSlash(rel)), img, groups, &jobs)
+			compareEntry(rep, hp, rel, filepath.Join(extracted, filepath.FromSlash(rel)), img, &jobs)
 			return nil
 		})
 		if err != nil {
@@ -120,8 +118,21 @@ func CompareTree(t testing.TB, fsys FS, extracted string, closure []string) {
 	for _, rel := range extra {
 		rep.errorf("%s: in the image but not in the host store", rel)
 	}
-	compareContents(rep, jobs)
-	compareLinks(t, fsys, rep, img, groups)
+	sums := compareContents(rep, jobs)
+	// Groups in walk order, so the first name of each is the one written.
+	groups := map[string][]string{}
+	var order []string
+	for i, j := range jobs {
+		k := "empty " + j.rel
+		if j.size > 0 {
+			k = fmt.Sprintf("%04o %s", j.mode&0o7777, sums[i])
+		}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], j.rel)
+	}
+	compareLinks(t, fsys, rep, img, groups, order)
 	rep.done("CompareTree " + fsys.String())
 }
 
@@ -189,7 +200,7 @@ func typeName(mode uint32) string {
 	return fmt.Sprintf("type %o", mode&syscall.S_IFMT)
 }
 
-func compareEntry(rep *reporter, hp, rel, xp string, img map[string]entry, groups map[devIno][]string, jobs *[]hashJob) {
+func compareEntry(rep *reporter, hp, rel, xp string, img map[string]entry, jobs *[]hashJob) {
 	var hs, xs syscall.Stat_t
 	if err := syscall.Lstat(hp, &hs); err != nil {
 		rep.errorf("%s: %v", hp, err)
@@ -221,9 +232,7 @@ func compareEntry(rep *reporter, hp, rel, xp string, img map[string]entry, group
 			rep.errorf("%s: size %d in the image, %d extracted, %d in the host store", rel, ie.size, xs.Size, hs.Size)
 			return
 		}
-		k := devIno{uint64(hs.Dev), uint64(hs.Ino)}
-		groups[k] = append(groups[k], rel)
-		*jobs = append(*jobs, hashJob{rel, hp, xp})
+		*jobs = append(*jobs, hashJob{rel, hp, xp, hs.Mode, hs.Size})
 	case syscall.S_IFLNK:
 		ht, err1 := os.Readlink(hp)
 		xt, err2 := os.Readlink(xp)
@@ -233,9 +242,9 @@ func compareEntry(rep *reporter, hp, rel, xp string, img map[string]entry, group
 	}
 }
 
-// compareContents hashes host and extracted files in parallel: a closure can hold
-// gigabytes.
-func compareContents(rep *reporter, jobs []hashJob) {
+// compareContents hashes host and extracted files in parallel (a closure can hold
+// gigabytes) and returns the host files' sha256s.
+func compareContents(rep *reporter, jobs []hashJob) []string {
 	type result struct {
 		h, x string
 		err  error
@@ -270,6 +279,11 @@ func compareContents(rep *reporter, jobs []hashJob) {
 			rep.errorf("%s: content differs: image sha256 %s, host store %s", jobs[i].rel, r.x, r.h)
 		}
 	}
+	sums := make([]string, len(res))
+	for i, r := range res {
+		sums[i] = r.h
+	}
+	return sums
 }
 
 func fileSHA256(p string) (string, error) {
@@ -285,28 +299,23 @@ func fileSHA256(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// compareLinks checks that host inode sharing within the closure and image inode sharing
-// are the same partition of the closure's regular files, and that the image's link counts
-// say so too.
-func compareLinks(t testing.TB, fsys FS, rep *reporter, img map[string]entry, groups map[devIno][]string) {
+// compareLinks checks that the closure's content groups (the builder's hard-link rule)
+// and image inode sharing are the same partition of the closure's regular files, and that
+// the image's link counts say so too.
+func compareLinks(t testing.TB, fsys FS, rep *reporter, img map[string]entry, groups map[string][]string, order []string) {
 	t.Helper()
-	owner := map[uint32][]string{} // image inode -> the host group that claimed it
+	owner := map[uint32][]string{} // image inode -> the group that claimed it
 	var inos []uint32
-	keys := make([]devIno, 0, len(groups))
-	for k := range groups {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return groups[keys[i]][0] < groups[keys[j]][0] })
-	for _, k := range keys {
+	for _, k := range order {
 		names := groups[k]
 		ino := img[names[0]].ino
 		for _, n := range names[1:] {
 			if img[n].ino != ino {
-				rep.errorf("%s and %s: one host inode, but image inodes %d and %d", names[0], n, ino, img[n].ino)
+				rep.errorf("%s and %s: the same content and mode, but image inodes %d and %d", names[0], n, ino, img[n].ino)
 			}
 		}
 		if prev, ok := owner[ino]; ok {
-			rep.errorf("%s and %s: distinct host inodes, but both image inode %d", prev[0], names[0], ino)
+			rep.errorf("%s and %s: different contents (or empty), but both image inode %d", prev[0], names[0], ino)
 			continue
 		}
 		owner[ino] = names

@@ -23,8 +23,9 @@ import (
 const cancelGrace = 3 * time.Second
 
 // helloInterval is how often Hello is resent while the guest has not
-// opened its port yet.
-const helloInterval = 250 * time.Millisecond
+// opened its port yet: what was sent before may be lost, and every wait
+// here is the installer's boot time. The agent answers each one it reads.
+const helloInterval = 50 * time.Millisecond
 
 // RemoteError is a failure the agent reported for a request.
 type RemoteError struct {

@@ -1,0 +1,226 @@
+package hosttree
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nartree"
+)
+
+// A store path's entries come from the host store (a directory walk with
+// lstat) or from its NAR (nartree); both give them in the same order (names
+// sorted bytewise, a directory before its contents) with the same headers
+// for a canonical store path, so Closure applies one rule to either.
+
+type kind uint8
+
+const (
+	kindDir kind = iota + 1
+	kindSymlink
+	kindFile
+)
+
+// entry is one node of a store path, its header already mapped by Options.
+type entry struct {
+	kind   kind
+	h      ext4.Header // Size set for files
+	exec   bool        // files: the owner's execute bit (Nix's "executable")
+	target string      // symlinks
+	host   string      // files from the host: the file to read
+	// content reads a NAR file's h.Size bytes; valid until the callback returns,
+	// and whatever it leaves unread is skipped.
+	content io.Reader
+}
+
+// The canonical store's metadata, which a NAR does not carry: Nix
+// canonicalises every store path to these (and root's ownership, which
+// Options.Owner gives).
+const (
+	storeDirMode  fs.FileMode = 0o555
+	storeExecMode fs.FileMode = 0o555
+	storeFileMode fs.FileMode = 0o444
+	storeLinkMode fs.FileMode = 0o777
+	storeMtime                = 1
+
+	narBuf = 64 << 10
+)
+
+// walkEntries calls fn for each entry of sp, named dst and below, in walk
+// order.
+func (o *Options) walkEntries(ctx context.Context, sp StorePath, dst string, fn func(*entry) error) error {
+	if sp.NAR != nil {
+		return o.narEntries(ctx, sp, dst, fn)
+	}
+	return o.hostEntries(ctx, sp.Path, dst, fn)
+}
+
+// fileSizes calls fn with the size and executable bit of each regular file
+// of sp: the pre-pass, which needs nothing else (a NAR is still read to its
+// end, its contents skipped).
+func (o *Options) fileSizes(ctx context.Context, sp StorePath, fn func(size int64, exec bool)) error {
+	if sp.NAR != nil {
+		return o.narEntries(ctx, sp, path.Base(sp.Path), func(e *entry) error {
+			if e.kind == kindFile {
+				fn(e.h.Size, e.exec)
+			}
+			return nil
+		})
+	}
+	fi, err := os.Lstat(sp.Path)
+	switch {
+	case err != nil:
+		return err
+	case fi.Mode().IsRegular():
+		fn(fi.Size(), fi.Mode()&0o100 != 0)
+	case fi.IsDir():
+		return hostSizes(ctx, sp.Path, fn)
+	}
+	return nil
+}
+
+// hostSizes is fileSizes below a host directory, in no particular order:
+// fstatat on the directory, a third faster than lstat on each full path.
+func hostSizes(ctx context.Context, dir string, fn func(size int64, exec bool)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	ents, err := f.ReadDir(-1)
+	if err != nil {
+		return err
+	}
+	fd := int(f.Fd())
+	var st unix.Stat_t
+	for _, e := range ents {
+		switch {
+		case e.Type().IsRegular():
+			if err := unix.Fstatat(fd, e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return &fs.PathError{Op: "lstat", Path: filepath.Join(dir, e.Name()), Err: err}
+			}
+			fn(st.Size, st.Mode&0o100 != 0)
+		case e.IsDir():
+			if err := hostSizes(ctx, filepath.Join(dir, e.Name()), fn); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (o *Options) hostEntries(ctx context.Context, src, dst string, fn func(*entry) error) error {
+	var e entry
+	return filepath.WalkDir(src, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		name := dst
+		if rel != "." {
+			name = path.Join(dst, filepath.ToSlash(rel))
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: no stat information", p)
+		}
+		e = entry{h: o.header(name, fi.Mode(), st.Uid, st.Gid, st.Mtim.Sec)}
+		switch {
+		case fi.IsDir():
+			e.kind = kindDir
+		case fi.Mode()&fs.ModeSymlink != 0:
+			e.kind = kindSymlink
+			if e.target, err = os.Readlink(p); err != nil {
+				return err
+			}
+		case fi.Mode().IsRegular():
+			e.kind, e.host = kindFile, p
+			e.h.Size = fi.Size()
+			e.exec = fi.Mode()&0o100 != 0
+		default:
+			return fmt.Errorf("%s: unsupported file type %s (the Nix store holds only files, directories and symlinks)", p, fi.Mode().Type())
+		}
+		return fn(&e)
+	})
+}
+
+// narEntries reads sp's NAR to its end, so that a verifying reader checks
+// the whole archive (its final Read fails on a mismatch), even when fn reads
+// no content.
+func (o *Options) narEntries(ctx context.Context, sp StorePath, dst string, fn func(*entry) error) (err error) {
+	rc, err := sp.NAR()
+	if err != nil {
+		return fmt.Errorf("%s: opening the NAR: %w", sp.Path, err)
+	}
+	defer func() {
+		if cerr := rc.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("%s: closing the NAR: %w", sp.Path, cerr)
+		}
+	}()
+	// nartree reads token by token: buffered, so that each is not a read of
+	// the source (a system call, or a decompressor's and hasher's round).
+	r, err := nartree.NewReader(bufio.NewReaderSize(rc, narBuf))
+	if err != nil {
+		return fmt.Errorf("%s: %w", sp.Path, err)
+	}
+	var e entry
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ne, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", sp.Path, err)
+		}
+		name := dst
+		if ne.Path != "." {
+			name = dst + "/" + ne.Path
+		}
+		var mode fs.FileMode
+		e = entry{}
+		switch ne.Type {
+		case nartree.Directory:
+			e.kind, mode = kindDir, storeDirMode
+		case nartree.Symlink:
+			e.kind, mode, e.target = kindSymlink, storeLinkMode, ne.Target
+		case nartree.Regular:
+			e.kind, mode, e.exec, e.content = kindFile, storeFileMode, ne.Executable, r
+			if ne.Executable {
+				mode = storeExecMode
+			}
+		default:
+			return fmt.Errorf("%s: %s: entry type %s", sp.Path, ne.Path, ne.Type)
+		}
+		e.h = o.header(name, mode, 0, 0, storeMtime)
+		e.h.Size = ne.Size
+		if err := fn(&e); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package binarycache
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// SpoolProgress reports every byte written to the spool file, and takes back what a
+// failed attempt wrote: after a connection cut mid-NAR and a retry, the sum of what it
+// reported is the NAR file's size.
+func TestSpoolProgressAcrossRetry(t *testing.T) {
+	dir, err := filepath.Abs("testdata/cache")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := os.ReadFile("testdata/key.pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tries atomic.Int32
+	sub := serve(t, dir, narHandler(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		if tries.Add(1) > 1 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		halfBody(t, dir, w, r)
+		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			conn.Close()
+		}
+	}))
+	c := newClient(t, testConfig(sub, strings.TrimSpace(string(pub))))
+	p, err := c.PathInfo(context.Background(), "/nix/store/ph3wwanxydp5pg3ja6ids1q381g8kbcd-fixture-small-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum, negative int64
+	s, err := c.SpoolProgress(context.Background(), p, t.TempDir(), func(n int64) {
+		sum += n
+		if n < 0 {
+			negative++
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tries.Load() != 2 || negative != 1 {
+		t.Errorf("%d attempts, %d take-backs; want 2 and 1", tries.Load(), negative)
+	}
+	if sum != s.Size() || sum != int64(p.FileSize) {
+		t.Errorf("progress summed to %d; the spooled NAR is %d bytes, FileSize %d", sum, s.Size(), p.FileSize)
+	}
+}
