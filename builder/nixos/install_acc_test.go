@@ -219,10 +219,10 @@ func TestAccInstallFromNixFile(t *testing.T) {
 func TestAccInstallQEMUDies(t *testing.T) {
 	system := fixtures.Build(t, "system-bios")[0]
 	dir := t.TempDir()
-	// A QEMU that is killed 6 s after it starts: the installer is then
-	// booting or running the agent's requests.
+	// A QEMU that is killed 3 s after it starts: the installer is then
+	// booting or activating (a whole install takes about 5 s of TCG here).
 	wrapper := filepath.Join(dir, "qemu-dies")
-	script := "#!/bin/sh\n(sleep 6; kill -9 $$) &\nexec qemu-system-x86_64 \"$@\"\n"
+	script := "#!/bin/sh\n(sleep 3; kill -9 $$) &\nexec qemu-system-x86_64 \"$@\"\n"
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
