@@ -3,7 +3,6 @@ package nixos
 import (
 	"bytes"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/hashicorp/packer-plugin-sdk/acctest"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/cachetest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
 
@@ -101,32 +101,7 @@ func accServe(t *testing.T, dir string, wrap func(files http.Handler) http.Handl
 }
 
 // accCopyCache copies a cache directory, for tampering.
-func accCopyCache(t *testing.T, src string) string {
-	t.Helper()
-	dst := filepath.Join(t.TempDir(), "cache")
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		to := filepath.Join(dst, rel)
-		switch {
-		case d.IsDir():
-			return os.MkdirAll(to, 0o755)
-		case d.Type().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(to, b, 0o644)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dst
-}
+func accCopyCache(t *testing.T, src string) string { return cachetest.Copy(t, src) }
 
 // accNarInfoFile is the narinfo file of storePath in a cache directory.
 func accNarInfoFile(dir, storePath string) string {
@@ -152,21 +127,7 @@ func accNarInfoField(t *testing.T, dir, storePath, field string) string {
 // accEditNarInfo rewrites storePath's narinfo line by line; edit returns ""
 // to drop a line.
 func accEditNarInfo(t *testing.T, dir, storePath string, edit func(line string) string) {
-	t.Helper()
-	f := accNarInfoFile(dir, storePath)
-	b, err := os.ReadFile(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
-		if l = edit(l); l != "" {
-			out = append(out, l)
-		}
-	}
-	if err := os.WriteFile(f, []byte(strings.Join(out, "\n")+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	cachetest.EditNarInfo(t, accNarInfoFile(dir, storePath), edit)
 }
 
 // accSource is one nixos-image source of a template built with others.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/binarycache"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/cachetest"
 )
 
 // The cache internal/nix/binarycache's tests keep: the small fixture closure
@@ -43,27 +44,7 @@ func testCache(t *testing.T) (dir, pub string) {
 }
 
 // copyTestCache copies a cache directory (flat files and nar/) for tampering.
-func copyTestCache(t *testing.T, src string) string {
-	t.Helper()
-	dst := t.TempDir()
-	for _, sub := range []string{"", "nar"} {
-		if err := os.MkdirAll(filepath.Join(dst, sub), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		ents, err := os.ReadDir(filepath.Join(src, sub))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range ents {
-			if b, err := os.ReadFile(filepath.Join(src, sub, e.Name())); err == nil && e.Type().IsRegular() {
-				if err := os.WriteFile(filepath.Join(dst, sub, e.Name()), b, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-	}
-	return dst
-}
+func copyTestCache(t *testing.T, src string) string { return cachetest.Copy(t, src) }
 
 // serveCache serves dir on 127.0.0.1; nar (if not nil) answers the requests
 // for NARs instead.

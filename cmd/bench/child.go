@@ -38,7 +38,7 @@ func childMain(args []string) int {
 	case "plan":
 		var sz int64
 		var n uint32
-		if sz, n, err = planOurs(ctx, oursWalker(srcs), *extra); err == nil {
+		if sz, n, err = planPeers(ctx, srcs, *extra); err == nil {
 			fmt.Println(sz, n)
 		}
 	case "ours":

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"path/filepath"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
@@ -30,6 +31,24 @@ func planOurs(ctx context.Context, walker *hosttree.Closure, extra int64) (int64
 	}
 	if _, err := walker.Walk(ctx, hosttree.Sizer(s), ""); err != nil {
 		return 0, 0, err
+	}
+	size, inodes := s.Plan(extra)
+	return size, inodes, nil
+}
+
+// planPeers measures the tree as the other writers copy it: every file its
+// own inode but for the hard links the host tree has (ours makes identical
+// files one inode, so it needs less room than they do).
+func planPeers(ctx context.Context, srcs []string, extra int64) (int64, uint32, error) {
+	s := ext4.NewSizer()
+	if err := s.SetRoot(oursRoot); err != nil {
+		return 0, 0, err
+	}
+	cp := &hosttree.Copier{T: hosttree.Sizer(s), Opts: hosttree.Options{Owner: &oursOwner, MaxMtime: &oursEpoch}}
+	for _, src := range srcs {
+		if err := cp.Copy(ctx, src, filepath.Base(src)); err != nil {
+			return 0, 0, err
+		}
 	}
 	size, inodes := s.Plan(extra)
 	return size, inodes, nil

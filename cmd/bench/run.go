@@ -402,8 +402,10 @@ func fsync(name string) error {
 	return f.Sync()
 }
 
-// planSize asks the "plan" child for ours' size and inode count, so the
-// peers get exactly the room ours plans for.
+// planSize asks the "plan" child for the size and inode count the tree
+// needs with its own hard links (planPeers), which every peer gets; ours
+// plans its own, smaller when identical files become one inode, with the
+// same free space.
 func planSize(self string, paths []string, extra int64) (int64, uint32, error) {
 	args := append([]string{childCmd, "plan", "-extra", strconv.FormatInt(extra, 10), "--"}, paths...)
 	cmd := exec.Command(self, args...)

@@ -18,7 +18,8 @@ const (
 func printTable(w io.Writer, res *fixtureResult) {
 	sz := human(res.size)
 	fmt.Fprintf(w, "### %s: %d store paths, %d entries, %s of file data\n\n", res.name, res.paths, res.entries, human(res.bytes))
-	fmt.Fprintf(w, "Filesystem %s with %d inodes for every image writer (ours: layout none, raw, the same free space); wall time is the median of %d runs, warm cache, up to the image's fsync. "+
+	fmt.Fprintf(w, "Filesystem %s with %d inodes for every other writer (the tree with its own hard links); ours (layout none, raw) plans its own with the same free space, "+
+		"smaller where identical files become one inode. Wall time is the median of %d runs, warm cache, up to the image's fsync. "+
 		"Ours is a real `packer build` with the plugin built from this tree (over RPC, progress bar on): on a terminal, and with stdout a pipe as in CI; "+
 		"its peak RSS is the plugin process's, and the in-process column is the same writer called directly, without Packer.\n\n",
 		sz, res.inodes, res.runs)

@@ -124,21 +124,7 @@ func hostSizes(ctx context.Context, dir string, fn func(size int64, exec bool)) 
 
 func (o *Options) hostEntries(ctx context.Context, src, dst string, fn func(*entry) error) error {
 	var e entry
-	return filepath.WalkDir(src, func(p string, _ fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, p)
-		if err != nil {
-			return err
-		}
-		name := dst
-		if rel != "." {
-			name = path.Join(dst, filepath.ToSlash(rel))
-		}
+	return walkHost(ctx, src, dst, func(p, name string) error {
 		fi, err := os.Lstat(p)
 		if err != nil {
 			return err

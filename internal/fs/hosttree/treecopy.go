@@ -70,7 +70,13 @@ func (c *Copier) Copy(ctx context.Context, src, dst string) error {
 	if c.links == nil {
 		c.links = map[devIno]uint32{}
 	}
-	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+	return walkHost(ctx, src, dst, c.add)
+}
+
+// walkHost calls fn for src and everything under it, in sorted depth-first
+// order, with each one's host path and its name in the image under dst.
+func walkHost(ctx context.Context, src, dst string, fn func(p, name string) error) error {
+	return filepath.WalkDir(src, func(p string, _ fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -85,7 +91,7 @@ func (c *Copier) Copy(ctx context.Context, src, dst string) error {
 		if rel != "." {
 			name = path.Join(dst, filepath.ToSlash(rel))
 		}
-		return c.add(p, name)
+		return fn(p, name)
 	})
 }
 

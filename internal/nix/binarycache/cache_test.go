@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/cachetest"
 )
 
 // The small fixture closure (6 paths: references, a self-less chain, two CA text paths).
@@ -100,32 +101,7 @@ func makeCache(t *testing.T, compression string) *realCache {
 }
 
 // copyCache copies a cache directory (flat files and nar/) for tampering.
-func copyCache(t *testing.T, src string) string {
-	t.Helper()
-	dst := filepath.Join(t.TempDir(), "cache")
-	for _, sub := range []string{"", "nar"} {
-		if err := os.MkdirAll(filepath.Join(dst, sub), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		ents, err := os.ReadDir(filepath.Join(src, sub))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range ents {
-			if !e.Type().IsRegular() {
-				continue
-			}
-			b, err := os.ReadFile(filepath.Join(src, sub, e.Name()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dst, sub, e.Name()), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	return dst
-}
+func copyCache(t *testing.T, src string) string { return cachetest.Copy(t, src) }
 
 // serve serves dir over HTTP on 127.0.0.1, with wrap (if any) in front of the files.
 func serve(t *testing.T, dir string, wrap func(http.Handler) http.Handler) string {
@@ -177,21 +153,7 @@ func narinfoPath(dir, storePath string) string {
 
 // editNarInfo rewrites one narinfo line by line.
 func editNarInfo(t *testing.T, dir, storePath string, edit func(line string) string) {
-	t.Helper()
-	p := narinfoPath(dir, storePath)
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
-		if l = edit(l); l != "" {
-			out = append(out, l)
-		}
-	}
-	if err := os.WriteFile(p, []byte(strings.Join(out, "\n")+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	cachetest.EditNarInfo(t, narinfoPath(dir, storePath), edit)
 }
 
 func wantErr(t *testing.T, err error, subs ...string) {

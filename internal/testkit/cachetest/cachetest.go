@@ -1,0 +1,58 @@
+// Package cachetest holds what the binary-cache tests of several packages
+// share: copies of real caches (made by nix copy) to tamper with.
+package cachetest
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Copy copies a cache directory (its flat files and nar/) into a new
+// directory under t.TempDir() and returns it.
+func Copy(t testing.TB, src string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "cache")
+	for _, sub := range []string{"", "nar"} {
+		if err := os.MkdirAll(filepath.Join(dst, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		ents, err := os.ReadDir(filepath.Join(src, sub))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(src, sub, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dst, sub, e.Name()), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dst
+}
+
+// EditNarInfo rewrites the narinfo file line by line; edit returns "" to
+// drop a line.
+func EditNarInfo(t testing.TB, file string, edit func(line string) string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		if l = edit(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	if err := os.WriteFile(file, []byte(strings.Join(out, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
