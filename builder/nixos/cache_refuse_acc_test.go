@@ -86,7 +86,7 @@ func TestAccCacheRefusals(t *testing.T) {
 				return l
 			})
 			return "file://" + dir, []string{key.pub}, []string{root, "has no valid signature from a trusted key",
-				"signed by acc-cache-1", "trusted keys tried: acc-cache-1", "file://" + dir + "/" + rootHash + ".narinfo"}
+				"the signature by acc-cache-1 does not match this narinfo", "trusted keys tried: acc-cache-1", "file://" + dir + "/" + rootHash + ".narinfo"}
 		}},
 		{"tampered_narinfo_references", func(t *testing.T, dir string) (string, []string, []string) {
 			accEditNarInfo(t, dir, root, func(l string) string {
@@ -97,7 +97,7 @@ func TestAccCacheRefusals(t *testing.T) {
 			})
 			sub := accServe(t, dir, nil)
 			return sub, []string{key.pub}, []string{root, "has no valid signature from a trusted key",
-				"trusted keys tried: acc-cache-1", sub + "/" + rootHash + ".narinfo"}
+				"does not match this narinfo", "trusted keys tried: acc-cache-1", sub + "/" + rootHash + ".narinfo"}
 		}},
 		{"unsigned", func(t *testing.T, dir string) (string, []string, []string) {
 			accEditNarInfo(t, dir, root, func(l string) string {

@@ -107,6 +107,18 @@ func ParseNarInfo(body []byte, want string, keys []signature.PublicKey, requireS
 	if len(sigs) == 0 {
 		return nil, fmt.Errorf("%s is not signed; trusted keys: %s", want, strings.Join(tried, ", "))
 	}
+	// A signature by a trusted key's name that does not verify means the
+	// narinfo (its NarHash, NarSize or References) is not what was signed.
+	var forged []string
+	for _, s := range sigs {
+		if slices.Contains(tried, s) {
+			forged = append(forged, s)
+		}
+	}
+	if len(forged) > 0 {
+		return nil, fmt.Errorf("%s has no valid signature from a trusted key: the signature by %s does not match this narinfo (its NarHash, NarSize or References were changed after signing, or the key was); trusted keys tried: %s",
+			want, strings.Join(forged, ", "), strings.Join(tried, ", "))
+	}
 	return nil, fmt.Errorf("%s has no valid signature from a trusted key: signed by %s; trusted keys tried: %s",
 		want, strings.Join(sigs, ", "), strings.Join(tried, ", "))
 }

@@ -127,7 +127,7 @@ func TestRefuseTamperedNarInfo(t *testing.T) {
 	})
 	c := newClient(t, testConfig("file://"+dir, rc.pub))
 	_, err := c.Closure(context.Background(), []string{rc.root})
-	wantErr(t, err, rc.root, "no valid signature", "test-1")
+	wantErr(t, err, rc.root, "no valid signature", "the signature by test-1 does not match this narinfo")
 }
 
 // A narinfo without Sig is refused while signatures are required, accepted otherwise.
