@@ -95,6 +95,7 @@ type Writer struct {
 	cur   *File
 
 	buf    []byte // file data staging
+	scan   []byte // plainData's buffer, made on first use
 	blk    []byte // one block of scratch
 	dirBuf []byte
 	ibuf   [ext4spec.InodeSize]byte

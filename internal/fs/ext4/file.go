@@ -149,16 +149,29 @@ func (f *File) finish() error {
 	return err
 }
 
-// ReadFrom copies the rest of the file's content from r. For an *os.File it
-// skips the source's holes (SEEK_DATA/SEEK_HOLE) and copies data ranges with
-// copy_file_range, so large sparse or reflinkable sources cost little.
+// ReadFrom copies the rest of the file's content from r. The image depends
+// on the bytes alone, not on how r stores them: every all-zero block becomes
+// a hole, as the buffered copy below makes it. A large *os.File with neither
+// holes nor zero blocks (plainData) has its data copied with
+// copy_file_range (a reflink where the filesystem shares blocks), which
+// writes exactly what the buffer would; any other *os.File goes through the
+// buffer with its holes given as zeros without reading them.
 func (f *File) ReadFrom(r io.Reader) (int64, error) {
 	if err := f.check(); err != nil {
 		return 0, err
 	}
-	if src, ok := r.(*os.File); ok && f.written == 0 && f.hdr.Size >= cfrMin {
-		n, err := f.readFromFile(src)
-		if !errors.Is(err, errNoFastPath) {
+	// From its start only: plainData and holeReader read the file from 0.
+	if src, ok := r.(*os.File); ok && f.written == 0 && f.hdr.Size >= cfrMin && atStart(src) {
+		if f.w.scan == nil {
+			f.w.scan = make([]byte, scanBuf)
+		}
+		plain, err := plainData(src, f.hdr.Size, f.w.scan)
+		if err != nil {
+			return 0, f.w.fail(fmt.Errorf("ext4: %q: %w", f.hdr.Name, err))
+		}
+		if !plain {
+			r = &holeReader{f: src, size: f.hdr.Size}
+		} else if n, err := f.readFromFile(src); !errors.Is(err, errNoFastPath) {
 			return n, err
 		}
 	}
@@ -180,6 +193,11 @@ func (f *File) ReadFrom(r io.Reader) (int64, error) {
 		}
 	}
 	return total, probeExtra(r)
+}
+
+func atStart(f *os.File) bool {
+	at, err := f.Seek(0, io.SeekCurrent)
+	return err == nil && at == 0
 }
 
 // probeExtra reports ErrWriteTooLong if r holds more than the header said.

@@ -17,41 +17,19 @@ func Writer(w *ext4.Writer, progress func(n int64)) Target {
 type writerTarget struct {
 	w        *ext4.Writer
 	progress func(int64)
-	scan     []byte // plainData's buffer
 }
 
 func (t *writerTarget) Mkdir(h ext4.Header) error                  { return t.w.Mkdir(h) }
 func (t *writerTarget) Symlink(h ext4.Header, target string) error { return t.w.Symlink(h, target) }
 func (t *writerTarget) Link(name string, ino uint32) error         { return t.w.Link(name, ino) }
 
-// File copies a host file so that the image depends on its bytes alone, not
-// on how the host stores them: ext4's ReadFrom turns every all-zero block
-// into a hole when it reads through its buffer (as for a NAR), but its
-// copy_file_range path for an *os.File copies the host's data ranges as they
-// are, zero blocks included. So that path (which reflinks where it can) is
-// taken only for a file with neither holes nor zero blocks, which it copies
-// exactly as the buffer would; any other file is read through the buffer,
-// its holes given as zeros without reading them.
 func (t *writerTarget) File(h ext4.Header, src string) (uint32, error) {
 	f, err := os.Open(src)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	var r io.Reader = f
-	if h.Size >= fastMin {
-		if t.scan == nil {
-			t.scan = make([]byte, scanBuf)
-		}
-		plain, err := plainData(f, h.Size, t.scan)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", src, err)
-		}
-		if !plain {
-			r = &holeReader{f: f, size: h.Size}
-		}
-	}
-	return t.copy(h, r, src)
+	return t.copy(h, f, src)
 }
 
 func (t *writerTarget) FileFrom(h ext4.Header, r io.Reader) (uint32, error) {

@@ -1,4 +1,4 @@
-package hosttree
+package ext4
 
 import (
 	"bytes"
@@ -7,18 +7,14 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/ext4spec"
 )
 
-const (
-	// fastMin is the size from which ext4's ReadFrom takes its copy_file_range
-	// path for an *os.File (its cfrMin); smaller files go through its buffer.
-	fastMin = 256 << 10
-	// scanBuf is plainData's read size.
-	scanBuf = 64 << 10
-	block   = 4096 // ext4's block size: the unit of holes in the image
-)
+// scanBuf is plainData's read size.
+const scanBuf = 64 << 10
 
-var zeros [block]byte
+var zeros [ext4spec.BlockSize]byte
 
 // plainData reports whether the first size bytes of f have no hole and no
 // all-zero block (the last, partial one zero-padded, as the writer pads it),
@@ -42,8 +38,8 @@ func plainData(f *os.File, size int64, buf []byte) (bool, error) {
 		if n == 0 {
 			return true, nil
 		}
-		for i := 0; i < n; i += block {
-			b := buf[i:min(i+block, n)]
+		for i := 0; i < n; i += ext4spec.BlockSize {
+			b := buf[i:min(i+ext4spec.BlockSize, n)]
 			if bytes.Equal(b, zeros[:len(b)]) {
 				return false, nil
 			}

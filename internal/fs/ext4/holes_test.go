@@ -1,4 +1,4 @@
-package hosttree
+package ext4
 
 import (
 	"bytes"
