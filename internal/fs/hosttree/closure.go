@@ -49,6 +49,7 @@ func HostPaths(paths ...string) []StorePath {
 // Identity is the sha256 of header and content, truncated to 128 bits. Only
 // files whose (size, executable bit) another file of the closure shares are
 // hashed: a pre-pass counts them (lstat, or a NAR read without its content).
+// Host files are hashed ahead of the walk on other cores (prehash.go).
 //
 // The first Walk (the measuring one, into a Sizer) decides, hashing what it
 // must; every later Walk makes the same decisions from a record of the links
@@ -171,6 +172,8 @@ func (c *Closure) decide(ctx context.Context, t Target, dir string) (Stats, erro
 		return st, err
 	}
 	defer seen.Free()
+	pre := c.prehash(ctx, dir, groups)
+	defer pre.stop()
 	d := &decider{seen: seen, h: sha256.New(), buf: make([]byte, 64<<10)}
 	var ord uint32
 	for _, sp := range c.paths {
@@ -187,7 +190,12 @@ func (c *Closure) decide(ctx context.Context, t Target, dir string) (Stats, erro
 			if e.h.Size == 0 || n < 2 {
 				return add(t, e, &st)
 			}
-			key, err := d.key(e)
+			var key contentKey
+			if e.content != nil {
+				key, err = d.key(e)
+			} else {
+				key, err = pre.key(e)
+			}
 			if err != nil {
 				return wrap(e.h.Name, err)
 			}

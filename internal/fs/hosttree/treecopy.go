@@ -38,7 +38,8 @@ type Options struct {
 	// root's whatever the host's numbering).
 	Owner *[2]uint32
 	// OwnerOf, when set, overrides Owner for the entries it knows (by their
-	// image name, as given to Target).
+	// image name, as given to Target). A Closure calls it from two
+	// goroutines at once.
 	OwnerOf func(name string) (uid, gid uint32, ok bool)
 	// MaxMtime, when set, clamps every time stamp to at most this value, as
 	// SOURCE_DATE_EPOCH asks of reproducible builds.
