@@ -10,11 +10,12 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"syscall"
+	"sort"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/unixmode"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nartree"
 )
 
@@ -124,33 +125,100 @@ func hostSizes(ctx context.Context, dir string, fn func(size int64, exec bool)) 
 
 func (o *Options) hostEntries(ctx context.Context, src, dst string, fn func(*entry) error) error {
 	var e entry
-	return walkHost(ctx, src, dst, func(p, name string) error {
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return fmt.Errorf("%s: no stat information", p)
-		}
-		e = entry{h: o.header(name, fi.Mode(), st.Uid, st.Gid, st.Mtim.Sec)}
-		switch {
-		case fi.IsDir():
+	return walkStat(ctx, src, dst, func(dirfd int, p, base, name string, st *unix.Stat_t) error {
+		e = entry{h: o.header(name, unixmode.FileMode(st.Mode), st.Uid, st.Gid, st.Mtim.Sec)}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
 			e.kind = kindDir
-		case fi.Mode()&fs.ModeSymlink != 0:
+		case unix.S_IFLNK:
 			e.kind = kindSymlink
-			if e.target, err = os.Readlink(p); err != nil {
-				return err
+			target, err := readlinkat(dirfd, base, st.Size)
+			if err != nil {
+				return &fs.PathError{Op: "readlink", Path: p, Err: err}
 			}
-		case fi.Mode().IsRegular():
+			e.target = target
+		case unix.S_IFREG:
 			e.kind, e.host = kindFile, p
-			e.h.Size = fi.Size()
-			e.exec = fi.Mode()&0o100 != 0
+			e.h.Size = st.Size
+			e.exec = st.Mode&0o100 != 0
 		default:
-			return fmt.Errorf("%s: unsupported file type %s (the Nix store holds only files, directories and symlinks)", p, fi.Mode().Type())
+			return fmt.Errorf("%s: unsupported file type %#o (the Nix store holds only files, directories and symlinks)", p, st.Mode&unix.S_IFMT)
 		}
 		return fn(&e)
 	})
+}
+
+// walkStat calls fn for src (named dst) and, if it is a directory, for
+// everything below it: a directory before its contents, names in bytewise
+// order (filepath.WalkDir's order, and a NAR's). It keeps only the names of
+// the directories it is in, not a DirEntry each (a 50,000-entry directory
+// is 2 MiB of names, not 5), and stats relative to the directory (fstatat).
+// dirfd is the parent's descriptor (AT_FDCWD for src) and base the name in
+// it.
+func walkStat(ctx context.Context, src, dst string, fn func(dirfd int, p, base, name string, st *unix.Stat_t) error) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(src, &st); err != nil {
+		return &fs.PathError{Op: "lstat", Path: src, Err: err}
+	}
+	if err := fn(unix.AT_FDCWD, src, src, dst, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil
+	}
+	return walkStatDir(ctx, src, dst, fn)
+}
+
+func walkStatDir(ctx context.Context, dir, name string, fn func(dirfd int, p, base, name string, st *unix.Stat_t) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	fd := int(f.Fd())
+	var st unix.Stat_t
+	for _, n := range names {
+		p := dir + "/" + n
+		if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &fs.PathError{Op: "lstat", Path: p, Err: err}
+		}
+		child := n
+		if name != "" {
+			child = name + "/" + n
+		}
+		if err := fn(fd, p, n, child, &st); err != nil {
+			return err
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			if err := walkStatDir(ctx, p, child, fn); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readlinkat reads a symlink's target; size is its lstat size (the
+// target's length), a first guess for the buffer.
+func readlinkat(dirfd int, name string, size int64) (string, error) {
+	for n := max(int(size)+1, 64); ; n *= 2 {
+		buf := make([]byte, n)
+		m, err := unix.Readlinkat(dirfd, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if m < n {
+			return string(buf[:m]), nil
+		}
+	}
 }
 
 // narEntries reads sp's NAR to its end, so that a verifying reader checks
