@@ -31,9 +31,11 @@ const (
 
 // stepFetch (only with substituters) downloads the NAR of every path in the closure from the binary
 // caches ("store": a NARFetcher, "cache_closure") into a new directory under
-// TMPDIR, compressed, each checked against its FileHash and FileSize: the
-// sizing walk and the writing walk then both read them from there, so each
-// is downloaded once. It puts the []*binarycache.Spooled in the state bag as
+// TMPDIR, decompressed as it arrives and checked against its FileHash,
+// FileSize, NarHash and NarSize: the walks (file sizes, sizing, writing)
+// then read plain files from there, so each NAR is downloaded, decompressed
+// and hashed once. The cost is the NARs' unpacked size on disk, not their
+// compressed size. It puts the []*binarycache.Spooled in the state bag as
 // "nars", in closure order. Cleanup removes the directory.
 type stepFetch struct {
 	parallel  int                              // downloads at once; 0 = fetchParallel
@@ -57,8 +59,8 @@ func (s *stepFetch) Run(ctx context.Context, state multistep.StateBag) multistep
 		return halt(state, fmt.Errorf("creating the NAR spool directory under %s (set TMPDIR to choose another place): %w", os.TempDir(), err))
 	}
 	s.dir = dir
-	need := fileTotal + uint64(len(infos))*spoolSlack
-	ui.Say(fmt.Sprintf("Downloading %d NARs: %s compressed, %s unpacked; they are kept in %s until the image is written, which needs %s free there",
+	need := narTotal + uint64(len(infos))*spoolSlack
+	ui.Say(fmt.Sprintf("Downloading %d NARs: %s compressed, %s unpacked; they are kept unpacked in %s until the image is written, which needs %s free there",
 		len(infos), humanBytes(int64(fileTotal)), humanBytes(int64(narTotal)), dir, humanBytes(int64(need))))
 	free := s.freeSpace
 	if free == nil {
@@ -74,7 +76,7 @@ func (s *stepFetch) Run(ctx context.Context, state multistep.StateBag) multistep
 	}
 	if isTmpfs(dir) {
 		ui.Message(fmt.Sprintf("%s is on a tmpfs: the NARs will take %s of memory until the image is written (set TMPDIR to a directory on disk to avoid it)",
-			dir, humanBytes(int64(fileTotal))))
+			dir, humanBytes(int64(narTotal))))
 	}
 
 	bar := uiprogress.New(ui, "NARs", int64(fileTotal)).Lines(15*time.Second, func(done, total int64) string {
@@ -115,11 +117,12 @@ func (s *stepFetch) Run(ctx context.Context, state multistep.StateBag) multistep
 		}
 		return halt(state, fmt.Errorf("downloading the NARs: %w", err))
 	}
-	var got int64
+	var got, unpacked int64
 	for _, n := range nars {
-		got += n.Size()
+		got += n.Downloaded()
+		unpacked += n.Size()
 	}
-	ui.Say(fmt.Sprintf("Downloaded %d NARs, %s, in %s", len(nars), humanBytes(got), time.Since(start).Round(time.Millisecond)))
+	ui.Say(fmt.Sprintf("Downloaded %d NARs, %s (%s unpacked), in %s", len(nars), humanBytes(got), humanBytes(unpacked), time.Since(start).Round(time.Millisecond)))
 	state.Put("nars", nars)
 	return multistep.ActionContinue
 }

@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
 )
 
 // childCmd is the hidden subcommand the bench re-executes itself with:
@@ -28,6 +30,7 @@ func childMain(args []string) int {
 	size := fl.Int64("size", 0, "filesystem size in bytes")
 	inodes := fl.Uint("inodes", 0, "inode count")
 	extra := fl.Int64("extra", 0, "free bytes ours plans for")
+	cfrMin := fl.Int64("cfr-min", ext4.CopyFileRangeMin, "ours: copy_file_range for files of this size and more")
 	if err := fl.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -42,6 +45,7 @@ func childMain(args []string) int {
 			fmt.Println(sz, n)
 		}
 	case "ours":
+		ext4.CopyFileRangeMin = *cfrMin
 		err = writeOurs(ctx, *image, srcs, *extra)
 	case "go-diskfs":
 		err = writeDiskfs(*image, *size, uint32(*inodes), srcs)

@@ -58,6 +58,8 @@ type config struct {
 	rss      bool   // the closure-size RSS section
 	parallel string // fixture of the parallel section's store-only sources; "" skips it
 	parInst  bool   // the parallel section also builds an install-mode source
+	copyPaths string // fixture of the copy-paths section ("" to skip)
+	cache     string // fixture of the binary-cache section ("" to skip)
 	plugin   *pluginSetup
 }
 
@@ -84,6 +86,8 @@ func main() {
 	flag.BoolVar(&c.rss, "rss", true, "also compare the plugin's peak RSS through packer build of "+rssFixtures[0]+" and "+rssFixtures[1])
 	flag.StringVar(&c.parallel, "parallel", "debian", "also time one packer build of several sources of this fixture (and -parallel-install) in parallel and one after another (\"\" to skip)")
 	flag.BoolVar(&c.parInst, "parallel-install", true, "the -parallel build also installs "+installFixtures[0]+" (TCG)")
+	flag.StringVar(&c.cache, "cache", "debian", "also time a store-only build of this fixture from a signed HTTP cache against nix copy --from plus a local build (\"\" to skip)")
+	flag.StringVar(&c.copyPaths, "copy-paths", "debian", "also time ours' copy paths in-process on this fixture: the copy_file_range threshold swept, and reflink on a loop-mounted XFS (\"\" to skip)")
 	flag.StringVar(&c.convert, "convert", "debian", "also time nixos-convert's formats and nixos-reproducible on this fixture's image (\"\" to skip)")
 	flag.Parse()
 	if c.runs < 1 {
@@ -166,6 +170,13 @@ func main() {
 		printParallel(os.Stdout, c, p)
 		verdicts = append(verdicts, parallelTargets(p)...)
 	}
+	if c.copyPaths != "" {
+		rows, scratchFS, err := benchCopyPaths(ctx, c, c.copyPaths)
+		if err != nil {
+			fatalf("copy paths: %v", err)
+		}
+		printCopyPaths(os.Stdout, c, c.copyPaths, scratchFS, rows)
+	}
 	if c.convert != "" {
 		rows, norm, size, err := benchConvert(ctx, c, c.convert)
 		if err != nil {
@@ -177,6 +188,13 @@ func main() {
 		rows := benchInstall(ctx, c)
 		printInstallTable(os.Stdout, c, rows)
 		verdicts = append(verdicts, installTargets(rows)...)
+	}
+	// Last: it removes three fresh Nix stores, and file creation on this
+	// machine crawls for a while after a large removal.
+	if c.cache != "" {
+		res := benchCache(ctx, c, c.cache)
+		printCache(os.Stdout, c, res)
+		verdicts = append(verdicts, cacheTargets(res)...)
 	}
 	if len(verdicts) > 0 {
 		fmt.Fprintf(os.Stdout, "### Targets\n\n| target | measured | met |\n|---|---|---|\n")

@@ -118,7 +118,7 @@ func WriteRegistration(w io.Writer, infos []*PathInfo) error {
 }
 
 // TotalSizes sums the compressed (FileSize, or NarSize when the cache gives none) and NAR
-// sizes of infos: the spool directory's and the tree's upper bounds to state up front.
+// sizes of infos: what is downloaded, and what the spool directory holds.
 func TotalSizes(infos []*PathInfo) (file, nar uint64) {
 	for _, p := range infos {
 		f := p.FileSize

@@ -100,31 +100,43 @@ func TestMemoryBounded(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s, err := c.Spool(context.Background(), p, t.TempDir())
-			if err != nil {
-				t.Fatal(err)
+			var s *Spooled
+			read := func(open func() (io.ReadCloser, error)) func() (int64, error) {
+				return func() (int64, error) {
+					r, err := open()
+					if err != nil {
+						return 0, err
+					}
+					defer r.Close()
+					return io.Copy(io.Discard, r)
+				}
 			}
-			for _, open := range []func() (io.ReadCloser, error){
-				s.Open,
-				func() (io.ReadCloser, error) { return c.OpenNAR(context.Background(), p) },
+			for _, step := range []struct {
+				name string
+				run  func() (int64, error)
+			}{
+				{"spooling (decompressing and verifying)", func() (int64, error) {
+					var err error
+					if s, err = c.Spool(context.Background(), p, t.TempDir()); err != nil {
+						return 0, err
+					}
+					return s.Size(), nil
+				}},
+				{"reading the spool", read(func() (io.ReadCloser, error) { return s.Open() })},
+				{"streaming", read(func() (io.ReadCloser, error) { return c.OpenNAR(context.Background(), p) })},
 			} {
 				var before, after runtime.MemStats
 				runtime.GC()
 				runtime.ReadMemStats(&before)
-				r, err := open()
-				if err != nil {
-					t.Fatal(err)
-				}
-				n, err := io.Copy(io.Discard, r)
-				r.Close()
+				n, err := step.run()
 				runtime.ReadMemStats(&after)
 				if err != nil || uint64(n) != size {
-					t.Fatalf("read %d of %d: %v", n, size, err)
+					t.Fatalf("%s: %d of %d bytes: %v", step.name, n, size, err)
 				}
 				if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 40<<20 {
-					t.Errorf("reading a %d MiB NAR allocated %d MiB", size>>20, alloc>>20)
+					t.Errorf("%s a %d MiB NAR allocated %d MiB", step.name, size>>20, alloc>>20)
 				} else {
-					t.Logf("%s: %s MiB allocated for a %d MiB NAR", comp.name, strconv.FormatUint(alloc>>20, 10), size>>20)
+					t.Logf("%s, %s: %s MiB allocated for a %d MiB NAR", comp.name, step.name, strconv.FormatUint(alloc>>20, 10), size>>20)
 				}
 			}
 		})

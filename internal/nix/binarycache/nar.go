@@ -68,22 +68,26 @@ func checkFile(p *PathInfo, url string, n int64, h hash.Hash) error {
 	return nil
 }
 
-// Spooled is one NAR downloaded, still compressed, into a temporary file, its FileHash
-// and FileSize verified. Open reads it decompressed as often as needed.
+// Spooled is one NAR downloaded into a temporary file, decompressed as it arrived and
+// verified: FileHash and FileSize of the bytes the cache sent, NarHash and NarSize of the
+// NAR. Open reads it as often as needed, at the cost of reading a file: a closure is
+// walked three times (its file sizes, the sizing walk, the writing walk), and three
+// decompressions and hashes of every NAR took longer than the download.
 type Spooled struct {
-	Info *PathInfo
-	file string
-	size int64
+	Info       *PathInfo
+	file       string
+	size       int64 // the NAR's bytes, on disk
+	downloaded int64 // the compressed bytes the cache sent
 }
 
 // Spool downloads p's NAR into a new file in dir (retrying transient failures from the
-// start), verifying FileSize and FileHash. On any error nothing is left in dir.
+// start), decompressed and verified. On any error nothing is left in dir.
 func (c *Client) Spool(ctx context.Context, p *PathInfo, dir string) (*Spooled, error) {
 	return c.SpoolProgress(ctx, p, dir, nil)
 }
 
 // SpoolProgress is Spool, calling progress (if not nil) with the number of compressed
-// bytes each write to the spool file adds, as they arrive. A retried download starts
+// bytes each read from the cache adds, as they arrive. A retried download starts
 // over: progress is then called with the negative count of the bytes thrown away.
 func (c *Client) SpoolProgress(ctx context.Context, p *PathInfo, dir string, progress func(n int64)) (*Spooled, error) {
 	if p.sub == nil {
@@ -94,6 +98,7 @@ func (c *Client) SpoolProgress(ctx context.Context, p *PathInfo, dir string, pro
 		return nil, err
 	}
 	name := f.Name()
+	var cr *countingReader
 	var n int64
 	url := p.sub.display(p.URL)
 	err = c.withRetries(ctx, "GET "+url, func() error {
@@ -103,29 +108,37 @@ func (c *Client) SpoolProgress(ctx context.Context, p *PathInfo, dir string, pro
 		if err := f.Truncate(0); err != nil {
 			return err
 		}
-		if progress != nil && n > 0 {
-			progress(-n)
+		if progress != nil && cr != nil && cr.n > 0 {
+			progress(-cr.n)
 		}
-		n = 0
 		body, err := c.openOnce(ctx, p.sub, p.URL)
 		if err != nil {
+			cr = nil
 			return err
 		}
 		defer body.Close()
-		h := sha256.New()
-		limit := fileLimit(p)
-		var w io.Writer = f
-		if progress != nil {
-			w = &progressWriter{w: f, progress: progress}
-		}
-		n, err = io.Copy(io.MultiWriter(w, h), io.LimitReader(body, limit+1))
+		var fileCheck func() error
+		cr, fileCheck = verifying(p, url, body, progress)
+		nr, err := newNARReader(p, url, bufio.NewReaderSize(cr, readBuf), io.NopCloser(nil), fileCheck)
 		if err != nil {
 			return err
 		}
-		if n > limit {
-			return fmt.Errorf("%s: more than the %d bytes expected", p.Path, limit)
+		defer nr.closeDec()
+		// io.Copy ends without error only at the narReader's verified io.EOF.
+		n, err = io.Copy(f, nr)
+		if cr.err != nil {
+			return cr.err // the download failed (retried if transient), not the NAR
 		}
-		return checkFile(p, url, n, h)
+		if err != nil {
+			// The cache sent all it had, and it did not decode: if it is not the
+			// file the narinfo describes, say that (both hashes), not how the
+			// decoder choked on it.
+			var m *MismatchError
+			if ferr := fileCheck(); errors.As(ferr, &m) {
+				return ferr
+			}
+		}
+		return err
 	})
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -134,42 +147,38 @@ func (c *Client) SpoolProgress(ctx context.Context, p *PathInfo, dir string, pro
 		os.Remove(name)
 		return nil, err
 	}
-	return &Spooled{Info: p, file: name, size: n}, nil
+	return &Spooled{Info: p, file: name, size: n, downloaded: cr.n}, nil
 }
 
-// progressWriter reports each write's byte count.
-type progressWriter struct {
-	w        io.Writer
-	progress func(int64)
-}
-
-func (p *progressWriter) Write(b []byte) (int, error) {
-	n, err := p.w.Write(b)
-	if n > 0 {
-		p.progress(int64(n))
+// verifying wraps a NAR download's body: the reader counts and hashes the compressed
+// bytes (at most fileLimit(p)+1 of them), and fileCheck drains what the decoder left
+// and checks them against FileSize and FileHash.
+func verifying(p *PathInfo, url string, body io.Reader, progress func(int64)) (*countingReader, func() error) {
+	cr := &countingReader{r: io.LimitReader(body, fileLimit(p)+1), h: sha256.New(), progress: progress}
+	return cr, func() error {
+		if _, err := io.Copy(io.Discard, cr); err != nil {
+			return fmt.Errorf("GET %s: %w", url, err)
+		}
+		if cr.n > fileLimit(p) {
+			return fmt.Errorf("GET %s: more than the %d bytes expected", url, fileLimit(p))
+		}
+		return checkFile(p, url, cr.n, cr.h)
 	}
-	return n, err
 }
 
-// Size is the compressed size on disk.
+
+// Size is the NAR's size, on disk.
 func (s *Spooled) Size() int64 { return s.size }
+
+// Downloaded is the compressed size the cache sent.
+func (s *Spooled) Downloaded() int64 { return s.downloaded }
 
 // Remove deletes the spool file.
 func (s *Spooled) Remove() error { return os.Remove(s.file) }
 
-// Open returns the decompressed NAR. Its final Read returns io.EOF only if the bytes
-// match NarSize and NarHash; otherwise a *MismatchError (or the decoder's error).
+// Open returns the NAR, read from the spool file (verified when it was written).
 func (s *Spooled) Open() (io.ReadCloser, error) {
-	f, err := os.Open(s.file)
-	if err != nil {
-		return nil, err
-	}
-	r, err := newNARReader(s.Info, s.Info.sub.display(s.Info.URL), bufio.NewReaderSize(f, readBuf), f, nil)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return r, nil
+	return os.Open(s.file)
 }
 
 // OpenNAR streams p's NAR from its substituter without spooling, decompressed; the final
@@ -189,16 +198,7 @@ func (c *Client) OpenNAR(ctx context.Context, p *PathInfo) (io.ReadCloser, error
 	if err != nil {
 		return nil, err
 	}
-	cr := &countingReader{r: io.LimitReader(body, fileLimit(p)+1), h: sha256.New()}
-	fileCheck := func() error {
-		if _, err := io.Copy(io.Discard, cr); err != nil {
-			return fmt.Errorf("GET %s: %w", url, err)
-		}
-		if cr.n > fileLimit(p) {
-			return fmt.Errorf("GET %s: more than the %d bytes expected", url, fileLimit(p))
-		}
-		return checkFile(p, url, cr.n, cr.h)
-	}
+	cr, fileCheck := verifying(p, url, body, nil)
 	r, err := newNARReader(p, url, bufio.NewReaderSize(cr, readBuf), body, fileCheck)
 	if err != nil {
 		body.Close()
@@ -208,15 +208,23 @@ func (c *Client) OpenNAR(ctx context.Context, p *PathInfo) (io.ReadCloser, error
 }
 
 type countingReader struct {
-	r io.Reader
-	h hash.Hash
-	n int64
+	r        io.Reader
+	h        hash.Hash
+	n        int64
+	progress func(int64) // nil: none
+	err      error       // the source's error other than io.EOF, if any
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF {
+		c.err = err
+	}
 	c.h.Write(p[:n])
 	c.n += int64(n)
+	if c.progress != nil && n > 0 {
+		c.progress(int64(n))
+	}
 	return n, err
 }
 

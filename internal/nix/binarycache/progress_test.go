@@ -51,7 +51,8 @@ func TestSpoolProgressAcrossRetry(t *testing.T) {
 	if tries.Load() != 2 || negative != 1 {
 		t.Errorf("%d attempts, %d take-backs; want 2 and 1", tries.Load(), negative)
 	}
-	if sum != s.Size() || sum != int64(p.FileSize) {
-		t.Errorf("progress summed to %d; the spooled NAR is %d bytes, FileSize %d", sum, s.Size(), p.FileSize)
+	if sum != s.Downloaded() || sum != int64(p.FileSize) || s.Size() != int64(p.NarSize) {
+		t.Errorf("progress summed to %d; %d bytes downloaded, FileSize %d; the spooled NAR is %d bytes, NarSize %d",
+			sum, s.Downloaded(), p.FileSize, s.Size(), p.NarSize)
 	}
 }

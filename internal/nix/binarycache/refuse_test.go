@@ -59,7 +59,7 @@ func TestRefuseTamperedNARFile(t *testing.T) {
 }
 
 // A different NAR with FileHash/FileSize recomputed (they are not signed): the spool
-// accepts it, but reading it back fails on the signed NarHash.
+// refuses it on the signed NarHash, and nothing is left.
 func TestRefuseSubstitutedNARContent(t *testing.T) {
 	rc, dir := tamperedSetup(t)
 	c := newClient(t, testConfig("file://"+dir, rc.pub))
@@ -92,17 +92,22 @@ func TestRefuseSubstitutedNARContent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("narinfo with recomputed FileHash should still verify: %v", err)
 	}
-	s, err := c.Spool(context.Background(), p, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _ := s.Open()
-	_, err = io.ReadAll(r)
-	r.Close()
+	spool := t.TempDir()
+	_, err = c.Spool(context.Background(), p, spool)
 	if !isMismatch(err, "NarHash") {
 		t.Fatalf("got %v, want a NarHash mismatch", err)
 	}
 	wantErr(t, err, rc.root, p.NarHash.Format(nixhash.NixBase32, true))
+	assertEmpty(t, spool)
+	// Streaming sees it too, at the end.
+	r, err := c.OpenNAR(context.Background(), p)
+	if err == nil {
+		_, err = io.ReadAll(r)
+		r.Close()
+	}
+	if !isMismatch(err, "NarHash") {
+		t.Fatalf("streaming: got %v, want a NarHash mismatch", err)
+	}
 }
 
 // A changed NarHash in the narinfo breaks the signature.
@@ -391,17 +396,11 @@ func TestRefuseXZDictTooLarge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := c.Spool(context.Background(), p, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := s.Open()
-	if err == nil {
-		_, err = io.ReadAll(r)
-		r.Close()
-	}
+	spool := t.TempDir()
+	_, err = c.Spool(context.Background(), p, spool)
 	if !errors.Is(err, xz.ErrMemlimit) {
 		t.Fatalf("got %v, want xz.ErrMemlimit", err)
 	}
 	wantErr(t, err, rc.root)
+	assertEmpty(t, spool)
 }

@@ -2,6 +2,7 @@ package imagecheck
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,6 +47,15 @@ func ReflinkDir(t testing.TB) string {
 // file.
 func SharedBytes(t testing.TB, f *os.File) int64 {
 	t.Helper()
+	n, err := Shared(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Shared is SharedBytes for callers without a testing.TB (the bench).
+func Shared(f *os.File) (int64, error) {
 	const (
 		fsIocFiemap    = 0xC020660B
 		flagSync       = 0x1
@@ -64,11 +74,11 @@ func SharedBytes(t testing.TB, f *os.File) int64 {
 		le.PutUint32(buf[16:], flagSync)
 		le.PutUint32(buf[24:], extentsPerCall)
 		if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fsIocFiemap, uintptr(unsafe.Pointer(&buf[0]))); e != 0 {
-			t.Fatalf("FIEMAP %s: %v", f.Name(), e)
+			return 0, fmt.Errorf("FIEMAP %s: %v", f.Name(), e)
 		}
 		n := le.Uint32(buf[20:])
 		if n == 0 {
-			return total
+			return total, nil
 		}
 		for i := uint32(0); i < n; i++ {
 			e := buf[hdr+int(i)*ext:]
@@ -78,7 +88,7 @@ func SharedBytes(t testing.TB, f *os.File) int64 {
 			}
 			start = logical + length
 			if flags&extentLast != 0 {
-				return total
+				return total, nil
 			}
 		}
 	}

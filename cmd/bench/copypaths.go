@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
+)
+
+// The copy paths: how ours moves file data, timed in-process (the writer
+// alone; Packer's share is the same for every row) on one fixture, warm
+// cache, to the image's fsync:
+//   - the size from which a file is copied with copy_file_range rather than
+//     read into the writer's buffer (ext4.CopyFileRangeMin), swept; every
+//     row must make the same image;
+//   - block sharing: the tree on a loop-mounted XFS with reflink, the image
+//     written on that XFS (copy_file_range clones the blocks) and on the
+//     scratch filesystem (it copies them).
+
+// cfrSweep are the thresholds tried; math.MaxInt64 is "never".
+var cfrSweep = []int64{4 << 10, 64 << 10, 256 << 10, 1 << 20, math.MaxInt64}
+
+type copyRow struct {
+	name   string
+	r      *row
+	sum    string // the image's sha256, shortened
+	shared int64  // bytes of the image FIEMAP reports shared; -1 not asked
+}
+
+func cfrName(n int64) string {
+	switch {
+	case n == math.MaxInt64:
+		return "never (every file through the buffer)"
+	case n == ext4.CopyFileRangeMin:
+		return fmt.Sprintf("files of %s and more (the default)", human(n))
+	}
+	return fmt.Sprintf("files of %s and more", human(n))
+}
+
+// benchCopyPaths runs the sweep and the reflink rows on fixture name.
+func benchCopyPaths(ctx context.Context, c config, name string) ([]copyRow, string, error) {
+	paths, err := closure(name)
+	if err != nil {
+		return nil, "", err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	dir := filepath.Join(c.tmp, "copy-"+name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", err
+	}
+	defer removeAll(dir)
+	st, err := readTree(paths) // and the page cache warmed
+	if err != nil {
+		return nil, "", err
+	}
+	extra := st.bytes * int64(c.extraPct) / 100
+	ours := func(srcs []string, cfrMin int64) func(string) *exec.Cmd {
+		return func(img string) *exec.Cmd {
+			args := []string{childCmd, "ours", "-image", img, "-extra", strconv.FormatInt(extra, 10),
+				"-cfr-min", strconv.FormatInt(cfrMin, 10), "--"}
+			return exec.Command(self, append(args, srcs...)...)
+		}
+	}
+	var rows []copyRow
+	run := func(name string, cmd func(string) *exec.Cmd, image string, shared bool) {
+		ct := contender{key: "copy", name: name, image: true, cmd: cmd, keep: image + ".kept"}
+		r := measure(ctx, c, ct, image)
+		cr := copyRow{name: name, r: r, shared: -1}
+		if r.ok() {
+			var err error
+			if cr.sum, err = fileSum(ct.keep); err == nil && shared {
+				cr.shared, err = sharedBytes(ct.keep)
+			}
+			if err != nil {
+				r.err = err.Error()
+			}
+		}
+		os.Remove(ct.keep)
+		rows = append(rows, cr)
+	}
+	logf("copy paths, %s: copy_file_range from which file size", name)
+	for _, n := range cfrSweep {
+		run("copy_file_range for "+cfrName(n), ours(paths, n), filepath.Join(dir, "image.raw"), false)
+	}
+
+	logf("copy paths, %s: block sharing (XFS with reflink on a loop device)", name)
+	mnt, unmount, err := mountXFS(dir, 2*st.bytes+extra+(1<<30))
+	if err != nil {
+		rows = append(rows, copyRow{name: "XFS with reflink", r: &row{err: err.Error(), unavailable: true}})
+		return rows, "", nil
+	}
+	defer unmount()
+	store := filepath.Join(mnt, "store")
+	if err := stage(paths, store); err != nil {
+		return nil, "", err
+	}
+	var staged []string
+	for _, p := range paths {
+		staged = append(staged, filepath.Join(store, filepath.Base(p)))
+	}
+	if _, err := readTree(staged); err != nil {
+		return nil, "", err
+	}
+	run("tree and image on one XFS (reflink)", ours(staged, ext4.CopyFileRangeMin), filepath.Join(mnt, "image.raw"), true)
+	run("tree on XFS, image on the scratch filesystem (copy)", ours(staged, ext4.CopyFileRangeMin), filepath.Join(dir, "image.raw"), true)
+	return rows, fsType(dir), nil
+}
+
+// mountXFS makes a sparse file of size bytes in dir, an XFS with reflink
+// on it, and mounts it by a loop device.
+func mountXFS(dir string, size int64) (string, func(), error) {
+	for _, tool := range []string{"mkfs.xfs", "mount", "umount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return "", nil, fmt.Errorf("%s is not installed", tool)
+		}
+	}
+	backing := filepath.Join(dir, "xfs.img")
+	f, err := os.Create(backing)
+	if err != nil {
+		return "", nil, err
+	}
+	err = f.Truncate(size)
+	f.Close()
+	if err != nil {
+		return "", nil, err
+	}
+	if out, err := exec.Command("mkfs.xfs", "-q", "-m", "reflink=1", backing).CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("mkfs.xfs: %v: %s", err, out)
+	}
+	mnt := filepath.Join(dir, "xfs")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		return "", nil, err
+	}
+	if out, err := exec.Command("mount", "-o", "loop", backing, mnt).CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("mount -o loop: %v: %s", err, out)
+	}
+	return mnt, func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			logf("umount %s: %v: %s", mnt, err, out)
+		}
+	}, nil
+}
+
+func fileSum(name string) (string, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12], nil
+}
+
+func sharedBytes(name string) (int64, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return imagecheck.Shared(f)
+}
+
+// fsType names the filesystem dir is on.
+func fsType(dir string) string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return "?"
+	}
+	switch st.Type {
+	case 0xef53:
+		return "ext4"
+	case 0x58465342:
+		return "XFS"
+	case 0x9123683e:
+		return "btrfs"
+	case 0x01021994:
+		return "tmpfs"
+	}
+	return fmt.Sprintf("type %#x", st.Type)
+}
+
+func printCopyPaths(w io.Writer, c config, name, scratchFS string, rows []copyRow) {
+	fmt.Fprintf(w, "### copy paths: %s, in-process\n\n", name)
+	fmt.Fprintf(w, "Ours' writer alone (Packer's share is the same for every row), warm cache, to the image's fsync, median of %d runs; the scratch filesystem is %s. Every row of the sweep must make the same image (sha256).\n\n", c.runs, scratchFS)
+	fmt.Fprintf(w, "| copy path | wall time | image sha256 | shared with the tree |\n|---|--:|---|--:|\n")
+	for _, cr := range rows {
+		t := "—"
+		if cr.r.ok() {
+			t = dur(cr.r.median())
+		} else {
+			t = "failed: " + cr.r.err
+		}
+		shared := "—"
+		if cr.shared >= 0 {
+			shared = human(cr.shared)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", cr.name, t, cr.sum, shared)
+	}
+	fmt.Fprintln(w)
+}
