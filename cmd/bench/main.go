@@ -43,24 +43,24 @@ import (
 const epoch = 1
 
 type config struct {
-	runs     int
-	fixtures []string
-	timeout  time.Duration
-	extraPct int
-	tmp      string
-	keep     bool
-	fsck     bool
-	only     map[string]bool
-	install  bool
-	convert  string // fixture whose image the post-processing section converts; "" skips it
-	packer   string // the packer binary every `packer build` runs
-	ui       []uiMode
-	rss      bool   // the closure-size RSS section
-	parallel string // fixture of the parallel section's store-only sources; "" skips it
-	parInst  bool   // the parallel section also builds an install-mode source
+	runs      int
+	fixtures  []string
+	timeout   time.Duration
+	extraPct  int
+	tmp       string
+	keep      bool
+	fsck      bool
+	only      map[string]bool
+	install   bool
+	convert   string // fixture whose image the post-processing section converts; "" skips it
+	packer    string // the packer binary every `packer build` runs
+	ui        []uiMode
+	rss       bool   // the closure-size RSS section
+	parallel  string // fixture of the parallel section's store-only sources; "" skips it
+	parInst   bool   // the parallel section also builds an install-mode source
 	copyPaths string // fixture of the copy-paths section ("" to skip)
 	cache     string // fixture of the binary-cache section ("" to skip)
-	plugin   *pluginSetup
+	plugin    *pluginSetup
 }
 
 func main() {

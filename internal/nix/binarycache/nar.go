@@ -166,7 +166,6 @@ func verifying(p *PathInfo, url string, body io.Reader, progress func(int64)) (*
 	}
 }
 
-
 // Size is the NAR's size, on disk.
 func (s *Spooled) Size() int64 { return s.size }
 
