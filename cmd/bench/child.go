@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/ext4"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/fs/hosttree"
 )
 
 // childCmd is the hidden subcommand the bench re-executes itself with:
@@ -31,6 +32,7 @@ func childMain(args []string) int {
 	inodes := fl.Uint("inodes", 0, "inode count")
 	extra := fl.Int64("extra", 0, "free bytes ours plans for")
 	cfrMin := fl.Int64("cfr-min", ext4.CopyFileRangeMin, "ours: copy_file_range for files of this size and more")
+	readAhead := fl.Bool("readahead", hosttree.ReadAhead, "ours: the writing walk's read-ahead")
 	if err := fl.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -46,6 +48,7 @@ func childMain(args []string) int {
 		}
 	case "ours":
 		ext4.CopyFileRangeMin = *cfrMin
+		hosttree.ReadAhead = *readAhead
 		err = writeOurs(ctx, *image, srcs, *extra)
 	case "go-diskfs":
 		err = writeDiskfs(*image, *size, uint32(*inodes), srcs)

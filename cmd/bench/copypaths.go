@@ -23,6 +23,8 @@ import (
 //   - the size from which a file is copied with copy_file_range rather than
 //     read into the writer's buffer (ext4.CopyFileRangeMin), swept; every
 //     row must make the same image;
+//   - a cold page cache (emptied before each run), with the writing walk's
+//     read-ahead and without;
 //   - block sharing: the tree on a loop-mounted XFS with reflink, the image
 //     written on that XFS (copy_file_range clones the blocks) and on the
 //     scratch filesystem (it copies them).
@@ -40,11 +42,11 @@ type copyRow struct {
 func cfrName(n int64) string {
 	switch {
 	case n == math.MaxInt64:
-		return "never (every file through the buffer)"
+		return "no copy_file_range: every file through the buffer"
 	case n == ext4.CopyFileRangeMin:
-		return fmt.Sprintf("files of %s and more (the default)", human(n))
+		return fmt.Sprintf("copy_file_range for files of %s and more (the default)", human(n))
 	}
-	return fmt.Sprintf("files of %s and more", human(n))
+	return fmt.Sprintf("copy_file_range for files of %s and more", human(n))
 }
 
 // benchCopyPaths runs the sweep and the reflink rows on fixture name.
@@ -67,16 +69,17 @@ func benchCopyPaths(ctx context.Context, c config, name string) ([]copyRow, stri
 		return nil, "", err
 	}
 	extra := st.bytes * int64(c.extraPct) / 100
-	ours := func(srcs []string, cfrMin int64) func(string) *exec.Cmd {
+	ours := func(srcs []string, cfrMin int64, flags ...string) func(string) *exec.Cmd {
 		return func(img string) *exec.Cmd {
-			args := []string{childCmd, "ours", "-image", img, "-extra", strconv.FormatInt(extra, 10),
-				"-cfr-min", strconv.FormatInt(cfrMin, 10), "--"}
-			return exec.Command(self, append(args, srcs...)...)
+			args := append([]string{childCmd, "ours", "-image", img, "-extra", strconv.FormatInt(extra, 10),
+				"-cfr-min", strconv.FormatInt(cfrMin, 10)}, flags...)
+			return exec.Command(self, append(append(args, "--"), srcs...)...)
 		}
 	}
 	var rows []copyRow
+	var prep func() error
 	run := func(name string, cmd func(string) *exec.Cmd, image string, shared bool) {
-		ct := contender{key: "copy", name: name, image: true, cmd: cmd, keep: image + ".kept"}
+		ct := contender{key: "copy", name: name, image: true, cmd: cmd, keep: image + ".kept", prep: prep}
 		r := measure(ctx, c, ct, image)
 		cr := copyRow{name: name, r: r, shared: -1}
 		if r.ok() {
@@ -93,7 +96,20 @@ func benchCopyPaths(ctx context.Context, c config, name string) ([]copyRow, stri
 	}
 	logf("copy paths, %s: copy_file_range from which file size", name)
 	for _, n := range cfrSweep {
-		run("copy_file_range for "+cfrName(n), ours(paths, n), filepath.Join(dir, "image.raw"), false)
+		run(cfrName(n), ours(paths, n), filepath.Join(dir, "image.raw"), false)
+	}
+
+	logf("copy paths, %s: cold page cache, with and without the writing walk's read-ahead", name)
+	prep = dropCaches
+	if err := dropCaches(); err != nil {
+		rows = append(rows, copyRow{name: "cold page cache", r: &row{err: err.Error(), unavailable: true}})
+	} else {
+		run("cold page cache, read-ahead (the default)", ours(paths, ext4.CopyFileRangeMin), filepath.Join(dir, "image.raw"), false)
+		run("cold page cache, no read-ahead", ours(paths, ext4.CopyFileRangeMin, "-readahead=false"), filepath.Join(dir, "image.raw"), false)
+	}
+	prep = nil
+	if _, err := readTree(paths); err != nil {
+		return nil, "", err
 	}
 
 	logf("copy paths, %s: block sharing (XFS with reflink on a loop device)", name)
@@ -117,6 +133,16 @@ func benchCopyPaths(ctx context.Context, c config, name string) ([]copyRow, stri
 	run("tree and image on one XFS (reflink)", ours(staged, ext4.CopyFileRangeMin), filepath.Join(mnt, "image.raw"), true)
 	run("tree on XFS, image on the scratch filesystem (copy)", ours(staged, ext4.CopyFileRangeMin), filepath.Join(dir, "image.raw"), true)
 	return rows, fsType(dir), nil
+}
+
+// dropCaches writes the dirty pages and empties the page cache, so the next
+// run reads the tree from the disk.
+func dropCaches() error {
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200); err != nil {
+		return fmt.Errorf("emptying the page cache (needs root): %w", err)
+	}
+	return nil
 }
 
 // mountXFS makes a sparse file of size bytes in dir, an XFS with reflink

@@ -300,6 +300,8 @@ func (d *decider) hashHost(name string, size int64) (int64, error) {
 
 func (c *Closure) replay(ctx context.Context, t Target, dir string) (Stats, error) {
 	var st Stats
+	ra := c.readahead(ctx, dir)
+	defer ra.stop()
 	var ord uint32
 	links := c.links
 	changed := func() error {
@@ -312,6 +314,9 @@ func (c *Closure) replay(ctx context.Context, t Target, dir string) (Stats, erro
 			}
 			if ord >= c.files {
 				return changed()
+			}
+			if e.content == nil {
+				defer ra.wrote()
 			}
 			o := ord
 			ord++

@@ -41,8 +41,9 @@ func (f *failAfter) FileFrom(h ext4.Header, r io.Reader) (uint32, error) {
 	return f.logTarget.FileFrom(h, r)
 }
 
-// More twins than the prehasher queues, and a walk that stops early: the
-// error is the target's, and the prehasher's goroutines all end.
+// More twins than the prehasher queues, and walks that stop early: the
+// error is the target's, and the prehasher's and the read-ahead's
+// goroutines all end.
 func TestClosurePrehashStops(t *testing.T) {
 	var specs []string
 	for i := range 3 * prehashQueue {
@@ -60,6 +61,10 @@ func TestClosurePrehashStops(t *testing.T) {
 	c := NewClosure(HostPaths(roots...), storeOpts)
 	if _, err := c.Walk(context.Background(), &logTarget{}, ""); err != nil || c.Links() != 3*prehashQueue-7 {
 		t.Fatalf("%v, %d links, want %d", err, c.Links(), 3*prehashQueue-7)
+	}
+	// The writing walk, with its read-ahead, stopped early too.
+	if _, err := c.Walk(context.Background(), &failAfter{n: 5}, ""); !errors.Is(err, errTarget) {
+		t.Fatalf("replay failing after 5 files: got %v, want the target's error", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
