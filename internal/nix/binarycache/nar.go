@@ -5,10 +5,8 @@ import (
 	"bytes"
 	"compress/bzip2"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 
@@ -44,8 +42,8 @@ func (e *MismatchError) Error() string {
 
 func hashString(h *nixhash.Hash) string { return h.Format(nixhash.NixBase32, true) }
 
-func sumString(h hash.Hash) string {
-	return hashString(nixhash.MustNewHash(nixhash.SHA256, h.Sum(nil)))
+func digestString(sum []byte) string {
+	return hashString(nixhash.MustNewHash(nixhash.SHA256, sum))
 }
 
 // fileLimit is the most compressed bytes accepted for p: FileSize when given, else a
@@ -57,13 +55,14 @@ func fileLimit(p *PathInfo) int64 {
 	return int64(p.NarSize + p.NarSize/16 + 1<<20)
 }
 
-// checkFile compares the compressed bytes seen (n, h) with FileSize and FileHash.
-func checkFile(p *PathInfo, url string, n int64, h hash.Hash) error {
+// checkFile compares the compressed bytes seen (n, their sha256 sum) with FileSize and
+// FileHash.
+func checkFile(p *PathInfo, url string, n int64, sum []byte) error {
 	if p.FileSize != 0 && uint64(n) != p.FileSize {
 		return &MismatchError{p.Path, url, "FileSize", fmt.Sprint(p.FileSize), fmt.Sprint(n)}
 	}
-	if p.FileHash != nil && !bytes.Equal(h.Sum(nil), p.FileHash.Digest()) {
-		return &MismatchError{p.Path, url, "FileHash", hashString(p.FileHash), sumString(h)}
+	if p.FileHash != nil && !bytes.Equal(sum, p.FileHash.Digest()) {
+		return &MismatchError{p.Path, url, "FileHash", hashString(p.FileHash), digestString(sum)}
 	}
 	return nil
 }
@@ -119,13 +118,16 @@ func (c *Client) SpoolProgress(ctx context.Context, p *PathInfo, dir string, pro
 		defer body.Close()
 		var fileCheck func() error
 		cr, fileCheck = verifying(p, url, body, progress)
-		nr, err := newNARReader(p, url, bufio.NewReaderSize(cr, readBuf), io.NopCloser(nil), fileCheck)
+		// The NAR goes to the spool file from the hash's goroutine, beside
+		// the decoder's.
+		nr, err := newNARReader(p, url, cr, io.NopCloser(nil), fileCheck, f)
 		if err != nil {
+			cr.h.stop()
 			return err
 		}
-		defer nr.closeDec()
-		// io.Copy ends without error only at the narReader's verified io.EOF.
-		n, err = io.Copy(f, nr)
+		defer nr.release()
+		// drain ends without error only at the narReader's verified io.EOF.
+		n, err = drain(nr)
 		if cr.err != nil {
 			return cr.err // the download failed (retried if transient), not the NAR
 		}
@@ -150,11 +152,28 @@ func (c *Client) SpoolProgress(ctx context.Context, p *PathInfo, dir string, pro
 	return &Spooled{Info: p, file: name, size: n, downloaded: cr.n}, nil
 }
 
+// drain reads r to its end, discarding the bytes (a narReader with a sink has
+// written them already), in large reads: io.Discard would read 8 KiB at a time.
+func drain(r io.Reader) (int64, error) {
+	buf := make([]byte, hashChunk)
+	var n int64
+	for {
+		m, err := r.Read(buf)
+		n += int64(m)
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
 // verifying wraps a NAR download's body: the reader counts and hashes the compressed
 // bytes (at most fileLimit(p)+1 of them), and fileCheck drains what the decoder left
 // and checks them against FileSize and FileHash.
 func verifying(p *PathInfo, url string, body io.Reader, progress func(int64)) (*countingReader, func() error) {
-	cr := &countingReader{r: io.LimitReader(body, fileLimit(p)+1), h: sha256.New(), progress: progress}
+	cr := &countingReader{r: io.LimitReader(body, fileLimit(p)+1), h: newBGHash(nil), progress: progress}
 	return cr, func() error {
 		if _, err := io.Copy(io.Discard, cr); err != nil {
 			return fmt.Errorf("GET %s: %w", url, err)
@@ -162,7 +181,8 @@ func verifying(p *PathInfo, url string, body io.Reader, progress func(int64)) (*
 		if cr.n > fileLimit(p) {
 			return fmt.Errorf("GET %s: more than the %d bytes expected", url, fileLimit(p))
 		}
-		return checkFile(p, url, cr.n, cr.h)
+		sum, _ := cr.h.Sum()
+		return checkFile(p, url, cr.n, sum)
 	}
 }
 
@@ -198,8 +218,9 @@ func (c *Client) OpenNAR(ctx context.Context, p *PathInfo) (io.ReadCloser, error
 		return nil, err
 	}
 	cr, fileCheck := verifying(p, url, body, nil)
-	r, err := newNARReader(p, url, bufio.NewReaderSize(cr, readBuf), body, fileCheck)
+	r, err := newNARReader(p, url, cr, body, fileCheck, nil)
 	if err != nil {
+		cr.h.stop()
 		body.Close()
 		return nil, err
 	}
@@ -208,7 +229,7 @@ func (c *Client) OpenNAR(ctx context.Context, p *PathInfo) (io.ReadCloser, error
 
 type countingReader struct {
 	r        io.Reader
-	h        hash.Hash
+	h        *bgHash // stopped by the narReader's release
 	n        int64
 	progress func(int64) // nil: none
 	err      error       // the source's error other than io.EOF, if any
@@ -235,13 +256,17 @@ type narReader struct {
 	closeDec  func()
 	src       io.Closer
 	fileCheck func() error
-	h         hash.Hash
+	side      *countingReader // the compressed bytes
+	h         *bgHash
 	n         uint64
 	err       error
 }
 
-func newNARReader(p *PathInfo, url string, compressed io.Reader, src io.Closer, fileCheck func() error) (*narReader, error) {
-	r := &narReader{p: p, url: url, src: src, fileCheck: fileCheck, h: sha256.New(), closeDec: func() {}}
+// newNARReader decodes side's bytes; sink, if not nil, gets the NAR as it is decoded
+// (from another goroutine; write errors end the read).
+func newNARReader(p *PathInfo, url string, side *countingReader, src io.Closer, fileCheck func() error, sink io.Writer) (*narReader, error) {
+	r := &narReader{p: p, url: url, src: src, fileCheck: fileCheck, side: side, closeDec: func() {}}
+	compressed := bufio.NewReaderSize(side, readBuf)
 	switch p.Compression {
 	case "none":
 		r.dec = compressed
@@ -255,7 +280,9 @@ func newNARReader(p *PathInfo, url string, compressed io.Reader, src io.Closer, 
 		}
 		r.dec = x
 	case "zstd":
-		z, err := zstd.NewReader(compressed, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		// Not WithDecoderLowmem: its safe sequence decoder ran 25 % slower
+		// here, and the window bound below is what caps memory.
+		z, err := zstd.NewReader(compressed, zstd.WithDecoderConcurrency(1),
 			zstd.WithDecoderMaxWindow(ZstdMaxWindow), zstd.WithDecoderMaxMemory(ZstdMaxWindow))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %s: %w", p.Path, url, err)
@@ -266,6 +293,7 @@ func newNARReader(p *PathInfo, url string, compressed io.Reader, src io.Closer, 
 	default:
 		return nil, fmt.Errorf("%s: %s: unsupported compression %q", p.Path, url, p.Compression)
 	}
+	r.h = newBGHash(sink) // last: an error above leaves no goroutine
 	return r, nil
 }
 
@@ -300,14 +328,25 @@ func (r *narReader) finish() error {
 			return err
 		}
 	}
-	if !bytes.Equal(r.h.Sum(nil), r.p.NarHash.Digest()) {
-		return &MismatchError{r.p.Path, r.url, "NarHash", hashString(r.p.NarHash), sumString(r.h)}
+	sum, err := r.h.Sum()
+	if err != nil {
+		return fmt.Errorf("%s: writing the NAR: %w", r.p.Path, err)
+	}
+	if !bytes.Equal(sum, r.p.NarHash.Digest()) {
+		return &MismatchError{r.p.Path, r.url, "NarHash", hashString(r.p.NarHash), digestString(sum)}
 	}
 	return io.EOF
 }
 
-func (r *narReader) Close() error {
+// release stops the decoder and the hash's goroutine.
+func (r *narReader) release() {
 	r.closeDec()
+	r.h.stop()
+	r.side.h.stop()
+}
+
+func (r *narReader) Close() error {
+	r.release()
 	if r.err == nil {
 		r.err = errors.New("read after close")
 	}
