@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -104,7 +105,13 @@ func (v *vm) reap(readers *sync.WaitGroup) {
 	readers.Wait()
 	<-v.connectPhase
 	if v.mon != nil {
-		// QEMU closed its end; this ends go-qemu's reader and our event pump.
+		// QEMU closed its end: go-qemu's reader delivers what it still has
+		// buffered (a SHUTDOWN sent just before the exit), then ends, and our
+		// pump with it. Disconnect first and go-qemu drops those events.
+		select {
+		case <-v.pumped:
+		case <-time.After(pumpDrain):
+		}
 		_ = v.mon.Disconnect()
 	}
 	if v.cfg.AgentSocket != "" {

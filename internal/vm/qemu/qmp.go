@@ -17,6 +17,9 @@ const (
 	// qmpHandshake bounds the QMP greeting and capabilities exchange once
 	// the socket accepted: QEMU answers in milliseconds unless it is stuck.
 	qmpHandshake = 30 * time.Second
+	// pumpDrain bounds the wait, once QEMU has exited, for go-qemu's reader
+	// to hand over the events still buffered in the socket.
+	pumpDrain = 2 * time.Second
 )
 
 // connect dials the QMP socket until QEMU has created it, then does the
@@ -77,6 +80,7 @@ func (v *vm) connect(ctx context.Context) error {
 		return fmt.Errorf("QMP events: %w", err)
 	}
 	v.mon = mon
+	v.pumped = make(chan struct{})
 	go v.pumpEvents(src)
 	return nil
 }
@@ -84,6 +88,7 @@ func (v *vm) connect(ctx context.Context) error {
 // pumpEvents drains go-qemu's unbuffered channel, which otherwise blocks
 // its reader and with it every QMP command.
 func (v *vm) pumpEvents(src <-chan qmp.Event) {
+	defer close(v.pumped)
 	defer close(v.events)
 	for e := range src {
 		ev := Event{

@@ -84,6 +84,7 @@ type vm struct {
 
 	mon          *qmp.SocketMonitor // set by Start once connected
 	connectPhase chan struct{}      // closed when Start stops touching mon
+	pumped       chan struct{}      // closed when pumpEvents ends (set with mon)
 
 	mu       sync.Mutex
 	exitSeen bool  // the process has exited (maybe not yet reaped)
