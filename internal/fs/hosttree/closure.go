@@ -339,6 +339,27 @@ func (c *Closure) replay(ctx context.Context, t Target, dir string) (Stats, erro
 	return st, nil
 }
 
+// hostFiles calls fn for each regular file of the host store paths (NAR
+// paths are left out), in walk order: the second walks that run ahead of
+// the deciding walk (prehash.go) and of the writing walk (readahead.go).
+func (c *Closure) hostFiles(ctx context.Context, dir string, fn func(*entry) error) error {
+	for _, sp := range c.paths {
+		if sp.NAR != nil {
+			continue
+		}
+		err := c.opts.hostEntries(ctx, sp.Path, c.storeName(dir, sp), func(e *entry) error {
+			if e.kind != kindFile {
+				return nil
+			}
+			return fn(e)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // add passes a directory, symlink or file on to t.
 func add(t Target, e *entry, st *Stats) error {
 	switch e.kind {

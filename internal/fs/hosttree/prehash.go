@@ -20,8 +20,7 @@ type prehasher struct {
 	queue  chan *pending // in walk order; closed when the queuing walk ends
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	errMu  sync.Mutex
-	err    error // the queuing walk's error
+	err    error // the queuing walk's error, set before the queue is closed
 }
 
 // pending is one file's key, ready when done is closed.
@@ -58,34 +57,25 @@ func (c *Closure) prehash(ctx context.Context, dir string, groups map[sizeKey]ui
 		defer p.wg.Done()
 		defer close(work)
 		defer close(p.queue)
-		for _, sp := range c.paths {
-			if sp.NAR != nil {
-				continue
-			}
-			err := c.opts.hostEntries(ctx, sp.Path, c.storeName(dir, sp), func(e *entry) error {
-				if e.kind != kindFile || e.h.Size == 0 || groups[keyOf(e.h.Size, e.exec)] < 2 {
-					return nil
-				}
-				f := &pending{e: *e, done: make(chan struct{})}
-				select {
-				case p.queue <- f:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-				select {
-				case work <- f:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
+		// The walk closes the queue only after setting err: key reads it
+		// after the close.
+		p.err = c.hostFiles(ctx, dir, func(e *entry) error {
+			if e.h.Size == 0 || groups[keyOf(e.h.Size, e.exec)] < 2 {
 				return nil
-			})
-			if err != nil {
-				p.errMu.Lock()
-				p.err = err
-				p.errMu.Unlock()
-				return
 			}
-		}
+			f := &pending{e: *e, done: make(chan struct{})}
+			select {
+			case p.queue <- f:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			select {
+			case work <- f:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			return nil
+		})
 	}()
 	return p
 }
@@ -94,8 +84,6 @@ func (c *Closure) prehash(ctx context.Context, dir string, groups map[sizeKey]ui
 func (p *prehasher) key(e *entry) (contentKey, error) {
 	f, ok := <-p.queue
 	if !ok {
-		p.errMu.Lock()
-		defer p.errMu.Unlock()
 		if p.err != nil {
 			return contentKey{}, p.err
 		}

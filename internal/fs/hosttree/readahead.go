@@ -43,32 +43,22 @@ func (c *Closure) readahead(ctx context.Context, dir string) *readahead {
 	go func() {
 		defer ra.wg.Done()
 		var n int64 // this file's index among the host regular files
-		for _, sp := range c.paths {
-			if sp.NAR != nil {
-				continue
+		// An error ends the read-ahead; the writing walk meets it itself.
+		c.hostFiles(ctx, dir, func(e *entry) error {
+			i := n
+			n++
+			for i-ra.written.Load() >= readaheadFiles {
+				select {
+				case <-ra.progress:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
-			err := c.opts.hostEntries(ctx, sp.Path, c.storeName(dir, sp), func(e *entry) error {
-				if e.kind != kindFile {
-					return nil
-				}
-				i := n
-				n++
-				for i-ra.written.Load() >= readaheadFiles {
-					select {
-					case <-ra.progress:
-					case <-ctx.Done():
-						return ctx.Err()
-					}
-				}
-				if i >= ra.written.Load() && e.h.Size > 0 { // else the writer is past it
-					hint(e.host, min(e.h.Size, readaheadBytes))
-				}
-				return nil
-			})
-			if err != nil {
-				return // the writing walk meets the same error itself
+			if i >= ra.written.Load() && e.h.Size > 0 { // else the writer is past it
+				hint(e.host, min(e.h.Size, readaheadBytes))
 			}
-		}
+			return nil
+		})
 	}()
 	return ra
 }

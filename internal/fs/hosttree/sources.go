@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"sort"
 
 	"golang.org/x/sys/unix"
@@ -78,63 +77,26 @@ func (o *Options) fileSizes(ctx context.Context, sp StorePath, fn func(size int6
 			return nil
 		})
 	}
-	fi, err := os.Lstat(sp.Path)
-	switch {
-	case err != nil:
-		return err
-	case fi.Mode().IsRegular():
-		fn(fi.Size(), fi.Mode()&0o100 != 0)
-	case fi.IsDir():
-		return hostSizes(ctx, sp.Path, fn)
-	}
-	return nil
-}
-
-// hostSizes is fileSizes below a host directory, in no particular order:
-// fstatat on the directory, a third faster than lstat on each full path.
-func hostSizes(ctx context.Context, dir string, fn func(size int64, exec bool)) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	ents, err := f.ReadDir(-1)
-	if err != nil {
-		return err
-	}
-	fd := int(f.Fd())
-	var st unix.Stat_t
-	for _, e := range ents {
-		switch {
-		case e.Type().IsRegular():
-			if err := unix.Fstatat(fd, e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				return &fs.PathError{Op: "lstat", Path: filepath.Join(dir, e.Name()), Err: err}
-			}
+	return walkStat(ctx, sp.Path, path.Base(sp.Path), func(_, _ string, st *unix.Stat_t) error {
+		if st.Mode&unix.S_IFMT == unix.S_IFREG {
 			fn(st.Size, st.Mode&0o100 != 0)
-		case e.IsDir():
-			if err := hostSizes(ctx, filepath.Join(dir, e.Name()), fn); err != nil {
-				return err
-			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func (o *Options) hostEntries(ctx context.Context, src, dst string, fn func(*entry) error) error {
 	var e entry
-	return walkStat(ctx, src, dst, func(dirfd int, p, base, name string, st *unix.Stat_t) error {
+	return walkStat(ctx, src, dst, func(p, name string, st *unix.Stat_t) error {
 		e = entry{h: o.header(name, unixmode.FileMode(st.Mode), st.Uid, st.Gid, st.Mtim.Sec)}
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFDIR:
 			e.kind = kindDir
 		case unix.S_IFLNK:
 			e.kind = kindSymlink
-			target, err := readlinkat(dirfd, base, st.Size)
+			target, err := os.Readlink(p)
 			if err != nil {
-				return &fs.PathError{Op: "readlink", Path: p, Err: err}
+				return err
 			}
 			e.target = target
 		case unix.S_IFREG:
@@ -152,15 +114,15 @@ func (o *Options) hostEntries(ctx context.Context, src, dst string, fn func(*ent
 // everything below it: a directory before its contents, names in bytewise
 // order (filepath.WalkDir's order, and a NAR's). It keeps only the names of
 // the directories it is in, not a DirEntry each (a 50,000-entry directory
-// is 2 MiB of names, not 5), and stats relative to the directory (fstatat).
-// dirfd is the parent's descriptor (AT_FDCWD for src) and base the name in
-// it.
-func walkStat(ctx context.Context, src, dst string, fn func(dirfd int, p, base, name string, st *unix.Stat_t) error) error {
+// is 2 MiB of names, not 5), and stats relative to the directory (fstatat,
+// a third faster than lstat on each full path). fn gets the host path, the
+// image name and the lstat result.
+func walkStat(ctx context.Context, src, dst string, fn func(p, name string, st *unix.Stat_t) error) error {
 	var st unix.Stat_t
 	if err := unix.Lstat(src, &st); err != nil {
 		return &fs.PathError{Op: "lstat", Path: src, Err: err}
 	}
-	if err := fn(unix.AT_FDCWD, src, src, dst, &st); err != nil {
+	if err := fn(src, dst, &st); err != nil {
 		return err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
@@ -169,7 +131,7 @@ func walkStat(ctx context.Context, src, dst string, fn func(dirfd int, p, base, 
 	return walkStatDir(ctx, src, dst, fn)
 }
 
-func walkStatDir(ctx context.Context, dir, name string, fn func(dirfd int, p, base, name string, st *unix.Stat_t) error) error {
+func walkStatDir(ctx context.Context, dir, name string, fn func(p, name string, st *unix.Stat_t) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -194,7 +156,7 @@ func walkStatDir(ctx context.Context, dir, name string, fn func(dirfd int, p, ba
 		if name != "" {
 			child = name + "/" + n
 		}
-		if err := fn(fd, p, n, child, &st); err != nil {
+		if err := fn(p, child, &st); err != nil {
 			return err
 		}
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
@@ -204,21 +166,6 @@ func walkStatDir(ctx context.Context, dir, name string, fn func(dirfd int, p, ba
 		}
 	}
 	return nil
-}
-
-// readlinkat reads a symlink's target; size is its lstat size (the
-// target's length), a first guess for the buffer.
-func readlinkat(dirfd int, name string, size int64) (string, error) {
-	for n := max(int(size)+1, 64); ; n *= 2 {
-		buf := make([]byte, n)
-		m, err := unix.Readlinkat(dirfd, name, buf)
-		if err != nil {
-			return "", err
-		}
-		if m < n {
-			return string(buf[:m]), nil
-		}
-	}
 }
 
 // narEntries reads sp's NAR to its end, so that a verifying reader checks
