@@ -20,23 +20,26 @@ import (
 // store, then a build from a local store holding the closure (the host's,
 // where the same closure already lies warm, as the fresh copy would be).
 
+// cacheCompression is the cache's: zstd, as xz made by Nix 2.8's one thread
+// takes minutes for the debian tree.
+const cacheCompression = "zstd"
+
 // cacheLimit is the target: ours ≤ 0.5 × (nix copy --from + a local build).
 const cacheLimit = 0.5
 
 type cacheResult struct {
-	name         string
-	paths        int
-	bytes        int64
-	cacheBytes   int64 // the cache's NAR files
-	ours         *row  // packer build from the cache
-	copy         *row  // nix copy --from into a fresh store
-	local        *row  // packer build from the local store
-	setupErr     string
-	compressions string
+	name       string
+	paths      int
+	bytes      int64
+	cacheBytes int64 // the cache's NAR files
+	ours       *row  // packer build from the cache
+	copy       *row  // nix copy --from into a fresh store
+	local      *row  // packer build from the local store
+	setupErr   string
 }
 
 func benchCache(ctx context.Context, c config, name string) *cacheResult {
-	res := &cacheResult{name: name, compressions: "zstd"}
+	res := &cacheResult{name: name}
 	if err := benchCacheRun(ctx, c, res); err != nil {
 		res.setupErr = strings.ReplaceAll(err.Error(), c.tmp, "$TMP")
 		logf("cache %s: %v", name, err)
@@ -77,7 +80,7 @@ func benchCacheRun(ctx context.Context, c config, res *cacheResult) error {
 	}
 	cacheDir := filepath.Join(dir, "cache")
 	args := append([]string{"--extra-experimental-features", "nix-command", "copy", "--to",
-		"file://" + cacheDir + "?compression=zstd&secret-key=" + sec}, roots...)
+		"file://" + cacheDir + "?compression=" + cacheCompression + "&secret-key=" + sec}, roots...)
 	if out, err := exec.Command("nix", args...).CombinedOutput(); err != nil {
 		return fmt.Errorf("nix copy --to: %v: %s", err, out)
 	}
@@ -88,35 +91,15 @@ func benchCacheRun(ctx context.Context, c config, res *cacheResult) error {
 	}
 	defer stop()
 
-	env, err := c.packerEnv()
+	ui := c.ui[len(c.ui)-1] // the CI case
+	image := filepath.Join(dir, "image.raw")
+	keyLine := strings.TrimSpace(string(pubKey))
+	fromCache, err := newStoreBuild(c, filepath.Join(dir, "from-cache"), roots, extra,
+		fmt.Sprintf("  substituters         = [%q]", url), fmt.Sprintf("  trusted_public_keys  = [%q]", keyLine))
 	if err != nil {
 		return err
 	}
-	out := filepath.Join(dir, "packer-out")
-	keyLine := strings.TrimSpace(string(pubKey))
-	tmpl := filepath.Join(dir, "cache.pkr.hcl")
-	src := strings.Replace(storeSource("bench", roots, "none", extra, out), "  only_nix_store       = true\n",
-		fmt.Sprintf("  only_nix_store       = true\n  substituters         = [%q]\n  trusted_public_keys  = [%q]\n", url, keyLine), 1)
-	if err := os.WriteFile(tmpl, []byte(src+"\n"+buildBlock("bench")), 0o644); err != nil {
-		return err
-	}
-	ui := c.ui[len(c.ui)-1] // the CI case
-	build := func(tmpl string) contender {
-		return contender{key: "packer", name: "", image: true,
-			run: func(ctx context.Context, image string) (time.Duration, int64, []byte, error) {
-				removeAll(out)
-				r, err := runPacker(ctx, packerRun{packer: c.packer, env: env, dir: dir, args: []string{tmpl},
-					ui: ui, images: []string{filepath.Join(out, imageFile)}, limit: c.timeout})
-				if err == nil {
-					err = os.Rename(filepath.Join(out, imageFile), image)
-				}
-				removeAll(out)
-				return r.elapsed, r.pluginRSS, r.out, err
-			}}
-	}
-	image := filepath.Join(dir, "image.raw")
-
-	ct := build(tmpl)
+	ct := fromCache.contender(ui)
 	ct.name = "ours: `packer build` from the HTTP cache, " + ui.label()
 	res.ours = measure(ctx, c, ct, image)
 
@@ -134,11 +117,11 @@ func benchCacheRun(ctx context.Context, c config, res *cacheResult) error {
 			return exec.Command("nix", args...)
 		}}, image)
 
-	local := filepath.Join(dir, "local.pkr.hcl")
-	if err := os.WriteFile(local, []byte(storeSource("bench", roots, "none", extra, out)+"\n"+buildBlock("bench")), 0o644); err != nil {
+	local, err := newStoreBuild(c, filepath.Join(dir, "local"), roots, extra)
+	if err != nil {
 		return err
 	}
-	ct = build(local)
+	ct = local.contender(ui)
 	ct.name = "then ours: `packer build` from the local store, " + ui.label()
 	res.local = measure(ctx, c, ct, image)
 	return nil
@@ -173,7 +156,7 @@ func printCache(w io.Writer, c config, res *cacheResult) {
 		return
 	}
 	fmt.Fprintf(w, "%d store paths, %s of files; the cache (made by `nix copy --to file://…?compression=%s`, signed) holds %s of NARs, served over HTTP on 127.0.0.1 by the bench. Store-only, layout none, raw; median of %d runs, to the image's fsync; peak RSS the plugin's (ours) or nix's.\n\n",
-		res.paths, human(res.bytes), res.compressions, human(res.cacheBytes), c.runs)
+		res.paths, human(res.bytes), cacheCompression, human(res.cacheBytes), c.runs)
 	fmt.Fprintln(w, "| step | wall time | peak RSS |")
 	fmt.Fprintln(w, "|---|--:|--:|")
 	for _, r := range []*row{res.ours, res.copy, res.local} {

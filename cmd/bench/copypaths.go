@@ -116,7 +116,11 @@ func benchCopyPaths(ctx context.Context, c config, name string) ([]copyRow, stri
 		rows = append(rows, copyRow{name: "XFS with reflink", r: &row{err: err.Error(), unavailable: true}})
 		return rows, "", nil
 	}
-	defer unmount()
+	defer func() {
+		if err := unmount(); err != nil {
+			logf("%v", err)
+		}
+	}()
 	store := filepath.Join(mnt, "store")
 	if err := stage(paths, store); err != nil {
 		return nil, "", err
@@ -135,47 +139,22 @@ func benchCopyPaths(ctx context.Context, c config, name string) ([]copyRow, stri
 
 // dropCaches writes the dirty pages and empties the page cache, so the next
 // run reads the tree from the disk.
+// mountXFS is imagecheck.MountReflinkXFS, or why it cannot run here.
+func mountXFS(dir string, size int64) (string, func() error, error) {
+	for _, tool := range []string{"mkfs.xfs", "mount", "umount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return "", nil, fmt.Errorf("%s is not installed", tool)
+		}
+	}
+	return imagecheck.MountReflinkXFS(dir, size)
+}
+
 func dropCaches() error {
 	syscall.Sync()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200); err != nil {
 		return fmt.Errorf("emptying the page cache (needs root): %w", err)
 	}
 	return nil
-}
-
-// mountXFS makes a sparse file of size bytes in dir, an XFS with reflink
-// on it, and mounts it by a loop device.
-func mountXFS(dir string, size int64) (string, func(), error) {
-	for _, tool := range []string{"mkfs.xfs", "mount", "umount"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return "", nil, fmt.Errorf("%s is not installed", tool)
-		}
-	}
-	backing := filepath.Join(dir, "xfs.img")
-	f, err := os.Create(backing)
-	if err != nil {
-		return "", nil, err
-	}
-	err = f.Truncate(size)
-	f.Close()
-	if err != nil {
-		return "", nil, err
-	}
-	if out, err := exec.Command("mkfs.xfs", "-q", "-m", "reflink=1", backing).CombinedOutput(); err != nil {
-		return "", nil, fmt.Errorf("mkfs.xfs: %v: %s", err, out)
-	}
-	mnt := filepath.Join(dir, "xfs")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		return "", nil, err
-	}
-	if out, err := exec.Command("mount", "-o", "loop", backing, mnt).CombinedOutput(); err != nil {
-		return "", nil, fmt.Errorf("mount -o loop: %v: %s", err, out)
-	}
-	return mnt, func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			logf("umount %s: %v: %s", mnt, err, out)
-		}
-	}, nil
 }
 
 func sharedBytes(name string) (int64, error) {

@@ -77,13 +77,22 @@ type storeBuild struct {
 	roots []string
 }
 
-func newStoreBuild(c config, dir string, roots []string, extra int64) (*storeBuild, error) {
+// newStoreBuild writes the template into dir; keys are more lines of the
+// source block (the binary-cache section's substituters).
+func newStoreBuild(c config, dir string, roots []string, extra int64, keys ...string) (*storeBuild, error) {
 	env, err := c.packerEnv()
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	b := &storeBuild{c: c, env: env, tmpl: filepath.Join(dir, "store.pkr.hcl"), out: filepath.Join(dir, "packer-out"), roots: roots}
-	tmpl := storeSource("bench", roots, "none", extra, b.out) + "\n" + buildBlock("bench")
+	src := storeSource("bench", roots, "none", extra, b.out)
+	if len(keys) > 0 {
+		src = strings.Replace(src, "\n}\n", "\n"+strings.Join(keys, "\n")+"\n}\n", 1)
+	}
+	tmpl := src + "\n" + buildBlock("bench")
 	return b, os.WriteFile(b.tmpl, []byte(tmpl), 0o644)
 }
 

@@ -21,26 +21,50 @@ func ReflinkDir(t testing.TB) string {
 	if os.Geteuid() != 0 {
 		t.Skip("mounting a loop device needs root")
 	}
-	backing := filepath.Join(t.TempDir(), "xfs.img")
-	if err := os.WriteFile(backing, nil, 0o600); err != nil {
+	mnt, unmount, err := MountReflinkXFS(t.TempDir(), 1<<30)
+	if err != nil {
 		t.Fatal(err)
-	}
-	if err := os.Truncate(backing, 1<<30); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.xfs", "-q", "-m", "reflink=1", backing).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.xfs: %v\n%s", err, out)
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-o", "loop", backing, mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mounting a fresh XFS: %v\n%s", err, out)
 	}
 	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v\n%s", mnt, err, out)
+		if err := unmount(); err != nil {
+			t.Error(err)
 		}
 	})
 	return mnt
+}
+
+// MountReflinkXFS makes a sparse file of size bytes in dir, an XFS with
+// reflink on it, and mounts it by a loop device on dir/xfs: ReflinkDir for
+// callers without a testing.TB (the bench).
+func MountReflinkXFS(dir string, size int64) (mnt string, unmount func() error, err error) {
+	backing := filepath.Join(dir, "xfs.img")
+	f, err := os.Create(backing)
+	if err != nil {
+		return "", nil, err
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	if out, err := exec.Command("mkfs.xfs", "-q", "-m", "reflink=1", backing).CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("mkfs.xfs: %v\n%s", err, out)
+	}
+	mnt = filepath.Join(dir, "xfs")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		return "", nil, err
+	}
+	if out, err := exec.Command("mount", "-o", "loop", backing, mnt).CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("mounting a fresh XFS: %v\n%s", err, out)
+	}
+	return mnt, func() error {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			return fmt.Errorf("umount %s: %v\n%s", mnt, err, out)
+		}
+		return nil
+	}, nil
 }
 
 // SharedBytes sums the extents of f that FIEMAP marks shared with another
