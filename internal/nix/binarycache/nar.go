@@ -131,11 +131,11 @@ func (c *Client) SpoolProgress(ctx context.Context, p *PathInfo, dir string, pro
 		if cr.err != nil {
 			return cr.err // the download failed (retried if transient), not the NAR
 		}
-		if err != nil {
-			// The cache sent all it had, and it did not decode: if it is not the
-			// file the narinfo describes, say that (both hashes), not how the
-			// decoder choked on it.
-			var m *MismatchError
+		// The cache sent all it had, and it did not decode (a mismatch was
+		// checked already): if it is not the file the narinfo describes, say
+		// that (both hashes), not how the decoder choked on it.
+		var m *MismatchError
+		if err != nil && !errors.As(err, &m) {
 			if ferr := fileCheck(); errors.As(ferr, &m) {
 				return ferr
 			}

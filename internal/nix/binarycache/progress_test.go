@@ -3,25 +3,15 @@ package binarycache
 import (
 	"context"
 	"net/http"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 )
 
-// SpoolProgress reports every byte written to the spool file, and takes back what a
-// failed attempt wrote: after a connection cut mid-NAR and a retry, the sum of what it
-// reported is the NAR file's size.
+// SpoolProgress reports every compressed byte read from the cache, and takes back what
+// a failed attempt read: after a connection cut mid-NAR and a retry, the sum of what it
+// reported is the NAR file's size (FileSize), and the spool holds the NAR (NarSize).
 func TestSpoolProgressAcrossRetry(t *testing.T) {
-	dir, err := filepath.Abs("testdata/cache")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := os.ReadFile("testdata/key.pub")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, pub := committedCache(t)
 	var tries atomic.Int32
 	sub := serve(t, dir, narHandler(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
 		if tries.Add(1) > 1 {
@@ -33,7 +23,7 @@ func TestSpoolProgressAcrossRetry(t *testing.T) {
 			conn.Close()
 		}
 	}))
-	c := newClient(t, testConfig(sub, strings.TrimSpace(string(pub))))
+	c := newClient(t, testConfig(sub, pub))
 	p, err := c.PathInfo(context.Background(), "/nix/store/ph3wwanxydp5pg3ja6ids1q381g8kbcd-fixture-small-a")
 	if err != nil {
 		t.Fatal(err)

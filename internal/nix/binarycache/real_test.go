@@ -129,21 +129,29 @@ func walkTree(t *testing.T, s *Spooled, narLen int) {
 	}
 }
 
-// TestCommittedCache needs no Nix: a cache made once by `nix copy` (testdata/cache, the
-// small fixture closure, key testdata/key.pub) read as file:// and over HTTP, every NAR
-// walked to its verified end.
-func TestCommittedCache(t *testing.T) {
+// committedCache is the cache made once by `nix copy` of the small fixture closure
+// (testdata/cache) as an absolute directory, and its public key (testdata/key.pub).
+func committedCache(t *testing.T) (dir, pub string) {
+	t.Helper()
 	dir, err := filepath.Abs("testdata/cache")
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := os.ReadFile("testdata/key.pub")
+	b, err := os.ReadFile("testdata/key.pub")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, strings.TrimSpace(string(b))
+}
+
+// TestCommittedCache needs no Nix: a cache made once by `nix copy` (testdata/cache, the
+// small fixture closure, key testdata/key.pub) read as file:// and over HTTP, every NAR
+// walked to its verified end.
+func TestCommittedCache(t *testing.T) {
+	dir, pub := committedCache(t)
 	const root = "/nix/store/ph3wwanxydp5pg3ja6ids1q381g8kbcd-fixture-small-a"
 	for _, sub := range []string{"file://" + dir, serve(t, dir, nil)} {
-		c := newClient(t, Config{Substituters: []string{sub}, TrustedPublicKeys: []string{strings.TrimSpace(string(pub))}})
+		c := newClient(t, Config{Substituters: []string{sub}, TrustedPublicKeys: []string{pub}})
 		infos, err := c.Closure(context.Background(), []string{root})
 		if err != nil {
 			t.Fatal(err)
