@@ -1,7 +1,6 @@
 package nixos
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -47,25 +46,13 @@ func accRequireNix(t *testing.T) {
 	}
 }
 
-func accRun(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	var stderr bytes.Buffer
-	cmd := exec.Command(name, args...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
-	}
-	return string(out)
-}
-
 // accNewKey makes a key pair with nix-store --generate-binary-cache-key.
 func accNewKey(t *testing.T, name string) accKey {
 	t.Helper()
 	dir := t.TempDir()
 	k := accKey{name: name, sec: filepath.Join(dir, "sec")}
 	pub := filepath.Join(dir, "pub")
-	accRun(t, "nix-store", "--generate-binary-cache-key", name, k.sec, pub)
+	cachetest.Output(t, "nix-store", "--generate-binary-cache-key", name, k.sec, pub)
 	b, err := os.ReadFile(pub)
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +66,7 @@ func accNewKey(t *testing.T, name string) accKey {
 func accNixCopy(t *testing.T, key accKey, compression string, roots ...string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "cache-"+compression)
-	accRun(t, "nix", append([]string{"--extra-experimental-features", "nix-command", "copy", "--to",
+	cachetest.Output(t, "nix", append([]string{"--extra-experimental-features", "nix-command", "copy", "--to",
 		"file://" + dir + "?compression=" + compression + "&secret-key=" + key.sec}, roots...)...)
 	return dir
 }

@@ -1,7 +1,6 @@
 package binarycache
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -44,18 +43,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	var stderr bytes.Buffer
-	cmd := exec.Command(name, args...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, stderr.String())
-	}
-	return string(out)
-}
-
 // makeCache builds a real binary cache with `nix copy --to file://…`, signed by a fresh key
 // from `nix-store --generate-binary-cache-key`. It is made once per compression; tests
 // that tamper with it copy it first (copyCache).
@@ -85,15 +72,15 @@ func makeCache(t *testing.T, compression string) *realCache {
 		t.Fatal(err)
 	}
 	sec, pub := filepath.Join(base, "sec"), filepath.Join(base, "pub")
-	run(t, "nix-store", "--generate-binary-cache-key", "test-1", sec, pub)
+	cachetest.Output(t, "nix-store", "--generate-binary-cache-key", "test-1", sec, pub)
 	dir := filepath.Join(base, "cache")
-	run(t, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
+	cachetest.Output(t, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
 		"file://"+dir+"?compression="+compression+"&secret-key="+sec, root)
 	pubKey, err := os.ReadFile(pub)
 	if err != nil {
 		t.Fatal(err)
 	}
-	paths := strings.Fields(run(t, "nix-store", "-qR", root))
+	paths := strings.Fields(cachetest.Output(t, "nix-store", "-qR", root))
 	slices.Sort(paths)
 	c := &realCache{dir: dir, pub: strings.TrimSpace(string(pubKey)), root: root, paths: paths}
 	cacheOnce.Store(compression, c)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nartree"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/cachetest"
 )
 
 // TestRealCaches reads closures from caches made by the real `nix copy`, xz and zstd,
@@ -49,13 +50,13 @@ func TestRealCaches(t *testing.T) {
 				if err := WriteRegistration(&reg, infos); err != nil {
 					t.Fatal(err)
 				}
-				want := run(t, "nix-store", append([]string{"--dump-db"}, rc.paths...)...)
+				want := cachetest.Output(t, "nix-store", append([]string{"--dump-db"}, rc.paths...)...)
 				if reg.String() != want {
 					t.Errorf("registration differs from nix-store --dump-db:\n%s\nwant:\n%s", reg.String(), want)
 				}
 				spool := t.TempDir()
 				for _, p := range infos {
-					nar := run(t, "nix-store", "--dump", p.Path)
+					nar := cachetest.Output(t, "nix-store", "--dump", p.Path)
 					s, err := c.Spool(ctx, p, spool)
 					if err != nil {
 						t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/cachetest"
 	uxz "github.com/ulikunitz/xz"
 	"github.com/xi2/xz"
 )
@@ -67,7 +68,7 @@ func TestRefuseSubstitutedNARContent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nar := []byte(run(t, "nix-store", "--dump", rc.root))
+	nar := []byte(cachetest.Output(t, "nix-store", "--dump", rc.root))
 	nar[len(nar)-40] ^= 1 // inside the last file's contents or its name: same size
 	var xzb bytes.Buffer
 	w, _ := uxz.NewWriter(&xzb)
@@ -373,10 +374,10 @@ func TestNotFoundTriesNextWithoutRetry(t *testing.T) {
 func TestRefuseXZDictTooLarge(t *testing.T) {
 	rc, dir := tamperedSetup(t)
 	nar := filepath.Join(t.TempDir(), "root.nar")
-	if err := os.WriteFile(nar, []byte(run(t, "nix-store", "--dump", rc.root)), 0o644); err != nil {
+	if err := os.WriteFile(nar, []byte(cachetest.Output(t, "nix-store", "--dump", rc.root)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	big := []byte(run(t, "xz", "-c", "--lzma2=preset=6,dict=64MiB", nar))
+	big := []byte(cachetest.Output(t, "xz", "-c", "--lzma2=preset=6,dict=64MiB", nar))
 	if err := os.WriteFile(filepath.Join(dir, "nar/big-dict.nar.xz"), big, 0o644); err != nil {
 		t.Fatal(err)
 	}

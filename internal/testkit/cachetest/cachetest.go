@@ -3,11 +3,27 @@
 package cachetest
 
 import (
+	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 )
+
+// Output runs a command (nix copy, nix-store) and returns its standard
+// output, failing t with its standard error if it fails.
+func Output(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	var stderr bytes.Buffer
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out)
+}
 
 // Copy copies a cache directory (its flat files and nar/) into a new
 // directory under t.TempDir() and returns it.
