@@ -2,8 +2,6 @@ package nixos
 
 import (
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path"
@@ -69,22 +67,6 @@ func accNixCopy(t *testing.T, key accKey, compression string, roots ...string) s
 	cachetest.Output(t, "nix", append([]string{"--extra-experimental-features", "nix-command", "copy", "--to",
 		"file://" + dir + "?compression=" + compression + "&secret-key=" + key.sec}, roots...)...)
 	return dir
-}
-
-// accServe serves a cache directory over HTTP on 127.0.0.1 (httptest's
-// address), with wrap (if not nil) in front of the files.
-func accServe(t *testing.T, dir string, wrap func(files http.Handler) http.Handler) string {
-	t.Helper()
-	var h http.Handler = http.FileServer(http.Dir(dir))
-	if wrap != nil {
-		h = wrap(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	if !strings.HasPrefix(srv.URL, "http://127.0.0.1:") {
-		t.Fatalf("test server at %s, not on 127.0.0.1", srv.URL)
-	}
-	return srv.URL
 }
 
 // accCopyCache copies a cache directory, for tampering.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/cachetest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fixtures"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
@@ -41,10 +42,10 @@ func TestAccCacheByteIdentical(t *testing.T) {
 		})
 	}
 	origins := map[string]string{
-		"xz_http":       accServe(t, xzDir, nil),
-		"zstd_http":     accServe(t, zstdDir, nil),
+		"xz_http":       cachetest.Serve(t, xzDir, nil),
+		"zstd_http":     cachetest.Serve(t, zstdDir, nil),
 		"zstd_file":     "file://" + zstdDir,
-		"unsigned_http": accServe(t, unsignedDir, nil),
+		"unsigned_http": cachetest.Serve(t, unsignedDir, nil),
 	}
 	outs := t.TempDir()
 	out := func(name string) string { return filepath.Join(outs, name) }
@@ -138,7 +139,7 @@ func TestAccCacheWithoutNix(t *testing.T) {
 	}
 	small := fixtures.Build(t, "small")
 	key := accNewKey(t, "acc-cache-1")
-	sub := accServe(t, accNixCopy(t, key, "xz", small...), nil)
+	sub := cachetest.Serve(t, accNixCopy(t, key, "xz", small...), nil)
 
 	// From the host's store, as usual.
 	localOut := filepath.Join(t.TempDir(), "out")

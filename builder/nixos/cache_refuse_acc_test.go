@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/cachetest"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/fixtures"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/packertest"
 )
@@ -47,7 +48,7 @@ func TestAccCacheRefusals(t *testing.T) {
 
 	// onRootNAR serves the cache, with h answering the requests for the root's NAR.
 	onRootNAR := func(dir string, h http.HandlerFunc) string {
-		return accServe(t, dir, func(files http.Handler) http.Handler {
+		return cachetest.Serve(t, dir, func(files http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path == "/"+rootNAR {
 					h(w, r)
@@ -95,7 +96,7 @@ func TestAccCacheRefusals(t *testing.T) {
 				}
 				return l
 			})
-			sub := accServe(t, dir, nil)
+			sub := cachetest.Serve(t, dir, nil)
 			return sub, []string{key.pub}, []string{root, "has no valid signature from a trusted key",
 				"does not match this narinfo", "trusted keys tried: acc-cache-1", sub + "/" + rootHash + ".narinfo"}
 		}},
@@ -106,25 +107,25 @@ func TestAccCacheRefusals(t *testing.T) {
 				}
 				return l
 			})
-			sub := accServe(t, dir, nil)
+			sub := cachetest.Serve(t, dir, nil)
 			return sub, []string{key.pub}, []string{root + " is not signed; trusted keys: acc-cache-1", sub + "/" + rootHash + ".narinfo"}
 		}},
 		{"unknown_key", func(t *testing.T, dir string) (string, []string, []string) {
-			sub := accServe(t, dir, nil)
+			sub := cachetest.Serve(t, dir, nil)
 			return sub, []string{other.pub}, []string{"has no valid signature from a trusted key: signed by acc-cache-1; trusted keys tried: acc-other-1"}
 		}},
 		{"narinfo_404", func(t *testing.T, dir string) (string, []string, []string) {
 			if err := os.Remove(accNarInfoFile(dir, ref)); err != nil {
 				t.Fatal(err)
 			}
-			sub := accServe(t, dir, nil)
+			sub := cachetest.Serve(t, dir, nil)
 			return sub, []string{key.pub}, []string{ref + " is in no substituter", "GET " + sub + "/" + path.Base(ref)[:32] + ".narinfo: HTTP 404 Not Found"}
 		}},
 		{"nar_404", func(t *testing.T, dir string) (string, []string, []string) {
 			if err := os.Remove(filepath.Join(dir, rootNAR)); err != nil {
 				t.Fatal(err)
 			}
-			sub := accServe(t, dir, nil)
+			sub := cachetest.Serve(t, dir, nil)
 			return sub, []string{key.pub}, []string{root + ": GET " + sub + "/" + rootNAR + ": HTTP 404 Not Found"}
 		}},
 		{"closed_mid_nar", func(t *testing.T, dir string) (string, []string, []string) {
@@ -148,7 +149,7 @@ func TestAccCacheRefusals(t *testing.T) {
 		}},
 		{"redirect_loop", func(t *testing.T, dir string) (string, []string, []string) {
 			var sub string
-			sub = accServe(t, dir, func(files http.Handler) http.Handler {
+			sub = cachetest.Serve(t, dir, func(files http.Handler) http.Handler {
 				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					switch r.URL.Path {
 					case "/" + rootNAR:
@@ -207,7 +208,7 @@ func TestAccCacheStallFetchStep(t *testing.T) {
 	dir := accNixCopy(t, key, "xz", small...)
 	rootNAR := accNarInfoField(t, dir, root, "URL")
 	var tries, inFlight atomic.Int32
-	sub := accServe(t, dir, func(files http.Handler) http.Handler {
+	sub := cachetest.Serve(t, dir, func(files http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path != "/"+rootNAR {
 				files.ServeHTTP(w, r)
@@ -272,7 +273,7 @@ func TestAccCacheInterrupt(t *testing.T) {
 	key := accNewKey(t, "acc-cache-1")
 	dir := accNixCopy(t, key, "xz", small...)
 	var started, active, finished atomic.Int32
-	sub := accServe(t, dir, func(files http.Handler) http.Handler {
+	sub := cachetest.Serve(t, dir, func(files http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if !strings.HasPrefix(r.URL.Path, "/nar/") {
 				files.ServeHTTP(w, r)
@@ -339,7 +340,7 @@ func TestAccCacheInterruptWhileWriting(t *testing.T) {
 	accRequire(t)
 	debian := fixtures.Build(t, "debian")
 	key := accNewKey(t, "acc-cache-1")
-	sub := accServe(t, accNixCopy(t, key, "zstd", debian...), nil)
+	sub := cachetest.Serve(t, accNixCopy(t, key, "zstd", debian...), nil)
 	out := filepath.Join(t.TempDir(), "out")
 	tmpl := accTemplate([]accSource{{"store", accStoreOnly(debian, "efi", false, out, sub, key.pub)}})
 	tmp := accSetTmpdir(t)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,18 +87,6 @@ func makeCache(t *testing.T, compression string) *realCache {
 
 // copyCache copies a cache directory (flat files and nar/) for tampering.
 func copyCache(t *testing.T, src string) string { return cachetest.Copy(t, src) }
-
-// serve serves dir over HTTP on 127.0.0.1, with wrap (if any) in front of the files.
-func serve(t *testing.T, dir string, wrap func(http.Handler) http.Handler) string {
-	t.Helper()
-	var h http.Handler = http.FileServer(http.Dir(dir))
-	if wrap != nil {
-		h = wrap(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return srv.URL
-}
 
 // testConfig has short timeouts and back-off so failure tests are quick.
 func testConfig(sub, pub string) Config {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/cachetest"
 )
 
 // netrc credentials go only to the host they name (a "default" entry is ignored): a first
@@ -17,7 +19,7 @@ func TestNetrcOnlyForItsHost(t *testing.T) {
 	rc := makeCache(t, "xz")
 	var mu sync.Mutex
 	var leaked []string
-	other := serve(t, rc.dir, func(next http.Handler) http.Handler {
+	other := cachetest.Serve(t, rc.dir, func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if h := r.Header.Get("Authorization"); h != "" {
 				mu.Lock()
@@ -33,7 +35,7 @@ func TestNetrcOnlyForItsHost(t *testing.T) {
 	})
 	other = strings.Replace(other, "127.0.0.1", "localhost", 1)
 	var authed int
-	private := serve(t, rc.dir, func(next http.Handler) http.Handler {
+	private := cachetest.Serve(t, rc.dir, func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			u, p, ok := r.BasicAuth()
 			if !ok || u != "alice" || p != "s3cret" {

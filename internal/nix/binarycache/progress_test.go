@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"sync/atomic"
 	"testing"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/cachetest"
 )
 
 // SpoolProgress reports every compressed byte read from the cache, and takes back what
@@ -13,7 +15,7 @@ import (
 func TestSpoolProgressAcrossRetry(t *testing.T) {
 	dir, pub := committedCache(t)
 	var tries atomic.Int32
-	sub := serve(t, dir, narHandler(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	sub := cachetest.Serve(t, dir, narHandler(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
 		if tries.Add(1) > 1 {
 			next.ServeHTTP(w, r)
 			return

@@ -25,7 +25,7 @@ func TestRealCaches(t *testing.T) {
 			t.Run(comp+"/"+scheme, func(t *testing.T) {
 				sub := "file://" + rc.dir
 				if scheme == "http" {
-					sub = serve(t, rc.dir, nil)
+					sub = cachetest.Serve(t, rc.dir, nil)
 				}
 				c := newClient(t, Config{Substituters: []string{sub}, TrustedPublicKeys: []string{rc.pub}})
 				ctx := context.Background()
@@ -96,7 +96,7 @@ func TestCheckStoreDirRefused(t *testing.T) {
 	if err := writeFile(dir+"/nix-cache-info", "StoreDir: /gnu/store\nWantMassQuery: 1\n"); err != nil {
 		t.Fatal(err)
 	}
-	for _, sub := range []string{"file://" + dir, serve(t, dir, nil)} {
+	for _, sub := range []string{"file://" + dir, cachetest.Serve(t, dir, nil)} {
 		c := newClient(t, Config{Substituters: []string{sub}, AcceptUnsigned: true})
 		wantErr(t, c.CheckStoreDirs(context.Background()), "nix-cache-info", `"/gnu/store"`)
 	}
@@ -151,7 +151,7 @@ func committedCache(t *testing.T) (dir, pub string) {
 func TestCommittedCache(t *testing.T) {
 	dir, pub := committedCache(t)
 	const root = "/nix/store/ph3wwanxydp5pg3ja6ids1q381g8kbcd-fixture-small-a"
-	for _, sub := range []string{"file://" + dir, serve(t, dir, nil)} {
+	for _, sub := range []string{"file://" + dir, cachetest.Serve(t, dir, nil)} {
 		c := newClient(t, Config{Substituters: []string{sub}, TrustedPublicKeys: []string{pub}})
 		infos, err := c.Closure(context.Background(), []string{root})
 		if err != nil {

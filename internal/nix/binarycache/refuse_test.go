@@ -180,7 +180,7 @@ func TestRefuseMissingReference(t *testing.T) {
 		}
 	}
 	os.Remove(narinfoPath(dir, missing))
-	c := newClient(t, testConfig(serve(t, dir, nil), rc.pub))
+	c := newClient(t, testConfig(cachetest.Serve(t, dir, nil), rc.pub))
 	_, err := c.Closure(context.Background(), []string{rc.root})
 	if !errors.Is(err, ErrNotFound) {
 		t.Fatalf("got %v, want ErrNotFound", err)
@@ -219,7 +219,7 @@ func halfBody(t *testing.T, dir string, w http.ResponseWriter, r *http.Request) 
 func TestRefuseStall(t *testing.T) {
 	rc, dir := tamperedSetup(t)
 	var tries atomic.Int32
-	sub := serve(t, dir, narHandler(func(w http.ResponseWriter, r *http.Request, _ http.Handler) {
+	sub := cachetest.Serve(t, dir, narHandler(func(w http.ResponseWriter, r *http.Request, _ http.Handler) {
 		tries.Add(1)
 		halfBody(t, dir, w, r)
 		<-r.Context().Done()
@@ -241,7 +241,7 @@ func TestRefuseStall(t *testing.T) {
 // A server that closes the connection mid-NAR: a truncated body, retried, then refused.
 func TestRefuseClosedMidNAR(t *testing.T) {
 	rc, dir := tamperedSetup(t)
-	sub := serve(t, dir, narHandler(func(w http.ResponseWriter, r *http.Request, _ http.Handler) {
+	sub := cachetest.Serve(t, dir, narHandler(func(w http.ResponseWriter, r *http.Request, _ http.Handler) {
 		halfBody(t, dir, w, r)
 		conn, _, err := w.(http.Hijacker).Hijack()
 		if err == nil {
@@ -266,7 +266,7 @@ func TestRefuseClosedMidNAR(t *testing.T) {
 func TestRefuseRedirectLoop(t *testing.T) {
 	rc := makeCache(t, "xz")
 	var hits atomic.Int32
-	sub := serve(t, rc.dir, func(next http.Handler) http.Handler {
+	sub := cachetest.Serve(t, rc.dir, func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			hits.Add(1)
 			switch {
@@ -291,7 +291,7 @@ func TestRefuseRedirectLoop(t *testing.T) {
 func TestRetry5xx(t *testing.T) {
 	rc := makeCache(t, "xz")
 	var n atomic.Int32
-	sub := serve(t, rc.dir, func(next http.Handler) http.Handler {
+	sub := cachetest.Serve(t, rc.dir, func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if n.Add(1) <= 2 {
 				http.Error(w, "busy", http.StatusServiceUnavailable)
@@ -320,7 +320,7 @@ func TestRetry5xx(t *testing.T) {
 func TestCancelMidDownload(t *testing.T) {
 	rc, dir := tamperedSetup(t)
 	started := make(chan struct{}, 1)
-	sub := serve(t, dir, narHandler(func(w http.ResponseWriter, r *http.Request, _ http.Handler) {
+	sub := cachetest.Serve(t, dir, narHandler(func(w http.ResponseWriter, r *http.Request, _ http.Handler) {
 		halfBody(t, dir, w, r)
 		started <- struct{}{}
 		<-r.Context().Done()
@@ -348,7 +348,7 @@ func TestNotFoundTriesNextWithoutRetry(t *testing.T) {
 	rc := makeCache(t, "xz")
 	for _, code := range []int{http.StatusForbidden, http.StatusNotFound} {
 		var hits atomic.Int32
-		first := serve(t, rc.dir, func(http.Handler) http.Handler {
+		first := cachetest.Serve(t, rc.dir, func(http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				hits.Add(1)
 				http.Error(w, "no", code)

@@ -4,12 +4,31 @@ package cachetest
 
 import (
 	"bytes"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 )
+
+// Serve serves a cache directory over HTTP on 127.0.0.1 (httptest's
+// address) until the test ends, with wrap (if not nil) in front of the
+// files, and returns its URL.
+func Serve(t testing.TB, dir string, wrap func(files http.Handler) http.Handler) string {
+	t.Helper()
+	var h http.Handler = http.FileServer(http.Dir(dir))
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	if !strings.HasPrefix(srv.URL, "http://127.0.0.1:") {
+		t.Fatalf("test server at %s, not on 127.0.0.1", srv.URL)
+	}
+	return srv.URL
+}
 
 // Output runs a command (nix copy, nix-store) and returns its standard
 // output, failing t with its standard error if it fails.
