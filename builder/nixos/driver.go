@@ -52,7 +52,7 @@ type NARFetcher interface {
 }
 
 // NixDBWriter writes the Nix database of the installed system ("nix-db";
-// nixstore.DBWriter, through nix-store --load-db and sqlite3).
+// nixstore.DBWriter, in Go: no Nix on the host).
 type NixDBWriter interface {
 	// Write registers infos under root/nix/var/nix, each registered at regTime.
 	Write(ctx context.Context, root string, infos []nixstore.PathInfo, regTime int64) error
