@@ -74,6 +74,24 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 			&stepWriteImage{},
 			&stepConvert{},
 		}
+	} else if b.config.FromCache() {
+		// Install from binary caches: the closure is downloaded first, as
+		// the system itself is read from its NARs.
+		steps = []multistep.Step{
+			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
+			&stepClosure{},
+			&stepFetch{},
+			&stepResolveSystem{},
+			&stepPrepareInstaller{writeInitrd: writeInstallerInitrd, unpack: vmlinux.Extract},
+			&stepNixState{},
+			&stepPlan{},
+			&stepWriteImage{},
+			&stepInstall{},
+			new(commonsteps.StepProvision),
+			&stepFinishInstall{},
+			&stepNormalize{},
+			&stepConvert{},
+		}
 	} else {
 		// Install: the same, with the system's skeleton and Nix database
 		// written on the host, then a small VM that only activates the

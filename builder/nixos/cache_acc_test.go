@@ -1,6 +1,7 @@
 package nixos
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path"
@@ -121,8 +122,10 @@ func TestAccCacheByteIdentical(t *testing.T) {
 // private mount namespace where a tmpfs hides /nix (no store, no database,
 // no Nix under it) and /dev/null covers the host's Nix binaries outside /nix,
 // as an unprivileged user (nobody), with a PATH holding nothing and HOME and
-// TMPDIR of its own. The image is byte-identical to the one from the host's
-// store, and nobody's TMPDIR is empty afterwards.
+// TMPDIR of its own. A store-only image and an installed system (its
+// installer VM under TCG, its Nix database written in Go) are
+// byte-identical to the ones from the host's store, and nobody's TMPDIR is
+// empty afterwards.
 func TestAccCacheWithoutNix(t *testing.T) {
 	accRequire(t)
 	if os.Geteuid() != 0 {
@@ -138,12 +141,25 @@ func TestAccCacheWithoutNix(t *testing.T) {
 		t.Skipf("cannot mount a tmpfs over /nix in a private mount namespace here: %v: %s", err, out)
 	}
 	small := fixtures.Build(t, "small")
+	system := fixtures.Build(t, "system-bios")[0]
+	qemuBin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("qemu-system-x86_64 not on PATH")
+	}
 	key := accNewKey(t, "acc-cache-1")
-	sub := cachetest.Serve(t, accNixCopy(t, key, "xz", small...), nil)
+	sub := cachetest.Serve(t, accNixCopy(t, key, "xz", append(slices.Clone(small), system)...), nil)
+	// The installer's QEMU by its path: nobody's PATH holds nothing.
+	install := func(out, sub string, pubs ...string) string {
+		return accInstall(system, "legacy", out, sub, pubs...) + fmt.Sprintf("\n  qemu_binary          = %q", qemuBin)
+	}
 
 	// From the host's store, as usual.
 	localOut := filepath.Join(t.TempDir(), "out")
-	runPacker(t, "cache_nonix_local", accTemplate([]accSource{{"local", accStoreOnly(small, "efi", false, localOut, "")}})).MustSucceed(t)
+	localInstall := filepath.Join(t.TempDir(), "out")
+	runPacker(t, "cache_nonix_local", accTemplate([]accSource{
+		{"local", accStoreOnly(small, "efi", false, localOut, "")},
+		{"local_install", install(localInstall, "")},
+	})).MustSucceed(t)
 
 	// Packer and the plugin, copied where nobody can read them: neither may
 	// come from /nix.
@@ -197,7 +213,11 @@ func TestAccCacheWithoutNix(t *testing.T) {
 	copyFile(plugins[0], filepath.Join(pluginCopy, filepath.Base(plugins[0])), 0o755)
 	copyFile(plugins[0]+"_SHA256SUM", filepath.Join(pluginCopy, filepath.Base(plugins[0])+"_SHA256SUM"), 0o644)
 	out := filepath.Join(base, "outs", "out")
-	tmpl := accTemplate([]accSource{{"nonix", accStoreOnly(small, "efi", false, out, sub, key.pub)}})
+	installOut := filepath.Join(base, "outs", "install")
+	tmpl := accTemplate([]accSource{
+		{"nonix", accStoreOnly(small, "efi", false, out, sub, key.pub)},
+		{"nonix_install", install(installOut, sub, key.pub)},
+	})
 	if err := os.WriteFile(filepath.Join(base, "work", "build.pkr.hcl"), []byte(tmpl), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -259,8 +279,16 @@ exec "$0" build -color=false build.pkr.hcl' "$BASE/packer"
 	if got, want := imagecheck.SHA256File(t, filepath.Join(out, "nixos.img")), imagecheck.SHA256File(t, filepath.Join(localOut, "nixos.img")); got != want {
 		t.Errorf("image built without Nix: sha256 %s; from the host's store %s", got, want)
 	}
+	if !strings.Contains(string(output), "nonix_install: Powering the installer VM off") {
+		t.Errorf("the install without Nix did not run its installer VM")
+	}
+	if got, want := imagecheck.SHA256File(t, filepath.Join(installOut, "nixos.img")), imagecheck.SHA256File(t, filepath.Join(localInstall, "nixos.img")); got != want {
+		t.Errorf("image installed without Nix: sha256 %s; from the host's store %s", got, want)
+	}
 	accRequireEmpty(t, filepath.Join(base, "tmp"), "nobody's TMPDIR after the build")
-	if ents := dirEntries(t, out); len(ents) != 1 || ents[0] != "nixos.img" {
-		t.Errorf("output directory holds %v", ents)
+	for _, o := range []string{out, installOut} {
+		if ents := dirEntries(t, o); len(ents) != 1 || ents[0] != "nixos.img" {
+			t.Errorf("output directory %s holds %v", o, ents)
+		}
 	}
 }

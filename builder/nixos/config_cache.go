@@ -23,7 +23,17 @@ func (c *Config) prepareCache(bad func(string, ...interface{})) {
 		return
 	}
 	if !c.OnlyNixStore {
-		bad("substituters: install mode (only_nix_store = false) cannot read the closure from binary caches yet; build the system into a local Nix store, or use only_nix_store = true")
+		// Install mode reads the system from its NARs; building one, or
+		// adding a channel, needs a Nix store on the host.
+		for _, k := range []struct {
+			key string
+			set bool
+		}{{"flake", c.Flake != ""}, {"nix_file", c.NixFile != ""}, {"channel", c.Channel != "" && (c.CopyChannel == nil || *c.CopyChannel)}} {
+			if k.set {
+				bad("%s: cannot be used with substituters, which read a system already built from binary caches, with no Nix store on this machine; "+
+					"build the system elsewhere, push it to the cache and name it with system = \"/nix/store/...\"", k.key)
+			}
+		}
 	}
 	sigsDefault := c.RequireSigs == nil
 	if sigsDefault {

@@ -201,7 +201,9 @@ func TestPrepareCacheErrors(t *testing.T) {
 		{map[string]interface{}{"trusted_public_keys": []string{key}}, "trusted_public_keys: only with substituters"},
 		{map[string]interface{}{"require_sigs": false}, "require_sigs: only with substituters"},
 		{map[string]interface{}{"netrc_file": netrc}, "netrc_file: only with substituters"},
-		{withSubs("only_nix_store", false, "system", "/nix/store/x-sys"), "substituters: install mode (only_nix_store = false) cannot read the closure from binary caches yet"},
+		{withSubs("only_nix_store", false, "flake", ".#x"), "flake: cannot be used with substituters"},
+		{withSubs("only_nix_store", false, "nix_file", "/x.nix", "attribute", "a"), "nix_file: cannot be used with substituters"},
+		{withSubs("only_nix_store", false, "system", "/nix/store/x-sys", "channel", t.TempDir()), "channel: cannot be used with substituters"},
 	}
 	for _, tc := range cases {
 		raw := map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}}
@@ -235,6 +237,11 @@ func TestPrepareCacheErrors(t *testing.T) {
 		"substituters": []string{"https://cache.example.com"}, "require_sigs": false})
 	if err != nil || !c.cache.AcceptUnsigned {
 		t.Errorf("require_sigs = false without keys: %v, %+v", err, c.cache)
+	}
+	// Install mode reads a built system from the caches.
+	if c, err := prepare(t, map[string]interface{}{"only_nix_store": false, "system": "/nix/store/00000000000000000000000000000000-sys",
+		"substituters": []string{"https://cache.example.com"}, "trusted_public_keys": []string{key}}); err != nil || !c.FromCache() {
+		t.Errorf("install mode with substituters: %v", err)
 	}
 	if c, err := prepare(t, map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}}); err != nil || c.FromCache() || c.RequireSigs != nil {
 		t.Errorf("without substituters: %v, from cache %v", err, c.FromCache())

@@ -3,10 +3,16 @@ package nixos
 import (
 	"context"
 	"fmt"
+	"io"
+	"os"
+	"path"
 	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/binarycache"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/storeview"
 )
 
 // stepResolveSystem finds the toplevel to install (building it from a
@@ -17,6 +23,7 @@ type stepResolveSystem struct {
 	// storeDir is the Nix store the system's files name: "" for
 	// /nix/store; in tests, a store of their own.
 	storeDir string
+	viewDir  string // where a system from binary caches is unpacked
 }
 
 func (s *stepResolveSystem) Run(ctx context.Context, state multistep.StateBag) multistep.StepAction {
@@ -40,7 +47,20 @@ func (s *stepResolveSystem) Run(ctx context.Context, state multistep.StateBag) m
 	if err != nil {
 		return halt(state, fmt.Errorf("%s: %w", key, err))
 	}
-	t, err := inspectToplevel(system, s.storeDir)
+	var files systemFiles = hostFiles{}
+	if nars, ok := state.GetOk("nars"); ok {
+		// From binary caches: what the host reads of the system (its boot
+		// loader's settings, kernel and modules) is unpacked from the NARs
+		// stepFetch spooled, as it is needed.
+		dir, err := os.MkdirTemp("", "packer-nixos-system-")
+		if err != nil {
+			return halt(state, err)
+		}
+		s.viewDir = dir
+		files = storeview.New(dir, binarycache.StoreDir, spooledNARs(nars.([]*binarycache.Spooled)))
+		ui.Say(fmt.Sprintf("Reading the system from its NARs (what the host needs of it is unpacked in %s)", dir))
+	}
+	t, err := inspectToplevel(system, s.storeDir, files)
 	if err != nil {
 		return halt(state, fmt.Errorf("%s: %w", key, err))
 	}
@@ -70,4 +90,24 @@ func (s *stepResolveSystem) Run(ctx context.Context, state multistep.StateBag) m
 	return multistep.ActionContinue
 }
 
-func (s *stepResolveSystem) Cleanup(multistep.StateBag) {}
+func (s *stepResolveSystem) Cleanup(multistep.StateBag) {
+	if s.viewDir != "" {
+		os.RemoveAll(s.viewDir)
+	}
+}
+
+// spooledNARs opens the spooled NAR of a store path by its base name.
+func spooledNARs(nars []*binarycache.Spooled) storeview.NAR {
+	byBase := make(map[string]*binarycache.Spooled, len(nars))
+	for _, n := range nars {
+		byBase[path.Base(n.Info.Path)] = n
+	}
+	return func(base string) (io.ReadCloser, int64, bool, error) {
+		n, ok := byBase[base]
+		if !ok {
+			return nil, 0, false, nil
+		}
+		r, err := n.Open()
+		return r, n.Size(), true, err
+	}
+}

@@ -23,30 +23,63 @@ type toplevel struct {
 	// nil in tests that make a toplevel by hand: nothing known.
 	wants *nixtoplevel.System
 	boot  nixtoplevel.BootMounts // where it mounts its ESP and XBOOTLDR
+	// files is where the host reads the system's files; nil: hostFiles.
+	files systemFiles
 }
+
+// systemFiles is where the host reads a system's files: the store paths
+// themselves (hostFiles), or a storeview.View of their NARs when the
+// system comes from binary caches. Resolve maps a path in the store to a
+// readable one; ResolveTree also makes every file under it readable.
+type systemFiles interface {
+	Resolve(p string) (string, error)
+	ResolveTree(p string) (string, error)
+}
+
+// hostFiles reads a system in the host's store: every path is itself.
+type hostFiles struct{}
+
+func (hostFiles) Resolve(p string) (string, error) {
+	_, err := os.Stat(p)
+	return p, err
+}
+
+func (hostFiles) ResolveTree(p string) (string, error) { return p, nil }
 
 // inspectToplevel checks that path is a NixOS system: it has the switch
 // script the installer runs and a kernel to boot the installer VM with.
 // It reads what the system wants from its installer: where its boot
 // partitions go, its boot loader's settings, its bootspec (store paths
-// under storeDir, "" for /nix/store).
-func inspectToplevel(path, storeDir string) (*toplevel, error) {
-	t := &toplevel{path: path}
+// under storeDir, "" for /nix/store), through files.
+func inspectToplevel(path, storeDir string, files systemFiles) (*toplevel, error) {
+	t := &toplevel{path: path, files: files}
 	for _, need := range []string{"bin/switch-to-configuration", "kernel", "activate"} {
 		if !t.has(need) {
 			return nil, fmt.Errorf("%s is not a NixOS system (config.system.build.toplevel): it has no %s", path, need)
 		}
 	}
-	t.kernel = filepath.Join(path, "kernel")
+	kernel, err := files.Resolve(filepath.Join(path, "kernel"))
+	if err != nil {
+		return nil, err
+	}
+	t.kernel = kernel
 	t.kernelVersion = "with everything built in"
 	if t.has("kernel-modules") {
-		dir, err := ModulesDir(filepath.Join(path, "kernel-modules"))
+		tree, err := files.ResolveTree(filepath.Join(path, "kernel-modules"))
+		if err != nil {
+			return nil, err
+		}
+		dir, err := ModulesDir(tree)
 		if err != nil {
 			return nil, err
 		}
 		t.modulesDir, t.kernelVersion = dir, filepath.Base(dir)
 	}
-	wants, err := nixtoplevel.Reader{StoreDir: storeDir}.Read(path)
+	r := nixtoplevel.Reader{StoreDir: storeDir}
+	if _, host := files.(hostFiles); !host {
+		r.Resolve = files.Resolve
+	}
+	wants, err := r.Read(path)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +92,11 @@ func inspectToplevel(path, storeDir string) (*toplevel, error) {
 
 // has says whether the system holds rel (a path inside it).
 func (t *toplevel) has(rel string) bool {
-	_, err := os.Stat(filepath.Join(t.path, rel))
+	files := t.files
+	if files == nil {
+		files = hostFiles{}
+	}
+	_, err := files.Resolve(filepath.Join(t.path, rel))
 	return err == nil
 }
 

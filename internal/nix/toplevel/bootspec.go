@@ -23,8 +23,8 @@ const maxSpecialisationDepth = 8
 // readBootspec reads boot.json for initrd secrets: bootspec lists
 // initrdSecrets, the script that appends boot.initrd.secrets to the
 // initrd, only when there are some.
-func readBootspec(s *System) error {
-	b, err := readFile(s.Path, "boot.json", maxText)
+func (r Reader) readBootspec(s *System) error {
+	b, err := r.readFile(s.Path, "boot.json", maxText)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // before bootspec (NixOS 23.05), or boot.bootspec.enable = false
 	}

@@ -43,7 +43,7 @@ var installerNames = []string{"-install-grub.sh", "-install-systemd-boot.sh"}
 // readLoader finds the installer switch-to-configuration runs and reads it.
 func (r Reader) readLoader(s *System) error {
 	rel := "bin/switch-to-configuration"
-	stc, err := readFile(s.Path, rel, maxBinary)
+	stc, err := r.readFile(s.Path, rel, maxBinary)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -55,7 +55,7 @@ func (r Reader) readLoader(s *System) error {
 	if s.InstallBootloader == "" {
 		return nil
 	}
-	script, err := readFile("/", s.InstallBootloader, maxText)
+	script, err := r.readFile("/", s.InstallBootloader, maxText)
 	if err != nil {
 		return fmt.Errorf("%s names %s as %s, which cannot be read: %w", path.Join(s.Path, rel), s.InstallBootloader, installBootloaderName, err)
 	}
@@ -73,7 +73,7 @@ func (r Reader) readLoader(s *System) error {
 	case len(configs) > 0:
 		s.Loader = LoaderGRUB
 		for _, c := range configs {
-			b, err := readFile("/", c, maxText)
+			b, err := r.readFile("/", c, maxText)
 			if err != nil {
 				return fmt.Errorf("%s names %s, which cannot be read: %w", s.InstallBootloader, c, err)
 			}
@@ -86,7 +86,7 @@ func (r Reader) readLoader(s *System) error {
 		}
 	case len(builders) > 0:
 		s.Loader = LoaderSystemdBoot
-		b, err := readFile("/", builders[0], maxText)
+		b, err := r.readFile("/", builders[0], maxText)
 		if err != nil {
 			return fmt.Errorf("%s names %s, which cannot be read: %w", s.InstallBootloader, builders[0], err)
 		}

@@ -81,6 +81,10 @@ func Read(path string) (*System, error) { return Reader{}.Read(path) }
 // Reader reads toplevels whose store is StoreDir (default /nix/store).
 type Reader struct {
 	StoreDir string
+	// Resolve maps a path in the store to where its file can be read
+	// (storeview.View.Resolve, for a system that is only NARs); nil reads
+	// the path itself.
+	Resolve func(string) (string, error)
 }
 
 func (r Reader) storeDir() string {
@@ -93,7 +97,7 @@ func (r Reader) storeDir() string {
 // Read reads what the toplevel at path wants from its installer.
 func (r Reader) Read(path string) (*System, error) {
 	s := &System{Path: path}
-	fstab, err := readFile(path, "etc/fstab", maxText)
+	fstab, err := r.readFile(path, "etc/fstab", maxText)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
@@ -109,7 +113,7 @@ func (r Reader) Read(path string) (*System, error) {
 	if err := r.readLoader(s); err != nil {
 		return nil, err
 	}
-	if err := readBootspec(s); err != nil {
+	if err := r.readBootspec(s); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -117,9 +121,16 @@ func (r Reader) Read(path string) (*System, error) {
 
 // readFile reads rel under dir (following symlinks, as the store's links
 // are), refusing anything but a regular file of at most limit bytes.
-func readFile(dir, rel string, limit int64) ([]byte, error) {
+func (r Reader) readFile(dir, rel string, limit int64) ([]byte, error) {
 	p := filepath.Join(dir, rel)
-	f, err := os.Open(p)
+	at := p
+	if r.Resolve != nil {
+		var err error
+		if at, err = r.Resolve(p); err != nil {
+			return nil, err
+		}
+	}
+	f, err := os.Open(at)
 	if err != nil {
 		return nil, err
 	}
