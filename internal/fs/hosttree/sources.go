@@ -183,7 +183,14 @@ func (o *Options) narEntries(ctx context.Context, sp StorePath, dst string, fn f
 	}()
 	// nartree reads token by token: buffered, so that each is not a read of
 	// the source (a system call, or a decompressor's and hasher's round).
-	r, err := nartree.NewReader(bufio.NewReaderSize(rc, narBuf))
+	var src io.Reader = bufio.NewReaderSize(rc, narBuf)
+	if f, ok := rc.(*os.File); ok {
+		// A spooled NAR (verified as it was written): contents a walk does
+		// not read are skipped by seeking, so the walks that only need the
+		// tree and sizes do not read the whole file.
+		src = &fileSkipper{Reader: src.(*bufio.Reader), f: f}
+	}
+	r, err := nartree.NewReader(src)
 	if err != nil {
 		return fmt.Errorf("%s: %w", sp.Path, err)
 	}
@@ -224,4 +231,26 @@ func (o *Options) narEntries(ctx context.Context, sp StorePath, dst string, fn f
 			return err
 		}
 	}
+}
+
+// fileSkipper is a buffered file that skips by seeking (nartree.Skipper).
+type fileSkipper struct {
+	*bufio.Reader
+	f *os.File
+}
+
+func (s *fileSkipper) Skip(n int64) error {
+	if b := int64(s.Buffered()); n <= b {
+		_, err := s.Discard(int(n))
+		return err
+	}
+	b := s.Buffered()
+	if _, err := s.Discard(b); err != nil {
+		return err
+	}
+	if _, err := s.f.Seek(n-int64(b), io.SeekCurrent); err != nil {
+		return err
+	}
+	s.Reset(s.f)
+	return nil
 }

@@ -84,8 +84,9 @@ type Reader struct {
 	// pending is set after a regular file or symlink is returned: its closing ")" (and,
 	// for a file, the rest of its contents) must be consumed before the next token.
 	pending bool
-	content *wire.BytesReader // the current regular file's contents, else nil
-	left    int64             // bytes of content not yet read
+	inFile bool  // a regular file's contents are being read
+	size   int64 // its content length (the padding follows it)
+	left   int64 // bytes of content not yet read
 	err     error
 }
 
@@ -101,6 +102,14 @@ func NewReaderSize(r io.Reader, size int64) (*Reader, error) {
 		return nil, fmt.Errorf("not a NAR: %w", err)
 	}
 	return &Reader{r: cr, cr: cr}, nil
+}
+
+// Skipper is a source that can pass over n bytes without reading them (a
+// file, by seeking): the contents a caller does not read are skipped so.
+// Skipped bytes are not checked: only a source already verified (a spooled
+// NAR whose hash was checked as it was written) should be one.
+type Skipper interface {
+	Skip(n int64) error
 }
 
 // counter counts the bytes read and, with a limit, refuses to read past it.
@@ -122,6 +131,25 @@ func (c *counter) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// skip passes over n bytes of the source, by Skip where it has one.
+func (c *counter) skip(n int64) error {
+	if c.limit >= 0 && n > c.limit-c.n {
+		return io.ErrUnexpectedEOF
+	}
+	if s, ok := c.r.(Skipper); ok {
+		if err := s.Skip(n); err != nil {
+			return err
+		}
+		c.n += n
+		return nil
+	}
+	m, err := io.CopyN(io.Discard, c, n)
+	if err == io.EOF && m < n {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // Next returns the next entry. After the root node is complete it checks the source is
@@ -147,13 +175,13 @@ func (r *Reader) Read(p []byte) (int, error) {
 	if r.err != nil {
 		return 0, r.err
 	}
-	if r.content == nil || r.left == 0 {
+	if !r.inFile || r.left == 0 {
 		return 0, io.EOF
 	}
 	if int64(len(p)) > r.left {
 		p = p[:r.left]
 	}
-	n, err := r.content.Read(p)
+	n, err := r.r.Read(p)
 	r.left -= int64(n)
 	if err == io.EOF && r.left > 0 {
 		err = io.ErrUnexpectedEOF
@@ -308,8 +336,7 @@ func (r *Reader) node(path string, depth int) (*Entry, error) {
 			return nil, fmt.Errorf("%s: content length %d exceeds the archive", path, n)
 		}
 		e.Size = int64(n)
-		r.content = wire.NewBytesReader(r.r, n)
-		r.left = e.Size
+		r.inFile, r.size, r.left = true, e.Size, e.Size
 		r.pending = true
 		return e, nil
 	}
@@ -319,18 +346,18 @@ func (r *Reader) node(path string, depth int) (*Entry, error) {
 // finishLeaf skips what the caller did not read of a file, then reads the node's ")".
 func (r *Reader) finishLeaf() error {
 	r.pending = false
-	if r.content != nil {
+	if r.inFile {
+		r.inFile = false
 		if r.left > 0 {
-			n, err := io.CopyN(io.Discard, r.content, r.left)
-			r.left -= n
+			err := r.cr.skip(r.left)
+			r.left = 0
 			if err != nil {
 				return eof(err)
 			}
 		}
-		if err := r.content.Close(); err != nil { // the zero padding
-			return eof(err)
+		if err := padding(r.r, r.size); err != nil {
+			return err
 		}
-		r.content = nil
 	}
 	if err := expect(r.r, ")"); err != nil {
 		return err
@@ -401,4 +428,19 @@ func eof(err error) error {
 		return io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// padding reads the zero bytes that pad a field of n bytes to a multiple of 8.
+func padding(r io.Reader, n int64) error {
+	var buf [8]byte
+	pad := buf[:(8-n%8)%8]
+	if _, err := io.ReadFull(r, pad); err != nil {
+		return eof(err)
+	}
+	for _, b := range pad {
+		if b != 0 {
+			return fmt.Errorf("file contents: padding is not zero bytes: %x", pad)
+		}
+	}
+	return nil
 }

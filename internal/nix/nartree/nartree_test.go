@@ -271,6 +271,76 @@ func TestSkipContents(t *testing.T) {
 	}
 }
 
+// skipSource is a Skipper over bytes that counts what it skipped.
+type skipSource struct {
+	*bytes.Reader
+	skipped int64
+}
+
+func (s *skipSource) Skip(n int64) error {
+	s.skipped += n
+	_, err := s.Seek(n, io.SeekCurrent)
+	return err
+}
+
+// A Skipper source passes over the contents nobody reads, and the walk
+// stays in step: the same entries, the same errors for broken archives.
+func TestSkipper(t *testing.T) {
+	big := strings.Repeat("x", 1000)
+	b := newNAR().s("(", "type", "directory")
+	for _, n := range []string{"a", "b", "c"} {
+		b.s("entry", "(", "name", n, "node", "(", "type", "regular", "contents", big, ")", ")")
+	}
+	data := b.s(")").Bytes()
+	src := &skipSource{Reader: bytes.NewReader(data)}
+	r, err := NewReaderSize(src, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		e, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, e.Path)
+		if e.Path == "b" { // read part of one file: the rest is skipped
+			buf := make([]byte, 10)
+			if _, err := io.ReadFull(r, buf); err != nil || string(buf) != big[:10] {
+				t.Fatalf("read %q, %v", buf, err)
+			}
+		}
+	}
+	if strings.Join(got, ",") != ".,a,b,c" || src.skipped != 3000-10 {
+		t.Fatalf("entries %v, skipped %d bytes, want 2990", got, src.skipped)
+	}
+	for name, bad := range map[string][]byte{
+		"truncated in contents": data[:len(data)-len(big)/2],
+		"bad padding":           append(newNAR().s("(", "type", "regular", "contents").Bytes(), 1, 0, 0, 0, 0, 0, 0, 0, 'x', 1, 0, 0, 0, 0, 0, 0),
+	} {
+		r, err := NewReader(&skipSource{Reader: bytes.NewReader(bad)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for err == nil {
+			_, err = r.Next()
+		}
+		if errors.Is(err, io.EOF) {
+			t.Errorf("%s: read to the end", name)
+		}
+	}
+	// With a size, a skip past the archive's end is refused.
+	r, _ = NewReaderSize(&skipSource{Reader: bytes.NewReader(data)}, int64(len(data)-len(big)))
+	for err = nil; err == nil; _, err = r.Next() {
+	}
+	if errors.Is(err, io.EOF) {
+		t.Error("a skip past the declared size was not refused")
+	}
+}
+
 // Without a size, a content length beyond the data fails when read; with one, at the header.
 func TestSizeClaims(t *testing.T) {
 	nb := newNAR().s("(", "type", "regular", "contents")
