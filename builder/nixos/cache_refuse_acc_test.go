@@ -22,9 +22,8 @@ import (
 // store path (or URL) and what was wrong, leaves no output directory and
 // nothing under TMPDIR. The cache is a fresh copy of a real xz cache of the
 // small fixture for each case, tampered with or served by a misbehaving
-// server. (A stalled server is not here: the builder has no key for the
-// stall timeout, 60 s a try and 5 tries; see TestAccCacheStallFetchStep and
-// internal/nix/binarycache's TestRefuseStall.)
+// server. The stalled server's case sets stalled_download_timeout = 1 and
+// download_attempts = 2 (defaults: 60 s a try, 5 tries).
 func TestAccCacheRefusals(t *testing.T) {
 	accRequire(t)
 	small := fixtures.Build(t, "small")
@@ -147,6 +146,23 @@ func TestAccCacheRefusals(t *testing.T) {
 			return sub, []string{key.pub}, []string{root + ": GET " + url + ": unexpected EOF (after 5 attempts)",
 				"GET " + url + ": unexpected EOF; retrying in"}
 		}},
+		{"stalled", func(t *testing.T, dir string) (string, []string, []string) {
+			sub := onRootNAR(dir, func(w http.ResponseWriter, r *http.Request) {
+				b, err := os.ReadFile(filepath.Join(dir, rootNAR))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+				w.WriteHeader(http.StatusOK)
+				w.Write(b[:len(b)/2])
+				w.(http.Flusher).Flush()
+				<-r.Context().Done() // then nothing, until the client gives up
+			})
+			url := sub + "/" + rootNAR
+			return sub, []string{key.pub}, []string{root + ": GET " + url + ": stalled: no data for 1s (after 2 attempts)",
+				"GET " + url + ": stalled: no data for 1s; retrying in"}
+		}},
 		{"redirect_loop", func(t *testing.T, dir string) (string, []string, []string) {
 			var sub string
 			sub = cachetest.Serve(t, dir, func(files http.Handler) http.Handler {
@@ -164,6 +180,8 @@ func TestAccCacheRefusals(t *testing.T) {
 			return sub, []string{key.pub}, []string{root + ": GET " + sub + "/" + rootNAR + ": redirect loop at " + sub + "/" + rootNAR}
 		}},
 	}
+	// More of a case's source body.
+	extra := map[string]string{"stalled": "  stalled_download_timeout = 1\n  download_attempts        = 2"}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := accCopyCache(t, clean)
@@ -171,7 +189,7 @@ func TestAccCacheRefusals(t *testing.T) {
 			sub, pubs, want := tc.setup(t, dir)
 			tmp := accSetTmpdir(t)
 			begin := time.Now()
-			res := runPacker(t, "cache_refuse_"+tc.name, accTemplate([]accSource{{"refuse", accStoreOnly(small, "efi", false, out, sub, pubs...)}}))
+			res := runPacker(t, "cache_refuse_"+tc.name, accTemplate([]accSource{{"refuse", accStoreOnly(small, "efi", false, out, sub, pubs...) + "\n" + extra[tc.name]}}))
 			took := time.Since(begin).Round(time.Millisecond)
 			if res.Exit == 0 {
 				t.Fatalf("the build succeeded (%s)", took)

@@ -135,6 +135,17 @@ type Config struct {
 	// HTTP Basic authentication to its HOST only (a `default` entry is
 	// ignored). Credentials are never logged. Only with `substituters`.
 	NetrcFile string `mapstructure:"netrc_file" required:"false"`
+	// Seconds a download from `substituters` may go without receiving a
+	// byte (the response's headers too) before the try is given up, as
+	// nix.conf's `stalled-download-timeout`. Only with `substituters`.
+	// Defaults to `60`.
+	StalledDownloadTimeout int `mapstructure:"stalled_download_timeout" required:"false"`
+	// How many times each narinfo and NAR download is tried before the
+	// build stops (transient failures only: timeouts, stalls, resets, 5xx,
+	// 429, truncated bodies), with a doubling pause between tries, as
+	// nix.conf's `download-attempts`. Only with `substituters`. Defaults
+	// to `5`.
+	DownloadAttempts int `mapstructure:"download_attempts" required:"false"`
 	// Disk size: `auto` (computed exactly from the closure, plus
 	// `additional_space`), or a size such as `8G`, `512M`, `1T`; a bare number
 	// is MiB, as in make-disk-image. Defaults to `auto`.

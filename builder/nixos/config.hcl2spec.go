@@ -10,53 +10,55 @@ import (
 // FlatConfig is an auto-generated flat version of Config.
 // Where the contents of a field with a `mapstructure:,squash` tag are bubbled up.
 type FlatConfig struct {
-	PackerBuildName     *string           `mapstructure:"packer_build_name" cty:"packer_build_name" hcl:"packer_build_name"`
-	PackerBuilderType   *string           `mapstructure:"packer_builder_type" cty:"packer_builder_type" hcl:"packer_builder_type"`
-	PackerCoreVersion   *string           `mapstructure:"packer_core_version" cty:"packer_core_version" hcl:"packer_core_version"`
-	PackerDebug         *bool             `mapstructure:"packer_debug" cty:"packer_debug" hcl:"packer_debug"`
-	PackerForce         *bool             `mapstructure:"packer_force" cty:"packer_force" hcl:"packer_force"`
-	PackerOnError       *string           `mapstructure:"packer_on_error" cty:"packer_on_error" hcl:"packer_on_error"`
-	PackerUserVars      map[string]string `mapstructure:"packer_user_variables" cty:"packer_user_variables" hcl:"packer_user_variables"`
-	PackerSensitiveVars []string          `mapstructure:"packer_sensitive_variables" cty:"packer_sensitive_variables" hcl:"packer_sensitive_variables"`
-	OnlyNixStore        *bool             `mapstructure:"only_nix_store" required:"false" cty:"only_nix_store" hcl:"only_nix_store"`
-	StorePaths          []string          `mapstructure:"store_paths" required:"false" cty:"store_paths" hcl:"store_paths"`
-	System              *string           `mapstructure:"system" required:"false" cty:"system" hcl:"system"`
-	Flake               *string           `mapstructure:"flake" required:"false" cty:"flake" hcl:"flake"`
-	NixFile             *string           `mapstructure:"nix_file" required:"false" cty:"nix_file" hcl:"nix_file"`
-	Attribute           *string           `mapstructure:"attribute" required:"false" cty:"attribute" hcl:"attribute"`
-	Channel             *string           `mapstructure:"channel" required:"false" cty:"channel" hcl:"channel"`
-	CopyChannel         *bool             `mapstructure:"copy_channel" required:"false" cty:"copy_channel" hcl:"copy_channel"`
-	InstallBootloader   *bool             `mapstructure:"install_bootloader" required:"false" cty:"install_bootloader" hcl:"install_bootloader"`
-	MemSize             *int              `mapstructure:"mem_size" required:"false" cty:"mem_size" hcl:"mem_size"`
-	Accelerator         *string           `mapstructure:"accelerator" required:"false" cty:"accelerator" hcl:"accelerator"`
-	KVMProbeTimeout     *string           `mapstructure:"kvm_probe_timeout" required:"false" cty:"kvm_probe_timeout" hcl:"kvm_probe_timeout"`
-	InstallTimeout      *string           `mapstructure:"install_timeout" required:"false" cty:"install_timeout" hcl:"install_timeout"`
-	QemuBinary          *string           `mapstructure:"qemu_binary" required:"false" cty:"qemu_binary" hcl:"qemu_binary"`
-	InstallerKernel     *string           `mapstructure:"installer_kernel" required:"false" cty:"installer_kernel" hcl:"installer_kernel"`
-	InstallerModules    *string           `mapstructure:"installer_modules" required:"false" cty:"installer_modules" hcl:"installer_modules"`
-	TouchEFIVars        *bool             `mapstructure:"touch_efi_vars" required:"false" cty:"touch_efi_vars" hcl:"touch_efi_vars"`
-	EFIFirmwareCode     *string           `mapstructure:"efi_firmware_code" required:"false" cty:"efi_firmware_code" hcl:"efi_firmware_code"`
-	EFIFirmwareVars     *string           `mapstructure:"efi_firmware_vars" required:"false" cty:"efi_firmware_vars" hcl:"efi_firmware_vars"`
-	AdditionalPaths     []string          `mapstructure:"additional_paths" required:"false" cty:"additional_paths" hcl:"additional_paths"`
-	Substituters        []string          `mapstructure:"substituters" required:"false" cty:"substituters" hcl:"substituters"`
-	TrustedPublicKeys   []string          `mapstructure:"trusted_public_keys" required:"false" cty:"trusted_public_keys" hcl:"trusted_public_keys"`
-	RequireSigs         *bool             `mapstructure:"require_sigs" required:"false" cty:"require_sigs" hcl:"require_sigs"`
-	NetrcFile           *string           `mapstructure:"netrc_file" required:"false" cty:"netrc_file" hcl:"netrc_file"`
-	DiskSize            *string           `mapstructure:"disk_size" required:"false" cty:"disk_size" hcl:"disk_size"`
-	AdditionalSpace     *string           `mapstructure:"additional_space" required:"false" cty:"additional_space" hcl:"additional_space"`
-	BootSize            *string           `mapstructure:"boot_size" required:"false" cty:"boot_size" hcl:"boot_size"`
-	PartitionTableType  *string           `mapstructure:"partition_table_type" required:"false" cty:"partition_table_type" hcl:"partition_table_type"`
-	HybridMBR           *bool             `mapstructure:"hybrid_mbr" required:"false" cty:"hybrid_mbr" hcl:"hybrid_mbr"`
-	FSType              *string           `mapstructure:"fs_type" required:"false" cty:"fs_type" hcl:"fs_type"`
-	Label               *string           `mapstructure:"label" required:"false" cty:"label" hcl:"label"`
-	RootFSUUID          *string           `mapstructure:"root_fs_uuid" required:"false" cty:"root_fs_uuid" hcl:"root_fs_uuid"`
-	RootPartitionGUID   *string           `mapstructure:"root_partition_guid" required:"false" cty:"root_partition_guid" hcl:"root_partition_guid"`
-	Deterministic       *bool             `mapstructure:"deterministic" required:"false" cty:"deterministic" hcl:"deterministic"`
-	SourceDateEpoch     *int64            `mapstructure:"source_date_epoch" required:"false" cty:"source_date_epoch" hcl:"source_date_epoch"`
-	Format              *string           `mapstructure:"format" required:"false" cty:"format" hcl:"format"`
-	Compression         *string           `mapstructure:"compression" required:"false" cty:"compression" hcl:"compression"`
-	ImageName           *string           `mapstructure:"image_name" required:"false" cty:"image_name" hcl:"image_name"`
-	OutputDir           *string           `mapstructure:"output_directory" required:"false" cty:"output_directory" hcl:"output_directory"`
+	PackerBuildName        *string           `mapstructure:"packer_build_name" cty:"packer_build_name" hcl:"packer_build_name"`
+	PackerBuilderType      *string           `mapstructure:"packer_builder_type" cty:"packer_builder_type" hcl:"packer_builder_type"`
+	PackerCoreVersion      *string           `mapstructure:"packer_core_version" cty:"packer_core_version" hcl:"packer_core_version"`
+	PackerDebug            *bool             `mapstructure:"packer_debug" cty:"packer_debug" hcl:"packer_debug"`
+	PackerForce            *bool             `mapstructure:"packer_force" cty:"packer_force" hcl:"packer_force"`
+	PackerOnError          *string           `mapstructure:"packer_on_error" cty:"packer_on_error" hcl:"packer_on_error"`
+	PackerUserVars         map[string]string `mapstructure:"packer_user_variables" cty:"packer_user_variables" hcl:"packer_user_variables"`
+	PackerSensitiveVars    []string          `mapstructure:"packer_sensitive_variables" cty:"packer_sensitive_variables" hcl:"packer_sensitive_variables"`
+	OnlyNixStore           *bool             `mapstructure:"only_nix_store" required:"false" cty:"only_nix_store" hcl:"only_nix_store"`
+	StorePaths             []string          `mapstructure:"store_paths" required:"false" cty:"store_paths" hcl:"store_paths"`
+	System                 *string           `mapstructure:"system" required:"false" cty:"system" hcl:"system"`
+	Flake                  *string           `mapstructure:"flake" required:"false" cty:"flake" hcl:"flake"`
+	NixFile                *string           `mapstructure:"nix_file" required:"false" cty:"nix_file" hcl:"nix_file"`
+	Attribute              *string           `mapstructure:"attribute" required:"false" cty:"attribute" hcl:"attribute"`
+	Channel                *string           `mapstructure:"channel" required:"false" cty:"channel" hcl:"channel"`
+	CopyChannel            *bool             `mapstructure:"copy_channel" required:"false" cty:"copy_channel" hcl:"copy_channel"`
+	InstallBootloader      *bool             `mapstructure:"install_bootloader" required:"false" cty:"install_bootloader" hcl:"install_bootloader"`
+	MemSize                *int              `mapstructure:"mem_size" required:"false" cty:"mem_size" hcl:"mem_size"`
+	Accelerator            *string           `mapstructure:"accelerator" required:"false" cty:"accelerator" hcl:"accelerator"`
+	KVMProbeTimeout        *string           `mapstructure:"kvm_probe_timeout" required:"false" cty:"kvm_probe_timeout" hcl:"kvm_probe_timeout"`
+	InstallTimeout         *string           `mapstructure:"install_timeout" required:"false" cty:"install_timeout" hcl:"install_timeout"`
+	QemuBinary             *string           `mapstructure:"qemu_binary" required:"false" cty:"qemu_binary" hcl:"qemu_binary"`
+	InstallerKernel        *string           `mapstructure:"installer_kernel" required:"false" cty:"installer_kernel" hcl:"installer_kernel"`
+	InstallerModules       *string           `mapstructure:"installer_modules" required:"false" cty:"installer_modules" hcl:"installer_modules"`
+	TouchEFIVars           *bool             `mapstructure:"touch_efi_vars" required:"false" cty:"touch_efi_vars" hcl:"touch_efi_vars"`
+	EFIFirmwareCode        *string           `mapstructure:"efi_firmware_code" required:"false" cty:"efi_firmware_code" hcl:"efi_firmware_code"`
+	EFIFirmwareVars        *string           `mapstructure:"efi_firmware_vars" required:"false" cty:"efi_firmware_vars" hcl:"efi_firmware_vars"`
+	AdditionalPaths        []string          `mapstructure:"additional_paths" required:"false" cty:"additional_paths" hcl:"additional_paths"`
+	Substituters           []string          `mapstructure:"substituters" required:"false" cty:"substituters" hcl:"substituters"`
+	TrustedPublicKeys      []string          `mapstructure:"trusted_public_keys" required:"false" cty:"trusted_public_keys" hcl:"trusted_public_keys"`
+	RequireSigs            *bool             `mapstructure:"require_sigs" required:"false" cty:"require_sigs" hcl:"require_sigs"`
+	NetrcFile              *string           `mapstructure:"netrc_file" required:"false" cty:"netrc_file" hcl:"netrc_file"`
+	StalledDownloadTimeout *int              `mapstructure:"stalled_download_timeout" required:"false" cty:"stalled_download_timeout" hcl:"stalled_download_timeout"`
+	DownloadAttempts       *int              `mapstructure:"download_attempts" required:"false" cty:"download_attempts" hcl:"download_attempts"`
+	DiskSize               *string           `mapstructure:"disk_size" required:"false" cty:"disk_size" hcl:"disk_size"`
+	AdditionalSpace        *string           `mapstructure:"additional_space" required:"false" cty:"additional_space" hcl:"additional_space"`
+	BootSize               *string           `mapstructure:"boot_size" required:"false" cty:"boot_size" hcl:"boot_size"`
+	PartitionTableType     *string           `mapstructure:"partition_table_type" required:"false" cty:"partition_table_type" hcl:"partition_table_type"`
+	HybridMBR              *bool             `mapstructure:"hybrid_mbr" required:"false" cty:"hybrid_mbr" hcl:"hybrid_mbr"`
+	FSType                 *string           `mapstructure:"fs_type" required:"false" cty:"fs_type" hcl:"fs_type"`
+	Label                  *string           `mapstructure:"label" required:"false" cty:"label" hcl:"label"`
+	RootFSUUID             *string           `mapstructure:"root_fs_uuid" required:"false" cty:"root_fs_uuid" hcl:"root_fs_uuid"`
+	RootPartitionGUID      *string           `mapstructure:"root_partition_guid" required:"false" cty:"root_partition_guid" hcl:"root_partition_guid"`
+	Deterministic          *bool             `mapstructure:"deterministic" required:"false" cty:"deterministic" hcl:"deterministic"`
+	SourceDateEpoch        *int64            `mapstructure:"source_date_epoch" required:"false" cty:"source_date_epoch" hcl:"source_date_epoch"`
+	Format                 *string           `mapstructure:"format" required:"false" cty:"format" hcl:"format"`
+	Compression            *string           `mapstructure:"compression" required:"false" cty:"compression" hcl:"compression"`
+	ImageName              *string           `mapstructure:"image_name" required:"false" cty:"image_name" hcl:"image_name"`
+	OutputDir              *string           `mapstructure:"output_directory" required:"false" cty:"output_directory" hcl:"output_directory"`
 }
 
 // FlatMapstructure returns a new FlatConfig.
@@ -103,6 +105,8 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"trusted_public_keys":        &hcldec.AttrSpec{Name: "trusted_public_keys", Type: cty.List(cty.String), Required: false},
 		"require_sigs":               &hcldec.AttrSpec{Name: "require_sigs", Type: cty.Bool, Required: false},
 		"netrc_file":                 &hcldec.AttrSpec{Name: "netrc_file", Type: cty.String, Required: false},
+		"stalled_download_timeout":   &hcldec.AttrSpec{Name: "stalled_download_timeout", Type: cty.Number, Required: false},
+		"download_attempts":          &hcldec.AttrSpec{Name: "download_attempts", Type: cty.Number, Required: false},
 		"disk_size":                  &hcldec.AttrSpec{Name: "disk_size", Type: cty.String, Required: false},
 		"additional_space":           &hcldec.AttrSpec{Name: "additional_space", Type: cty.String, Required: false},
 		"boot_size":                  &hcldec.AttrSpec{Name: "boot_size", Type: cty.String, Required: false},

@@ -2,12 +2,14 @@ package nixos
 
 import (
 	"strings"
+	"time"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/binarycache"
 )
 
 // prepareCache validates the binary cache keys (substituters, trusted_public_keys,
-// require_sigs, netrc_file) with binarycache.New's own checks, one value at a time so
+// require_sigs, netrc_file, stalled_download_timeout, download_attempts) with
+// binarycache.New's own checks, one value at a time so
 // that each problem is reported with its key, and keeps what New will get in c.cache.
 // It makes no request: the caches are first asked in stepClosure.
 func (c *Config) prepareCache(bad func(string, ...interface{})) {
@@ -15,7 +17,8 @@ func (c *Config) prepareCache(bad func(string, ...interface{})) {
 		for _, k := range []struct {
 			key string
 			set bool
-		}{{"trusted_public_keys", len(c.TrustedPublicKeys) > 0}, {"require_sigs", c.RequireSigs != nil}, {"netrc_file", c.NetrcFile != ""}} {
+		}{{"trusted_public_keys", len(c.TrustedPublicKeys) > 0}, {"require_sigs", c.RequireSigs != nil}, {"netrc_file", c.NetrcFile != ""},
+			{"stalled_download_timeout", c.StalledDownloadTimeout != 0}, {"download_attempts", c.DownloadAttempts != 0}} {
 			if k.set {
 				bad("%s: only with substituters, the binary caches to build from; without them the closure is read from the host's Nix store", k.key)
 			}
@@ -79,6 +82,23 @@ func (c *Config) prepareCache(bad func(string, ...interface{})) {
 		AcceptUnsigned:    !*c.RequireSigs,
 		NetrcFile:         c.NetrcFile,
 	}
+	switch t := c.StalledDownloadTimeout; {
+	case t < 0 || t > maxStallSeconds:
+		bad("stalled_download_timeout: %d is outside 1..%d (seconds without a byte before a download's try is given up; 0 or unset: %d)",
+			t, maxStallSeconds, int(binarycache.DefaultStallTimeout/time.Second))
+		ok = false
+	case t > 0:
+		c.cache.StallTimeout = time.Duration(t) * time.Second
+	}
+	switch a := c.DownloadAttempts; {
+	case a < 0 || a > maxDownloadAttempts:
+		bad("download_attempts: %d is outside 1..%d (tries of each download; 0 or unset: %d)", a, maxDownloadAttempts, binarycache.DefaultRetries+1)
+		ok = false
+	case a == 1:
+		c.cache.Retries = -1 // none
+	case a > 1:
+		c.cache.Retries = a - 1
+	}
 	if ok {
 		// Whatever else New checks, here rather than when the build starts.
 		if _, err := binarycache.New(c.cache); err != nil {
@@ -86,6 +106,12 @@ func (c *Config) prepareCache(bad func(string, ...interface{})) {
 		}
 	}
 }
+
+// Bounds of stalled_download_timeout (a day) and download_attempts.
+const (
+	maxStallSeconds     = 86400
+	maxDownloadAttempts = 100
+)
 
 // FromCache says the closure comes from binary caches (substituters is set).
 func (c *Config) FromCache() bool { return len(c.Substituters) > 0 }

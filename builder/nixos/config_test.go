@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func prepare(t *testing.T, raw map[string]interface{}) (*Config, error) {
@@ -201,6 +202,10 @@ func TestPrepareCacheErrors(t *testing.T) {
 		{map[string]interface{}{"trusted_public_keys": []string{key}}, "trusted_public_keys: only with substituters"},
 		{map[string]interface{}{"require_sigs": false}, "require_sigs: only with substituters"},
 		{map[string]interface{}{"netrc_file": netrc}, "netrc_file: only with substituters"},
+		{withSubs("stalled_download_timeout", -1), "stalled_download_timeout: -1 is outside 1..86400"},
+		{withSubs("download_attempts", 101), "download_attempts: 101 is outside 1..100"},
+		{map[string]interface{}{"stalled_download_timeout": 5}, "stalled_download_timeout: only with substituters"},
+		{map[string]interface{}{"download_attempts": 2}, "download_attempts: only with substituters"},
 		{withSubs("only_nix_store", false, "flake", ".#x"), "flake: cannot be used with substituters"},
 		{withSubs("only_nix_store", false, "nix_file", "/x.nix", "attribute", "a"), "nix_file: cannot be used with substituters"},
 		{withSubs("only_nix_store", false, "system", "/nix/store/x-sys", "channel", t.TempDir()), "channel: cannot be used with substituters"},
@@ -232,6 +237,17 @@ func TestPrepareCacheErrors(t *testing.T) {
 	}
 	if !c.FromCache() || !*c.RequireSigs || c.cache.AcceptUnsigned || c.cache.NetrcFile != netrc || len(c.cache.Substituters) != 3 {
 		t.Errorf("cache settings: require_sigs %v, %+v", *c.RequireSigs, c.cache)
+	}
+	if c.cache.StallTimeout != 0 || c.cache.Retries != 0 {
+		t.Errorf("stall timeout and retries %v, %d: want the client's defaults", c.cache.StallTimeout, c.cache.Retries)
+	}
+	for attempts, retries := range map[int]int{1: -1, 2: 1, 10: 9} {
+		c, err := prepare(t, map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"},
+			"substituters": []string{"https://cache.example.com"}, "trusted_public_keys": []string{key},
+			"stalled_download_timeout": 7, "download_attempts": attempts})
+		if err != nil || c.cache.StallTimeout != 7*time.Second || c.cache.Retries != retries {
+			t.Errorf("download_attempts = %d: %v, %v, %d retries, want 7s and %d", attempts, err, c.cache.StallTimeout, c.cache.Retries, retries)
+		}
 	}
 	c, err = prepare(t, map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"},
 		"substituters": []string{"https://cache.example.com"}, "require_sigs": false})

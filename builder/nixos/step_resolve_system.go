@@ -57,8 +57,12 @@ func (s *stepResolveSystem) Run(ctx context.Context, state multistep.StateBag) m
 			return halt(state, err)
 		}
 		s.viewDir = dir
-		files = storeview.New(dir, binarycache.StoreDir, spooledNARs(nars.([]*binarycache.Spooled)))
+		view := storeview.New(dir, binarycache.StoreDir, spooledNARs(nars.([]*binarycache.Spooled)))
+		files = view
 		ui.Say(fmt.Sprintf("Reading the system from its NARs (what the host needs of it is unpacked in %s)", dir))
+		defer func() {
+			ui.Message(fmt.Sprintf("Unpacked %s of the system's files for the host", humanBytes(view.Unpacked())))
+		}()
 	}
 	t, err := inspectToplevel(system, s.storeDir, files)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nartree"
 )
@@ -47,6 +48,7 @@ type View struct {
 
 	mu       sync.Mutex
 	unpacked map[string]*unpacked
+	bytes    atomic.Int64 // file contents written
 }
 
 type unpacked struct {
@@ -63,6 +65,9 @@ func New(dir, storeDir string, open NAR) *View {
 
 // Dir is where the view unpacks store paths.
 func (v *View) Dir() string { return v.dir }
+
+// Unpacked is how many bytes of file contents the view has written so far.
+func (v *View) Unpacked() int64 { return v.bytes.Load() }
 
 // Resolve returns where the store path p (StoreDir/<base>[/...]) lies in
 // the view, its symlinks followed, unpacking every store path it passes
@@ -232,6 +237,7 @@ func (v *View) extract(base string, r io.Reader, size int64) ([]string, error) {
 			err = os.Mkdir(dst, 0o755)
 		case nartree.Regular:
 			err = writeFile(dst, nr, e.Executable)
+			v.bytes.Add(e.Size)
 		case nartree.Symlink:
 			var into string
 			target := v.rewrite(base, e.Path, e.Target)

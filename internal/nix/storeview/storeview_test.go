@@ -98,6 +98,9 @@ func TestResolve(t *testing.T) {
 	if opened[sys] != 1 || opened[linux] != 1 {
 		t.Errorf("NARs opened %v, want each once", opened)
 	}
+	if got, want := v.Unpacked(), int64(len("{}")+len("kernel bytes")); got != want {
+		t.Errorf("Unpacked() = %d, want %d", got, want)
+	}
 
 	for rel, want := range map[string]string{
 		"escape":      "links out of the store",
