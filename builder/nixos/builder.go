@@ -74,35 +74,27 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 			&stepWriteImage{},
 			&stepConvert{},
 		}
-	} else if b.config.FromCache() {
-		// Install from binary caches: the closure is downloaded first, as
-		// the system itself is read from its NARs.
-		steps = []multistep.Step{
-			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
-			&stepClosure{},
-			&stepFetch{},
-			&stepResolveSystem{},
-			&stepPrepareInstaller{writeInitrd: writeInstallerInitrd, unpack: vmlinux.Extract},
-			&stepNixState{},
-			&stepPlan{},
-			&stepWriteImage{},
-			&stepInstall{},
-			new(commonsteps.StepProvision),
-			&stepFinishInstall{},
-			&stepNormalize{},
-			&stepConvert{},
-		}
 	} else {
 		// Install: the same, with the system's skeleton and Nix database
 		// written on the host, then a small VM that only activates the
 		// system and installs its boot loader.
-		steps = []multistep.Step{
+		resolve := []multistep.Step{
 			&stepResolveSystem{},
 			&stepPrepareInstaller{writeInitrd: writeInstallerInitrd, unpack: vmlinux.Extract},
-			&stepChannel{},
+		}
+		closure := []multistep.Step{
 			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
 			&stepClosure{},
 			&stepFetch{},
+		}
+		if b.config.FromCache() {
+			// From binary caches the closure comes first: the system is
+			// read from its NARs (and no channel is added).
+			steps = append(closure, resolve...)
+		} else {
+			steps = append(append(resolve, &stepChannel{}), closure...)
+		}
+		steps = append(steps,
 			&stepNixState{},
 			&stepPlan{},
 			&stepWriteImage{},
@@ -111,7 +103,7 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 			&stepFinishInstall{},
 			&stepNormalize{},
 			&stepConvert{},
-		}
+		)
 	}
 
 	b.runner = commonsteps.NewRunner(steps, b.config.PackerConfig, ui)

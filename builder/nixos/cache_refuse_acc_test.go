@@ -129,15 +129,9 @@ func TestAccCacheRefusals(t *testing.T) {
 		}},
 		{"closed_mid_nar", func(t *testing.T, dir string) (string, []string, []string) {
 			sub := onRootNAR(dir, func(w http.ResponseWriter, r *http.Request) {
-				b, err := os.ReadFile(filepath.Join(dir, rootNAR))
-				if err != nil {
-					t.Error(err)
+				if !sendHalf(t, w, filepath.Join(dir, rootNAR)) {
 					return
 				}
-				w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-				w.WriteHeader(http.StatusOK)
-				w.Write(b[:len(b)/2])
-				w.(http.Flusher).Flush()
 				if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
 					conn.Close()
 				}
@@ -148,16 +142,9 @@ func TestAccCacheRefusals(t *testing.T) {
 		}},
 		{"stalled", func(t *testing.T, dir string) (string, []string, []string) {
 			sub := onRootNAR(dir, func(w http.ResponseWriter, r *http.Request) {
-				b, err := os.ReadFile(filepath.Join(dir, rootNAR))
-				if err != nil {
-					t.Error(err)
-					return
+				if sendHalf(t, w, filepath.Join(dir, rootNAR)) {
+					<-r.Context().Done() // then nothing, until the client gives up
 				}
-				w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-				w.WriteHeader(http.StatusOK)
-				w.Write(b[:len(b)/2])
-				w.(http.Flusher).Flush()
-				<-r.Context().Done() // then nothing, until the client gives up
 			})
 			url := sub + "/" + rootNAR
 			return sub, []string{key.pub}, []string{root + ": GET " + url + ": stalled: no data for 1s (after 2 attempts)",
@@ -235,12 +222,9 @@ func TestAccCacheStallFetchStep(t *testing.T) {
 			tries.Add(1)
 			inFlight.Add(1)
 			defer inFlight.Add(-1)
-			b, _ := os.ReadFile(filepath.Join(dir, rootNAR))
-			w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-			w.WriteHeader(http.StatusOK)
-			w.Write(b[:len(b)/2])
-			w.(http.Flusher).Flush()
-			<-r.Context().Done()
+			if sendHalf(t, w, filepath.Join(dir, rootNAR)) {
+				<-r.Context().Done()
+			}
 		})
 	})
 	tmp := accSetTmpdir(t)

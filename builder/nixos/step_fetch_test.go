@@ -230,15 +230,9 @@ func TestStepFetchCancelStopsAllDownloads(t *testing.T) {
 		defer inFlight.Add(-1)
 		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
 		}
-		b, err := os.ReadFile(filepath.Join(dir, r.URL.Path))
-		if err != nil {
-			t.Error(err)
+		if !sendHalf(t, w, filepath.Join(dir, r.URL.Path)) {
 			return
 		}
-		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-		w.WriteHeader(http.StatusOK)
-		w.Write(b[:len(b)/2])
-		w.(http.Flusher).Flush()
 		started <- struct{}{}
 		<-r.Context().Done() // stalls until the client goes
 	})
@@ -429,4 +423,19 @@ func TestCacheStoreCheck(t *testing.T) {
 			t.Errorf("Check(%q) = %v", p, err)
 		}
 	}
+}
+
+// sendHalf answers with the whole file's headers and its first half,
+// flushed: what a server that then stalls or hangs up has sent.
+func sendHalf(t *testing.T, w http.ResponseWriter, file string) bool {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Error(err)
+		return false
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(b[:len(b)/2])
+	w.(http.Flusher).Flush()
+	return true
 }

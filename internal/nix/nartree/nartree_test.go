@@ -255,18 +255,7 @@ func TestSkipContents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for {
-		e, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, e.Path)
-	}
-	if strings.Join(got, ",") != ".,a,b" {
+	if got := entryPaths(t, r, nil); strings.Join(got, ",") != ".,a,b" {
 		t.Fatalf("entries %v", got)
 	}
 }
@@ -297,23 +286,14 @@ func TestSkipper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for {
-		e, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, e.Path)
+	got := entryPaths(t, r, func(e *Entry) {
 		if e.Path == "b" { // read part of one file: the rest is skipped
 			buf := make([]byte, 10)
 			if _, err := io.ReadFull(r, buf); err != nil || string(buf) != big[:10] {
 				t.Fatalf("read %q, %v", buf, err)
 			}
 		}
-	}
+	})
 	if strings.Join(got, ",") != ".,a,b,c" || src.skipped != 3000-10 {
 		t.Fatalf("entries %v, skipped %d bytes, want 2990", got, src.skipped)
 	}
@@ -338,6 +318,26 @@ func TestSkipper(t *testing.T) {
 	}
 	if errors.Is(err, io.EOF) {
 		t.Error("a skip past the declared size was not refused")
+	}
+}
+
+// entryPaths reads r to its end and returns its entries' paths, calling
+// each (if not nil) with every entry as it comes.
+func entryPaths(t *testing.T, r *Reader, each func(*Entry)) []string {
+	t.Helper()
+	var got []string
+	for {
+		e, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return got
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, e.Path)
+		if each != nil {
+			each(e)
+		}
 	}
 }
 
