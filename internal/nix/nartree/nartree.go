@@ -84,9 +84,9 @@ type Reader struct {
 	// pending is set after a regular file or symlink is returned: its closing ")" (and,
 	// for a file, the rest of its contents) must be consumed before the next token.
 	pending bool
-	inFile bool  // a regular file's contents are being read
-	size   int64 // its content length (the padding follows it)
-	left   int64 // bytes of content not yet read
+	inFile  bool  // a regular file's contents are being read
+	size    int64 // its content length (the padding follows it)
+	left    int64 // bytes of content not yet read
 	err     error
 }
 
