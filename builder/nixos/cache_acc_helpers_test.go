@@ -133,12 +133,18 @@ func accStoreOnly(roots []string, layout string, hybridMBR bool, out, sub string
   hybrid_mbr           = %v
   additional_space     = "16M"
   output_directory     = %q`, hclList(roots), layout, hybridMBR, out)
-	if sub != "" {
-		body += fmt.Sprintf(`
+	return body + accCacheKeys(sub, pubs)
+}
+
+// accCacheKeys are the source lines that read from the binary cache sub
+// with the trusted keys pubs; "" when sub is "" (the host's store).
+func accCacheKeys(sub string, pubs []string) string {
+	if sub == "" {
+		return ""
+	}
+	return fmt.Sprintf(`
   substituters         = [%q]
   trusted_public_keys  = %s`, sub, hclList(pubs))
-	}
-	return body
 }
 
 // accSetTmpdir points TMPDIR at a new empty directory for the builds (after

@@ -20,12 +20,7 @@ func accInstall(system, layout, out, sub string, pubs ...string) string {
   additional_space     = "16M"
   accelerator          = "tcg"
   output_directory     = %q`, system, layout, out)
-	if sub != "" {
-		body += fmt.Sprintf(`
-  substituters         = [%q]
-  trusted_public_keys  = %s`, sub, hclList(pubs))
-	}
-	return body
+	return body + accCacheKeys(sub, pubs)
 }
 
 // Install mode straight from binary caches (issue 13): the GRUB-for-BIOS
