@@ -76,24 +76,13 @@ type DBWriter struct{}
 // Write registers infos in a new database under root (root/nix/var/nix/...),
 // with every path's registrationTime set to regTime.
 func (DBWriter) Write(ctx context.Context, root string, infos []PathInfo, regTime int64) error {
-	sorted := make([]PathInfo, len(infos))
-	copy(sorted, infos)
-	sortInfos(sorted)
+	sorted, hashes, err := checkRegistration(infos)
+	if err != nil {
+		return err
+	}
 	ids := make(map[string]int64, len(sorted))
-	hashes := make([]string, len(sorted))
 	for i, in := range sorted {
-		if _, dup := ids[in.Path]; dup {
-			return fmt.Errorf("registration: %s listed twice", in.Path)
-		}
 		ids[in.Path] = int64(i + 1)
-		h, err := ParseNarHash(in.NarHash)
-		if err != nil {
-			return fmt.Errorf("registration: %s: %w", in.Path, err)
-		}
-		if in.NarSize < 0 {
-			return fmt.Errorf("registration: %s: negative NAR size %d", in.Path, in.NarSize)
-		}
-		hashes[i] = h
 	}
 	for _, in := range sorted {
 		for _, r := range in.References {
@@ -198,7 +187,7 @@ func writeDB(ctx context.Context, path string, sorted []PathInfo, hashes []strin
 		return err
 	}
 	for _, in := range sorted {
-		for _, r := range sortedUnique(append([]string(nil), in.References...)) {
+		for _, r := range in.References {
 			if _, err := addRef.ExecContext(ctx, ids[in.Path], ids[r]); err != nil {
 				return fmt.Errorf("%s -> %s: %w", in.Path, r, err)
 			}

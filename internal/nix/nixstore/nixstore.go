@@ -261,39 +261,56 @@ func (e *ExecDriver) DumpDB(ctx context.Context, paths []string, w io.Writer) er
 // what `nix-store --dump-db` prints for the same paths: sorted by path, references sorted,
 // the NAR hash as bare hex. Duplicate paths and malformed fields are errors.
 func WriteRegistration(w io.Writer, infos []PathInfo) error {
-	sorted := make([]PathInfo, len(infos))
-	copy(sorted, infos)
-	sortInfos(sorted)
+	sorted, hashes, err := checkRegistration(infos)
+	if err != nil {
+		return err
+	}
 	bw := bufio.NewWriter(w)
 	for i, in := range sorted {
-		if i > 0 && in.Path == sorted[i-1].Path {
-			return fmt.Errorf("registration: %s listed twice", in.Path)
-		}
-		if err := checkLine("path", in.Path, in.Path, true); err != nil {
-			return err
-		}
-		if err := checkLine("deriver", in.Path, in.Deriver, false); err != nil {
-			return err
-		}
-		hash, err := ParseNarHash(in.NarHash)
-		if err != nil {
-			return fmt.Errorf("registration: %s: %w", in.Path, err)
-		}
-		if in.NarSize < 0 {
-			return fmt.Errorf("registration: %s: negative NAR size %d", in.Path, in.NarSize)
-		}
-		refs := sortedUnique(append([]string(nil), in.References...))
-		fmt.Fprintf(bw, "%s\n%s\n%d\n%s\n%d\n", in.Path, strings.TrimPrefix(hash, "sha256:"),
-			in.NarSize, in.Deriver, len(refs))
-		for _, r := range refs {
-			if err := checkLine("reference", in.Path, r, true); err != nil {
-				return err
-			}
+		fmt.Fprintf(bw, "%s\n%s\n%d\n%s\n%d\n", in.Path, strings.TrimPrefix(hashes[i], "sha256:"),
+			in.NarSize, in.Deriver, len(in.References))
+		for _, r := range in.References {
 			bw.WriteString(r)
 			bw.WriteByte('\n')
 		}
 	}
 	return bw.Flush()
+}
+
+// checkRegistration is what a registration holds of infos, checked: a copy
+// sorted by path, each path's references sorted and unique, and the NAR
+// hashes normalised ("sha256:<hex>"). Duplicate paths and malformed fields
+// are errors.
+func checkRegistration(infos []PathInfo) (sorted []PathInfo, hashes []string, err error) {
+	sorted = make([]PathInfo, len(infos))
+	copy(sorted, infos)
+	sortInfos(sorted)
+	hashes = make([]string, len(sorted))
+	for i := range sorted {
+		in := &sorted[i]
+		if i > 0 && in.Path == sorted[i-1].Path {
+			return nil, nil, fmt.Errorf("registration: %s listed twice", in.Path)
+		}
+		if err := checkLine("path", in.Path, in.Path, true); err != nil {
+			return nil, nil, err
+		}
+		if err := checkLine("deriver", in.Path, in.Deriver, false); err != nil {
+			return nil, nil, err
+		}
+		if hashes[i], err = ParseNarHash(in.NarHash); err != nil {
+			return nil, nil, fmt.Errorf("registration: %s: %w", in.Path, err)
+		}
+		if in.NarSize < 0 {
+			return nil, nil, fmt.Errorf("registration: %s: negative NAR size %d", in.Path, in.NarSize)
+		}
+		in.References = sortedUnique(append([]string(nil), in.References...))
+		for _, r := range in.References {
+			if err := checkLine("reference", in.Path, r, true); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	return sorted, hashes, nil
 }
 
 func checkLine(what, path, v string, required bool) error {
