@@ -99,7 +99,9 @@ func TestArchitectureImports(t *testing.T) {
 	}
 }
 
-// TestArchitecturePluginDeps: the plugin binary links no test support.
+// TestArchitecturePluginDeps: the plugin binary links no test support, and
+// not the SDK's commonsteps, whose go-getter getters bring S3 and GCS clients (16 MB
+// of binary, mapped into every build: internal/packerx/steprun instead).
 func TestArchitecturePluginDeps(t *testing.T) {
 	cmd := exec.Command("go", "list", "-deps", ".")
 	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
@@ -114,6 +116,9 @@ func TestArchitecturePluginDeps(t *testing.T) {
 	for _, d := range deps {
 		if under(strings.TrimPrefix(d, module), "internal/testkit") {
 			t.Errorf("the plugin binary links test support: %s", d)
+		}
+		if d == "github.com/hashicorp/packer-plugin-sdk/multistep/commonsteps" {
+			t.Errorf("the plugin binary links %s (use internal/packerx/steprun)", d)
 		}
 	}
 }

@@ -8,11 +8,11 @@ import (
 
 	"github.com/hashicorp/hcl/v2/hcldec"
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
-	"github.com/hashicorp/packer-plugin-sdk/multistep/commonsteps"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/nixstore"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/stageops"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/steprun"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/qemuimg"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/qemu"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/vmlinux"
@@ -64,12 +64,12 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 		// Store-only: find the closure, size the disk, stream the closure
 		// into a new image, convert it to the requested format.
 		steps = []multistep.Step{
-			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
+			&steprun.OutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
 			&stepClosure{},
 			&stepFetch{}, // with substituters: every NAR downloaded once
 			// Provisioners' uploads are staged, then written with the closure.
 			&stepStoreComm{},
-			new(commonsteps.StepProvision),
+			new(steprun.Provision),
 			&stepPlan{},
 			&stepWriteImage{},
 			&stepConvert{},
@@ -83,7 +83,7 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 			&stepPrepareInstaller{writeInitrd: writeInstallerInitrd, unpack: vmlinux.Extract},
 		}
 		closure := []multistep.Step{
-			&commonsteps.StepOutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
+			&steprun.OutputDir{Force: b.config.PackerForce, Path: b.config.OutputDir},
 			&stepClosure{},
 			&stepFetch{},
 		}
@@ -99,14 +99,14 @@ func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook)
 			&stepPlan{},
 			&stepWriteImage{},
 			&stepInstall{},
-			new(commonsteps.StepProvision),
+			new(steprun.Provision),
 			&stepFinishInstall{},
 			&stepNormalize{},
 			&stepConvert{},
 		)
 	}
 
-	b.runner = commonsteps.NewRunner(steps, b.config.PackerConfig, ui)
+	b.runner = steprun.NewRunner(steps, b.config.PackerConfig, ui)
 	b.runner.Run(ctx, state)
 
 	if err, ok := state.GetOk("error"); ok {

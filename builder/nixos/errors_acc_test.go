@@ -85,6 +85,20 @@ func TestAccBadInputs(t *testing.T) {
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Errorf("output directory left behind by a failed build: %v", err)
 	}
+
+	// -on-error=abort keeps what the failed build made, for inspection.
+	res = runPacker(t, "too_small_abort", template("store", fmt.Sprintf(`
+  only_nix_store       = true
+  store_paths          = %s
+  partition_table_type = "efi"
+  disk_size            = "100M"
+  output_directory     = %q`, hclList(roots), out)), "-on-error=abort")
+	if res.Exit == 0 || !strings.Contains(res.Log, "aborting without cleanup") {
+		t.Errorf("-on-error=abort: exit %d, want the failure and no cleanup:\n%s", res.Exit, tail(res.Log, 3000))
+	}
+	if _, err := os.Stat(out); err != nil {
+		t.Errorf("-on-error=abort removed the output directory: %v", err)
+	}
 }
 
 // An existing output directory is refused and left as it was; -force
@@ -105,7 +119,7 @@ func TestAccOutputDirectoryExists(t *testing.T) {
   additional_space = "8M"
   output_directory = %q`, hclList(roots), out))
 	res := runPacker(t, "outdir_exists", tmpl)
-	if res.Exit == 0 || !strings.Contains(res.Log, "Output directory exists") {
+	if res.Exit == 0 || !strings.Contains(res.Log, "output_directory "+out+" exists") {
 		t.Fatalf("exit %d; want a refusal naming the existing output directory:\n%s", res.Exit, tail(res.Log, 3000))
 	}
 	if b, err := os.ReadFile(keep); err != nil || string(b) != "mine" {
