@@ -75,7 +75,10 @@ func (a *Artifact) State(name string) interface{} {
 	case "diskSize":
 		return diskartifact.SizeString(a.diskBytes) // vagrant parses qemu size strings
 	case "domainType":
-		return "tcg" // libvirt's plain qemu driver: the image needs no KVM
+		// What the box's users run it with: libvirt's default, KVM. The
+		// image needs none (the build may have used TCG), but a box that
+		// said "tcg" would make vagrant-libvirt emulate every instruction.
+		return "kvm"
 	case "efiVars":
 		return a.efiVars
 	case "generated_data":

@@ -293,8 +293,8 @@ func TestAccConvertVagrantLibvirt(t *testing.T) {
 	if meta.Provider != "libvirt" || meta.Format != "qcow2" || meta.VirtualSize < 1 {
 		t.Errorf("metadata.json: %s", b)
 	}
-	if vf, _ := os.ReadFile(filepath.Join(dir, "Vagrantfile")); !strings.Contains(string(vf), `libvirt.driver = "qemu"`) {
-		t.Errorf("Vagrantfile (domainType tcg wants the qemu driver):\n%s", vf)
+	if vf, _ := os.ReadFile(filepath.Join(dir, "Vagrantfile")); !strings.Contains(string(vf), `libvirt.driver = "kvm"`) {
+		t.Errorf("Vagrantfile (domainType kvm, libvirt's default, what the box's users run):\n%s", vf)
 	}
 	if got := qemuImg(t, "compare", "-f", "raw", "-F", "qcow2", filepath.Join(out, "nixos.img"), filepath.Join(dir, "box.img")); !strings.Contains(got, "Images are identical") {
 		t.Errorf("box.img: %s", got)

@@ -112,9 +112,9 @@ func Find(a packersdk.Artifact) (Disk, error) {
 	d.State.DiskSize, _ = a.State("diskSize").(string)
 	d.State.DomainType, _ = a.State("domainType").(string)
 	if d.State.DomainType == "" {
-		// vagrant's libvirt provider requires one; tcg (libvirt's qemu
-		// driver) runs anywhere, as nixos-image's own images do.
-		d.State.DomainType = "tcg"
+		// vagrant's libvirt provider requires one: libvirt's default, kvm,
+		// is what a box's users run (tcg would emulate every instruction).
+		d.State.DomainType = "kvm"
 	}
 	if g, ok := a.State("generated_data").(map[string]interface{}); ok {
 		d.State.Generated = g

@@ -53,8 +53,8 @@ func TestFind(t *testing.T) {
 			t.Errorf("%s: %s (%s), want %s (%s)", c.name, d.Path, d.Format.Qemu, c.path, c.fmt)
 		}
 	}
-	if d, _ := Find(files{list: []string{raw}}); d.State.DomainType != "tcg" {
-		t.Errorf("domainType of an artifact without one: %q, want tcg", d.State.DomainType)
+	if d, _ := Find(files{list: []string{raw}}); d.State.DomainType != "kvm" {
+		t.Errorf("domainType of an artifact without one: %q, want kvm", d.State.DomainType)
 	}
 	_, err := Find(files{list: []string{notes}})
 	if err == nil || !strings.Contains(err.Error(), `the input artifact (BuilderId "example.builder") has no disk image among its files`) {
