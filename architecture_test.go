@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -161,4 +162,40 @@ func countLines(t *testing.T, path string) (int, bool) {
 		t.Fatal(err)
 	}
 	return n, generated
+}
+
+// TestWebDocsListEveryComponent: every component main.go registers has its
+// page under .web-docs/components and its entry in metadata.hcl, which the
+// Packer integrations portal reads.
+func TestWebDocsListEveryComponent(t *testing.T) {
+	src, err := os.ReadFile("main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, err := os.ReadFile(filepath.Join(".web-docs", "metadata.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]string{"RegisterBuilder": "builder", "RegisterProvisioner": "provisioner", "RegisterPostProcessor": "post-processor"}
+	n := 0
+	for _, line := range strings.Split(string(src), "\n") {
+		for fn, kind := range kinds {
+			_, rest, ok := strings.Cut(line, "pps."+fn+"(\"")
+			if !ok {
+				continue
+			}
+			slug, _, _ := strings.Cut(rest, "\"")
+			n++
+			if _, err := os.Stat(filepath.Join(".web-docs", "components", kind, slug, "README.md")); err != nil {
+				t.Errorf("%s %q has no page: %v (make generate)", kind, slug, err)
+			}
+			entry := fmt.Sprintf("type = %q\n    name = \"nixos-%s\"\n    slug = %q", kind, slug, slug)
+			if !strings.Contains(string(meta), entry) {
+				t.Errorf("metadata.hcl lacks the %s nixos-%s (make generate)", kind, slug)
+			}
+		}
+	}
+	if n < 4 {
+		t.Fatalf("found %d registered components in main.go, expected 4 or more", n)
+	}
 }

@@ -13,4 +13,14 @@ integration {
     name = "nixos-contents"
     slug = "contents"
   }
+  component {
+    type = "post-processor"
+    name = "nixos-convert"
+    slug = "convert"
+  }
+  component {
+    type = "post-processor"
+    name = "nixos-reproducible"
+    slug = "reproducible"
+  }
 }

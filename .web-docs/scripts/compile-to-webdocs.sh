@@ -18,22 +18,22 @@ for kind_dir in "$rendered"/*/; do
     awk 'NR==1 && /^---$/ {fm=1; next} fm && /^---$/ {fm=0; next} !fm' "$page" > "$out/components/$singular/$comp/README.md"
   done
 done
-cat > "$out/metadata.hcl" <<HCL
+# Every component the docs have, so the portal lists them all.
+{
+  cat <<HCL
 # For the Packer integrations portal.
 integration {
   name        = "NixOS"
   description = "Builds NixOS disk images: store-only and full installs, streamed on the host, reproducible."
   identifier  = "packer/packer-plugin-nixos/nixos"
-  component {
-    type = "builder"
-    name = "nixos-image"
-    slug = "image"
-  }
-  component {
-    type = "provisioner"
-    name = "nixos-contents"
-    slug = "contents"
-  }
-}
 HCL
+  for kind in builder provisioner post-processor; do
+    for dir in "$out/components/$kind"/*/; do
+      [ -d "$dir" ] || continue
+      slug=$(basename "$dir")
+      printf '  component {\n    type = "%s"\n    name = "nixos-%s"\n    slug = "%s"\n  }\n' "$kind" "$slug" "$slug"
+    done
+  done
+  echo "}"
+} > "$out/metadata.hcl"
 echo "web docs written to $out for $name ($root)"
