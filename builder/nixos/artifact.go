@@ -31,7 +31,7 @@ func newArtifact(state multistep.StateBag) *Artifact {
 	a := &Artifact{
 		path:      state.Get("image_path").(string),
 		format:    c.format.Name,
-		diskType:  c.format.Qemu,
+		diskType:  c.format.FileType(),
 		diskBytes: p.layout.DiskSize,
 		paths:     len(state.Get("closure").([]nixstore.PathInfo)),
 	}
@@ -43,6 +43,7 @@ func newArtifact(state multistep.StateBag) *Artifact {
 		"ImageFormat":         a.format,
 		"DiskSize":            fmt.Sprint(a.diskBytes >> 20),
 		"StorePathCount":      fmt.Sprint(a.paths),
+		"PartitionTableType":  string(c.layout),
 		stageops.GeneratedKey: stageops.Install,
 	}
 	if c.OnlyNixStore {
@@ -71,6 +72,9 @@ func (a *Artifact) State(name string) interface{} {
 	case "diskName":
 		return filepath.Base(a.path) // vagrant matches it against Files()' base names
 	case "diskType":
+		if a.diskType == "" {
+			return nil // a cloud archive (gce, ova), no disk a reader opens
+		}
 		return a.diskType
 	case "diskSize":
 		return diskartifact.SizeString(a.diskBytes) // vagrant parses qemu size strings

@@ -39,7 +39,7 @@ func (b *Builder) Prepare(raws ...interface{}) ([]string, []string, error) {
 
 // generatedData are the variables later provisioners and post-processors can
 // read as build.<Name>.
-var generatedData = []string{"ImagePath", "ImageFormat", "DiskSize", "StorePathCount", stageops.GeneratedKey}
+var generatedData = []string{"ImagePath", "ImageFormat", "DiskSize", "StorePathCount", "PartitionTableType", stageops.GeneratedKey}
 
 func (b *Builder) Run(ctx context.Context, ui packersdk.Ui, hook packersdk.Hook) (packersdk.Artifact, error) {
 	state := new(multistep.BasicStateBag)

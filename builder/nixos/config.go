@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/diskout"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/binarycache"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/qemuimg"
@@ -187,13 +188,24 @@ type Config struct {
 	// own time stamp).
 	SourceDateEpoch *int64 `mapstructure:"source_date_epoch" required:"false"`
 	// Output format: `raw` (file `<image_name>.img`), `qcow2`,
-	// `qcow2-compressed`, `vdi`, `vpc` (`.vhd`), `vhdx` or `vmdk`, converted
-	// by qemu-img as the `nixos-convert` post-processor does. Defaults to
-	// `raw`.
+	// `qcow2-compressed`, `vdi`, `vpc` (`.vhd`), `vhdx`, `vmdk`,
+	// `vmdk-stream` (stream-optimised `.vmdk`, for AWS import-snapshot and
+	// VMware), or a cloud's import format: `azure` (fixed `.vhd` of whole
+	// MiB), `gce` (`.tar.gz` holding a sparse `disk.raw`) or `ova` (VMware
+	// and VirtualBox appliance). Converted as the `nixos-convert`
+	// post-processor does. Defaults to `raw`.
 	Format string `mapstructure:"format" required:"false"`
 	// qcow2 compression: `zlib` or `zstd` (implies `qcow2-compressed`).
 	// Defaults to zlib for `qcow2-compressed`.
 	Compression string `mapstructure:"compression" required:"false"`
+	// With `format = "ova"`: the appliance's virtual CPUs. Defaults to 2.
+	OVACPUs int `mapstructure:"ova_cpus" required:"false"`
+	// With `format = "ova"`: the appliance's memory in MiB. Defaults to 2048.
+	OVAMemory int `mapstructure:"ova_memory" required:"false"`
+	// With `format = "ova"`: `bios` or `efi`, the firmware the appliance
+	// boots with. Defaults to `efi` for the `efi` and `efixbootldr`
+	// layouts, else `bios`.
+	OVAFirmware string `mapstructure:"ova_firmware" required:"false"`
 	// Base name of the image file. Defaults to `nixos`.
 	ImageName string `mapstructure:"image_name" required:"false"`
 	// Directory for the image. Defaults to `output-<build name>`. It must not
@@ -320,6 +332,12 @@ func (c *Config) Prepare(raws ...interface{}) ([]string, error) {
 	}
 	if strings.ContainsAny(c.ImageName, "/\x00") || c.ImageName == "." || c.ImageName == ".." {
 		bad("image_name: %q must be a plain file name without '/'", c.ImageName)
+	}
+	for _, e := range diskout.CheckOVA(c.format.Format, "image_name", c.ImageName, &c.OVACPUs, &c.OVAMemory, c.OVAFirmware) {
+		bad("%v", e)
+	}
+	if c.OVAFirmware == "" && c.format.Cloud == "ova" {
+		c.OVAFirmware = diskout.FirmwareFor(string(c.layout))
 	}
 	if c.OutputDir == "" {
 		c.OutputDir = "output-" + c.PackerBuildName

@@ -57,6 +57,9 @@ type FlatConfig struct {
 	SourceDateEpoch        *int64            `mapstructure:"source_date_epoch" required:"false" cty:"source_date_epoch" hcl:"source_date_epoch"`
 	Format                 *string           `mapstructure:"format" required:"false" cty:"format" hcl:"format"`
 	Compression            *string           `mapstructure:"compression" required:"false" cty:"compression" hcl:"compression"`
+	OVACPUs                *int              `mapstructure:"ova_cpus" required:"false" cty:"ova_cpus" hcl:"ova_cpus"`
+	OVAMemory              *int              `mapstructure:"ova_memory" required:"false" cty:"ova_memory" hcl:"ova_memory"`
+	OVAFirmware            *string           `mapstructure:"ova_firmware" required:"false" cty:"ova_firmware" hcl:"ova_firmware"`
 	ImageName              *string           `mapstructure:"image_name" required:"false" cty:"image_name" hcl:"image_name"`
 	OutputDir              *string           `mapstructure:"output_directory" required:"false" cty:"output_directory" hcl:"output_directory"`
 }
@@ -120,6 +123,9 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"source_date_epoch":          &hcldec.AttrSpec{Name: "source_date_epoch", Type: cty.Number, Required: false},
 		"format":                     &hcldec.AttrSpec{Name: "format", Type: cty.String, Required: false},
 		"compression":                &hcldec.AttrSpec{Name: "compression", Type: cty.String, Required: false},
+		"ova_cpus":                   &hcldec.AttrSpec{Name: "ova_cpus", Type: cty.Number, Required: false},
+		"ova_memory":                 &hcldec.AttrSpec{Name: "ova_memory", Type: cty.Number, Required: false},
+		"ova_firmware":               &hcldec.AttrSpec{Name: "ova_firmware", Type: cty.String, Required: false},
 		"image_name":                 &hcldec.AttrSpec{Name: "image_name", Type: cty.String, Required: false},
 		"output_directory":           &hcldec.AttrSpec{Name: "output_directory", Type: cty.String, Required: false},
 	}

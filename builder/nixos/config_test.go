@@ -59,6 +59,34 @@ func TestPrepareEpochFromEnvironment(t *testing.T) {
 	}
 }
 
+// The ova_* keys' limits, each named.
+func TestPrepareOVA(t *testing.T) {
+	for _, tc := range []struct {
+		key   string
+		value interface{}
+		want  string
+	}{
+		{"ova_cpus", 500, "ova_cpus: 500 is not allowed; allowed: 1 to 128"},
+		{"ova_memory", 16, "ova_memory: 16 MiB is not allowed; allowed: 64 to 4194304"},
+		{"ova_firmware", "uefi", `ova_firmware: "uefi" is not allowed; allowed: bios, efi`},
+	} {
+		raw := map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}, "format": "ova", tc.key: tc.value}
+		if _, err := prepare(t, raw); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s = %v: got %v, want %q", tc.key, tc.value, err, tc.want)
+		}
+	}
+	// Defaults: 2 CPUs, 2 GiB, the firmware the layout boots with.
+	for layout, fw := range map[string]string{"efi": "efi", "efixbootldr": "efi", "legacy": "bios", "hybrid": "bios"} {
+		c, err := prepare(t, map[string]interface{}{"only_nix_store": true, "store_paths": []string{"/nix/store/x-a"}, "format": "ova", "partition_table_type": layout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.OVACPUs != 2 || c.OVAMemory != 2048 || c.OVAFirmware != fw {
+			t.Errorf("%s: %d CPUs, %d MiB, %s; want 2, 2048, %s", layout, c.OVACPUs, c.OVAMemory, c.OVAFirmware, fw)
+		}
+	}
+}
+
 // Each bad value is reported with its key; all of them at once.
 func TestPrepareErrors(t *testing.T) {
 	t.Setenv("SOURCE_DATE_EPOCH", "")
@@ -83,7 +111,8 @@ func TestPrepareErrors(t *testing.T) {
 		{"root_fs_uuid", "F222513B", `root_fs_uuid: "F222513B" is not a UUID`},
 		{"root_partition_guid", "zz", `root_partition_guid: "zz" is not a GUID`},
 		{"source_date_epoch", -1, `source_date_epoch: -1 is outside`},
-		{"format", "qed", `format: "qed" is not a known format; allowed: qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vpc`},
+		{"format", "qed", `format: "qed" is not a known format; allowed: azure, gce, ova, qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vmdk-stream, vpc`},
+		{"ova_cpus", 4, `ova_cpus: only for format = "ova"`},
 		{"compression", "lz4", `compression: "lz4" is not allowed; allowed: zlib, zstd`},
 		{"image_name", "../x", `image_name: "../x" must be a plain file name`},
 	}

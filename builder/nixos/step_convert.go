@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/hashicorp/packer-plugin-sdk/multistep"
 	packersdk "github.com/hashicorp/packer-plugin-sdk/packer"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/cloudimg/ova"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/diskout"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/uiprogress"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/qemuimg"
@@ -26,31 +27,25 @@ func (s *stepConvert) Run(ctx context.Context, state multistep.StateBag) multist
 	raw := state.Get("raw_image").(string)
 	final := filepath.Join(c.OutputDir, c.ImageFile())
 
-	if c.format.Qemu == "raw" {
+	if c.format.Name == "raw" {
 		if err := os.Rename(raw, final); err != nil {
 			return halt(state, fmt.Errorf("naming the image: %w", err))
 		}
 	} else {
-		var finish func(string) error
-		if *c.Deterministic && c.format.IDs {
+		ui.Say(fmt.Sprintf("Converting the image to %s...", c.format.Name))
+		bar := uiprogress.New(ui, c.ImageFile(), 10000)
+		err := diskout.Write(ctx, diskout.Job{
+			Driver: state.Get("qemu-img").(qemuimg.Driver), Spec: c.format,
+			Src: raw, SrcFormat: "raw", Final: final,
+			Deterministic: *c.Deterministic, Time: c.epoch,
 			// Container UUIDs from the image's content: the same image
 			// gets the same ones, another image others (VirtualBox
 			// refuses two disks with one UUID).
-			seed, err := normalize.ContentSeed(raw, state.Get("plan").(*plan).seed)
-			if err != nil {
-				return halt(state, err)
-			}
-			finish = func(staged string) error {
-				lines, err := normalize.Container(staged, normalize.Options{Seed: seed, Time: c.epoch})
-				if err == nil {
-					ui.Say("Normalised the " + strings.Join(lines, "; "))
-				}
-				return err
-			}
-		}
-		ui.Say(fmt.Sprintf("Converting the image to %s...", c.format.Name))
-		bar := uiprogress.New(ui, c.ImageFile(), 10000)
-		err := qemuimg.ConvertTo(ctx, state.Get("qemu-img").(qemuimg.Driver), c.format, raw, "raw", final, bar.Percent, finish)
+			Seed:     func() ([]byte, error) { return normalize.ContentSeed(raw, state.Get("plan").(*plan).seed) },
+			Machine:  ova.Machine{Name: c.ImageName, CPUs: c.OVACPUs, MemoryMiB: c.OVAMemory, Firmware: c.OVAFirmware},
+			Progress: bar.Percent,
+			Say:      func(l string) { ui.Say("Normalised the " + l) },
+		})
 		bar.Close()
 		if err != nil {
 			return halt(state, err)

@@ -42,7 +42,7 @@ func TestEveryFormat(t *testing.T) {
 	d := ExecDriver{}
 	for _, c := range []struct{ format, compression string }{
 		{"raw", ""}, {"qcow2", ""}, {"qcow2-compressed", ""}, {"qcow2", "zstd"}, {"qcow2-compressed", "zlib"},
-		{"vdi", ""}, {"vpc", ""}, {"vhdx", ""}, {"vmdk", ""},
+		{"vdi", ""}, {"vpc", ""}, {"vhdx", ""}, {"vmdk", ""}, {"vmdk-stream", ""},
 	} {
 		t.Run(c.format+"-"+c.compression, func(t *testing.T) {
 			s, err := Parse(c.format, c.compression)
@@ -73,6 +73,13 @@ func TestEveryFormat(t *testing.T) {
 			if info.Format != s.Qemu || info.VirtualSize < 64<<20 {
 				t.Errorf("qemu-img info: %+v", info)
 			}
+			if s.Qemu == "vmdk" {
+				want := map[string]string{"vmdk": "monolithicSparse", "vmdk-stream": "streamOptimized"}[s.Name]
+				out, _ := exec.Command("qemu-img", "info", "-f", "vmdk", dst).CombinedOutput()
+				if !strings.Contains(string(out), "create type: "+want) {
+					t.Errorf("qemu-img info lacks create type %s:\n%s", want, out)
+				}
+			}
 			if s.Packed {
 				want := "zlib"
 				if c.compression != "" {
@@ -89,7 +96,7 @@ func TestEveryFormat(t *testing.T) {
 
 func TestParseErrors(t *testing.T) {
 	for _, c := range []struct{ format, compression, want string }{
-		{"qed", "", `format: "qed" is not a known format; allowed: qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vpc`},
+		{"qed", "", `format: "qed" is not a known format; allowed: azure, gce, ova, qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vmdk-stream, vpc`},
 		{"vdi", "zstd", `compression: only qcow2 images are compressed; format is "vdi"`},
 		{"qcow2", "lz4", `compression: "lz4" is not allowed; allowed: zlib, zstd`},
 	} {

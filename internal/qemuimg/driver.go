@@ -1,3 +1,6 @@
+// Package qemuimg turns disk images from one container format into another
+// with qemu-img, the tool users trust for it, reporting progress as it
+// goes; internal/diskout builds the formats users name on it.
 package qemuimg
 
 import (

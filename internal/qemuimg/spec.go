@@ -9,23 +9,36 @@ import (
 
 // Format is an output format as users name it.
 type Format struct {
-	Name   string // raw, qcow2, qcow2-compressed, vdi, vpc, vhdx, vmdk
-	Qemu   string // qemu-img's -O
+	Name   string // raw, qcow2, …, or a cloud's name (azure, gce, ova)
+	Qemu   string // qemu-img's -O (for a cloud format, the disk inside)
 	Ext    string // file extension
 	Packed bool   // qcow2-compressed: every cluster compressed
 	// IDs: the container header carries UUIDs and time stamps that
 	// qemu-img invents (vdi, vpc, vhdx, vmdk); raw and qcow2 have none.
 	IDs bool
+	// Sub: qemu-img's subformat option, "" for its default.
+	Sub string
+	// Cloud: what is made of qemu-img's output for a cloud's import
+	// (internal/diskout): "" for nothing, else azure, gce or ova.
+	Cloud string
 }
 
 var formats = map[string]Format{
-	"raw":              {"raw", "raw", "img", false, false},
-	"qcow2":            {"qcow2", "qcow2", "qcow2", false, false},
-	"qcow2-compressed": {"qcow2-compressed", "qcow2", "qcow2", true, false},
-	"vdi":              {"vdi", "vdi", "vdi", false, true},
-	"vpc":              {"vpc", "vpc", "vhd", false, true},
-	"vhdx":             {"vhdx", "vhdx", "vhdx", false, true},
-	"vmdk":             {"vmdk", "vmdk", "vmdk", false, true},
+	"raw":              {Name: "raw", Qemu: "raw", Ext: "img"},
+	"qcow2":            {Name: "qcow2", Qemu: "qcow2", Ext: "qcow2"},
+	"qcow2-compressed": {Name: "qcow2-compressed", Qemu: "qcow2", Ext: "qcow2", Packed: true},
+	"vdi":              {Name: "vdi", Qemu: "vdi", Ext: "vdi", IDs: true},
+	"vpc":              {Name: "vpc", Qemu: "vpc", Ext: "vhd", IDs: true},
+	"vhdx":             {Name: "vhdx", Qemu: "vhdx", Ext: "vhdx", IDs: true},
+	"vmdk":             {Name: "vmdk", Qemu: "vmdk", Ext: "vmdk", IDs: true},
+	// AWS import-snapshot, VMware: grains compressed, written in order.
+	"vmdk-stream": {Name: "vmdk-stream", Qemu: "vmdk", Ext: "vmdk", IDs: true, Sub: "streamOptimized"},
+	// Azure: a fixed VHD of whole MiB (the raw image plus a footer).
+	"azure": {Name: "azure", Qemu: "raw", Ext: "vhd", IDs: true, Cloud: "azure"},
+	// Google Compute Engine: disk.raw, sparse, in an oldgnu tar.gz.
+	"gce": {Name: "gce", Qemu: "raw", Ext: "tar.gz", Cloud: "gce"},
+	// VMware and VirtualBox appliances: OVF, stream-optimised VMDK, manifest.
+	"ova": {Name: "ova", Qemu: "vmdk", Ext: "ova", IDs: true, Sub: "streamOptimized", Cloud: "ova"},
 }
 
 // Compressions are qcow2's compression types.
@@ -117,9 +130,12 @@ func FormatByExt(ext string) (Format, bool) {
 // (in-order writes are byte-identical across runs, compressed or not).
 //
 // vmdk names its data file in the descriptor, so dst must already carry the
-// final base name (ConvertTo's staging directory does).
+// final base name (internal/diskout's staging directory does).
 func (s Spec) Args(src, srcFormat, dst string) []string {
 	args := []string{"convert", "-p", "-f", srcFormat, "-O", s.Qemu, "-S", "4k"}
+	if s.Sub != "" {
+		args = append(args, "-o", "subformat="+s.Sub)
+	}
 	if s.Packed {
 		args = append(args, "-c")
 		if s.Compression != "" {
@@ -127,4 +143,17 @@ func (s Spec) Args(src, srcFormat, dst string) []string {
 		}
 	}
 	return append(args, src, dst)
+}
+
+// FileType is qemu-img's format of the file a format makes, "" when it is
+// an archive no disk reader opens (gce, ova): a fixed VHD is raw data with
+// a footer, which qemu-img reads as vpc only when told.
+func (f Format) FileType() string {
+	switch f.Cloud {
+	case "":
+		return f.Qemu
+	case "azure":
+		return "vpc"
+	}
+	return ""
 }

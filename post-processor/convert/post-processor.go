@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/hashicorp/hcl/v2/hcldec"
 	"github.com/hashicorp/packer-plugin-sdk/common"
@@ -18,6 +19,8 @@ import (
 	"github.com/hashicorp/packer-plugin-sdk/template/config"
 	"github.com/hashicorp/packer-plugin-sdk/template/interpolate"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/cloudimg/ova"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/diskout"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/diskartifact"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/packerx/uiprogress"
@@ -30,11 +33,22 @@ const BuilderID = "nixos.post-processor.convert"
 type Config struct {
 	common.PackerConfig `mapstructure:",squash"`
 	// Output format: `raw`, `qcow2`, `qcow2-compressed`, `vdi`, `vpc` (file
-	// `.vhd`), `vhdx` or `vmdk`.
+	// `.vhd`), `vhdx`, `vmdk`, `vmdk-stream` (stream-optimised, for AWS
+	// import-snapshot and VMware), or a cloud's import format: `azure`
+	// (fixed `.vhd` of whole MiB), `gce` (`.tar.gz` holding a sparse
+	// `disk.raw`) or `ova` (VMware and VirtualBox appliance).
 	Format string `mapstructure:"format" required:"true"`
 	// qcow2 compression: `zlib` or `zstd` (implies `qcow2-compressed`).
 	// Defaults to zlib for `qcow2-compressed`.
 	Compression string `mapstructure:"compression" required:"false"`
+	// With `format = "ova"`: the appliance's virtual CPUs. Defaults to 2.
+	OVACPUs int `mapstructure:"ova_cpus" required:"false"`
+	// With `format = "ova"`: the appliance's memory in MiB. Defaults to 2048.
+	OVAMemory int `mapstructure:"ova_memory" required:"false"`
+	// With `format = "ova"`: `bios` or `efi`. Defaults to what the input
+	// says it needs: `efi` for a nixos-image of the `efi` or `efixbootldr`
+	// layout, else `bios`.
+	OVAFirmware string `mapstructure:"ova_firmware" required:"false"`
 	// Path of the converted image. Defaults to the input image's path with
 	// the format's extension (`nixos.img` → `nixos.qcow2`). An existing file
 	// is an error unless `packer build -force` is used.
@@ -86,6 +100,9 @@ func (p *PostProcessor) Configure(raws ...interface{}) error {
 		errs = packersdk.MultiErrorAppend(errs, qemuimg.Errors(err)...)
 	} else {
 		c.spec = spec
+		for _, err := range diskout.CheckOVA(spec.Format, "output", "nixos", &c.OVACPUs, &c.OVAMemory, c.OVAFirmware) {
+			errs = packersdk.MultiErrorAppend(errs, err)
+		}
 	}
 	if c.Deterministic == nil {
 		t := true
@@ -126,37 +143,40 @@ func (p *PostProcessor) PostProcess(ctx context.Context, ui packersdk.Ui, in pac
 		return nil, false, false, fmt.Errorf("output: %w", err)
 	}
 
-	var finish func(string) error
-	if *c.Deterministic && c.spec.IDs {
-		// A seed the user gave is used as it is; the default one is made
-		// unique to the image's content, so that two images never share
-		// their UUIDs.
-		seed := []byte(c.Seed)
-		if !c.seedGiven {
-			var err error
-			if seed, err = normalize.ContentSeed(disk.Path, seed); err != nil {
-				return nil, false, false, err
-			}
+	// A seed the user gave is used as it is; the default one is made
+	// unique to the image's content, so that two images never share
+	// their UUIDs.
+	seed := func() ([]byte, error) {
+		if c.seedGiven {
+			return []byte(c.Seed), nil
 		}
-		finish = func(staged string) error {
-			lines, err := normalize.Container(staged, normalize.Options{Seed: seed, Time: c.epoch})
-			for _, l := range lines {
-				ui.Message(l)
-			}
-			return err
+		return normalize.ContentSeed(disk.Path, []byte(c.Seed))
+	}
+	machine := ova.Machine{Name: strings.TrimSuffix(diskartifact.Stem(out), ".tar"), CPUs: c.OVACPUs, MemoryMiB: c.OVAMemory, Firmware: c.OVAFirmware}
+	if c.spec.Cloud == "ova" {
+		if machine.Firmware == "" {
+			layout, _ := disk.State.Generated["PartitionTableType"].(string)
+			machine.Firmware = diskout.FirmwareFor(layout)
+		}
+		if err := machine.Validate(); err != nil {
+			return nil, false, false, fmt.Errorf("output: the appliance is named after the file, %q: %w", machine.Name, err)
 		}
 	}
 	ui.Say(fmt.Sprintf("Converting %s (%s) to %s: %s", disk.Path, disk.Format.Qemu, c.spec.Name, out))
 	bar := uiprogress.New(ui, filepath.Base(out), 10000)
-	err = qemuimg.ConvertTo(ctx, p.driver, c.spec, disk.Path, disk.Format.Qemu, out, bar.Percent, finish)
+	err = diskout.Write(ctx, diskout.Job{
+		Driver: p.driver, Spec: c.spec, Src: disk.Path, SrcFormat: disk.Format.Qemu, Final: out,
+		Deterministic: *c.Deterministic, Seed: seed, Time: c.epoch, Machine: machine,
+		Progress: bar.Percent, Say: ui.Message,
+	})
 	bar.Close()
 	if err != nil {
 		return nil, false, false, err
 	}
 
 	state := disk.State
-	if state.DiskSize == "" {
-		info, err := p.driver.Info(ctx, out, c.spec.Qemu)
+	if state.DiskSize == "" && c.spec.FileType() != "" {
+		info, err := p.driver.Info(ctx, out, c.spec.FileType())
 		if err != nil {
 			return nil, false, false, err
 		}

@@ -20,6 +20,9 @@ type FlatConfig struct {
 	PackerSensitiveVars []string          `mapstructure:"packer_sensitive_variables" cty:"packer_sensitive_variables" hcl:"packer_sensitive_variables"`
 	Format              *string           `mapstructure:"format" required:"true" cty:"format" hcl:"format"`
 	Compression         *string           `mapstructure:"compression" required:"false" cty:"compression" hcl:"compression"`
+	OVACPUs             *int              `mapstructure:"ova_cpus" required:"false" cty:"ova_cpus" hcl:"ova_cpus"`
+	OVAMemory           *int              `mapstructure:"ova_memory" required:"false" cty:"ova_memory" hcl:"ova_memory"`
+	OVAFirmware         *string           `mapstructure:"ova_firmware" required:"false" cty:"ova_firmware" hcl:"ova_firmware"`
 	Output              *string           `mapstructure:"output" required:"false" cty:"output" hcl:"output"`
 	Deterministic       *bool             `mapstructure:"deterministic" required:"false" cty:"deterministic" hcl:"deterministic"`
 	Seed                *string           `mapstructure:"seed" required:"false" cty:"seed" hcl:"seed"`
@@ -48,6 +51,9 @@ func (*FlatConfig) HCL2Spec() map[string]hcldec.Spec {
 		"packer_sensitive_variables": &hcldec.AttrSpec{Name: "packer_sensitive_variables", Type: cty.List(cty.String), Required: false},
 		"format":                     &hcldec.AttrSpec{Name: "format", Type: cty.String, Required: false},
 		"compression":                &hcldec.AttrSpec{Name: "compression", Type: cty.String, Required: false},
+		"ova_cpus":                   &hcldec.AttrSpec{Name: "ova_cpus", Type: cty.Number, Required: false},
+		"ova_memory":                 &hcldec.AttrSpec{Name: "ova_memory", Type: cty.Number, Required: false},
+		"ova_firmware":               &hcldec.AttrSpec{Name: "ova_firmware", Type: cty.String, Required: false},
 		"output":                     &hcldec.AttrSpec{Name: "output", Type: cty.String, Required: false},
 		"deterministic":              &hcldec.AttrSpec{Name: "deterministic", Type: cty.Bool, Required: false},
 		"seed":                       &hcldec.AttrSpec{Name: "seed", Type: cty.String, Required: false},

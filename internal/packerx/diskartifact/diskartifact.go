@@ -70,6 +70,11 @@ func Find(a packersdk.Artifact) (Disk, error) {
 		}
 	}
 	if path == "" {
+		for _, f := range files {
+			if strings.HasSuffix(f, ".ova") || strings.HasSuffix(f, ".tar.gz") {
+				return Disk{}, fmt.Errorf("the input artifact's %s is a cloud archive (format gce or ova), not a disk image: convert the builder's raw or qcow2 image instead", f)
+			}
+		}
 		return Disk{}, fmt.Errorf("the input artifact (BuilderId %q) has no disk image among its files %q: want a diskName or diskPaths state key, or a file ending in .img, .raw, .qcow2, .vdi, .vhd, .vhdx or .vmdk", a.BuilderId(), files)
 	}
 	// A directory, device or FIFO is no disk image (and opening a FIFO
@@ -164,7 +169,10 @@ func (a *Artifact) State(name string) interface{} {
 	case "diskName":
 		return filepath.Base(a.Path)
 	case "diskType":
-		return a.Format.Qemu
+		if a.Format.FileType() == "" {
+			return nil // a cloud archive (gce, ova): no disk a reader opens
+		}
+		return a.Format.FileType()
 	case "diskPaths":
 		return []string{a.Path}
 	case "diskSize":
