@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/cloudimg/ova"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/diskout"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/normalize"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/qemuimg"
 )
@@ -43,31 +45,32 @@ func benchConvert(ctx context.Context, c config, fixture string) ([]*convertRow,
 		return nil, row{}, 0, err
 	}
 	var rows []*convertRow
-	for _, name := range []string{"qcow2", "qcow2-compressed", "vdi", "vpc", "vhdx", "vmdk"} {
+	for _, name := range []string{"qcow2", "qcow2-compressed", "vdi", "vpc", "vhdx", "vmdk", "vmdk-stream", "azure", "gce", "ova"} {
 		spec, _ := qemuimg.Parse(name, "")
 		r := &convertRow{format: name}
 		for i := 0; i < c.runs; i++ {
 			out := filepath.Join(dir, "out."+spec.Ext)
 			os.Remove(out)
+			// What nixos-convert runs: qemu-img (timed apart), then the
+			// content seed and the header rewrite (vdi, vpc, vhdx, vmdk)
+			// and for a cloud its form (a footer, a tar.gz, an OVA).
+			d := &timedDriver{Driver: qemuimg.ExecDriver{}}
 			start := time.Now()
-			if err := (qemuimg.ExecDriver{}).Convert(ctx, spec, raw, "raw", out, nil); err != nil {
+			err := diskout.Write(ctx, diskout.Job{
+				Driver: d, Spec: spec, Src: raw, SrcFormat: "raw", Final: out,
+				Deterministic: true, Time: epoch,
+				Seed:    func() ([]byte, error) { return normalize.ContentSeed(raw, []byte("bench")) },
+				Machine: ova.Machine{Name: "nixos", CPUs: 2, MemoryMiB: 2048, Firmware: "bios"},
+			})
+			if err != nil {
 				return nil, row{}, 0, err
 			}
-			r.qemu.times = append(r.qemu.times, time.Since(start))
-			start = time.Now()
-			if spec.IDs { // what nixos-convert does: nothing for raw and qcow2
-				seed, err := normalize.ContentSeed(raw, []byte("bench"))
-				if err == nil {
-					_, err = normalize.Container(out, normalize.Options{Seed: seed, Time: epoch})
-				}
-				if err != nil {
-					return nil, row{}, 0, err
-				}
-			}
-			r.ours.times = append(r.ours.times, time.Since(start))
+			r.qemu.times = append(r.qemu.times, d.took)
+			r.ours.times = append(r.ours.times, time.Since(start)-d.took)
 			if st, err := os.Stat(out); err == nil {
 				r.outputBytes = allocatedBytes(st)
 			}
+			os.Remove(out)
 		}
 		rows = append(rows, r)
 	}
@@ -87,6 +90,19 @@ func benchConvert(ctx context.Context, c config, fixture string) ([]*convertRow,
 	return rows, norm, fi.Size(), nil
 }
 
+// timedDriver times qemu-img's part of a conversion.
+type timedDriver struct {
+	qemuimg.Driver
+	took time.Duration
+}
+
+func (d *timedDriver) Convert(ctx context.Context, s qemuimg.Spec, src, srcFormat, dst string, progress func(float64)) error {
+	start := time.Now()
+	err := d.Driver.Convert(ctx, s, src, srcFormat, dst, progress)
+	d.took += time.Since(start)
+	return err
+}
+
 func copySparse(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
@@ -104,7 +120,7 @@ func copySparse(src, dst string) error {
 
 func printConvertTable(w io.Writer, fixture string, size int64, rows []*convertRow, norm row) {
 	fmt.Fprintf(w, "## Post-processing: %s image (%s raw)\n\n", fixture, human(size))
-	fmt.Fprintf(w, "| format | qemu-img convert | + our header normalisation | overhead | output on disk |\n|---|--:|--:|--:|--:|\n")
+	fmt.Fprintf(w, "| format | qemu-img convert | + ours (ids normalised; a cloud's form) | overhead | output on disk |\n|---|--:|--:|--:|--:|\n")
 	for _, r := range rows {
 		q, o := r.qemu.median(), r.ours.median()
 		fmt.Fprintf(w, "| %s | %s | %s | %.0f %% | %s |\n", r.format, dur(q), dur(o), 100*float64(o)/float64(q), human(r.outputBytes))
