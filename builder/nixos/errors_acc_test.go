@@ -46,7 +46,7 @@ func TestAccBadKeys(t *testing.T) {
 		`label: "a-label-longer-than-sixteen" is 27 bytes long`,
 		`root_fs_uuid: "not-a-uuid" is not a UUID`,
 		`root_partition_guid: "1234" is not a GUID`,
-		`format: "qed" is not a known format; allowed: qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vpc`,
+		`format: "qed" is not a known format; allowed: azure, gce, ova, qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vmdk-stream, vpc`,
 		`image_name: "a/b" must be a plain file name`,
 	} {
 		if !strings.Contains(res.Log, want) {

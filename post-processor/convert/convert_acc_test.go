@@ -153,11 +153,11 @@ build {
 func TestAccConvertErrors(t *testing.T) {
 	roots := fixtures.Build(t, "small")
 	for name, c := range map[string]struct{ pp, want string }{
-		"no_format":     {`format = ""`, `format: required; allowed: qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vpc`},
-		"bad_format":    {`format = "qed"`, `format: "qed" is not a known format; allowed: qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vpc`},
+		"no_format":     {`format = ""`, `format: required; allowed: azure, gce, ova, qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vmdk-stream, vpc`},
+		"bad_format":    {`format = "qed"`, `format: "qed" is not a known format; allowed: azure, gce, ova, qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vmdk-stream, vpc`},
 		"compress_vdi":  {"format = \"vdi\"\n      compression = \"zstd\"", `compression: only qcow2 images are compressed; format is "vdi"`},
 		"bad_algorithm": {"format = \"qcow2\"\n      compression = \"lz4\"", `compression: "lz4" is not allowed; allowed: zlib, zstd`},
-		"both_bad":      {"format = \"qed\"\n      compression = \"lz4\"", "* format: \"qed\" is not a known format; allowed: qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vpc * compression: \"lz4\" is not allowed"},
+		"both_bad":      {"format = \"qed\"\n      compression = \"lz4\"", "* format: \"qed\" is not a known format; allowed: azure, gce, ova, qcow2, qcow2-compressed, raw, vdi, vhdx, vmdk, vmdk-stream, vpc * compression: \"lz4\" is not allowed"},
 		"bad_epoch":     {"format = \"vdi\"\n      source_date_epoch = -5", `source_date_epoch: -5 is outside 0..4294967295`},
 	} {
 		t.Run(name, func(t *testing.T) {
