@@ -24,7 +24,7 @@ const (
 	// are refused by the decoder.
 	ZstdMaxWindow = 16 << 20
 	// zstdInFlight is how many zstd blocks (≤ 128 KiB each) decode at once.
-	zstdInFlight = 1
+	zstdInFlight = 4
 	// readBuf is the buffered read size on spool files.
 	readBuf = 256 << 10
 )
@@ -283,11 +283,11 @@ func newNARReader(p *PathInfo, url string, side *countingReader, src io.Closer, 
 		r.dec = x
 	case "zstd":
 		// Not WithDecoderLowmem: its safe sequence decoder ran 25 % slower
-		// here, and the window bound below is what caps memory. One block
-		// at a time: four in flight pipelined the decoder's stages on the
-		// second core (1.0 GB/s instead of 0.69 on the debian tree's NAR)
-		// but took the plugin's peak RSS from 50 to 67-69 MiB, over the
-		// 64 MiB bound.
+		// here, and the window bound below is what caps memory. Four
+		// blocks in flight pipeline the decoder's stages on the second
+		// core (1.0 GB/s instead of 0.69 on the debian tree's NAR); the
+		// plugin peaks at 54 MiB so (bench), since the plugin binary lost
+		// the SDK's commonsteps (67-69 MiB before, over the 64 MiB bound).
 		z, err := zstd.NewReader(compressed, zstd.WithDecoderConcurrency(zstdInFlight),
 			zstd.WithDecoderMaxWindow(ZstdMaxWindow), zstd.WithDecoderMaxMemory(ZstdMaxWindow))
 		if err != nil {
