@@ -2,6 +2,7 @@ package nixos
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -45,5 +46,27 @@ func TestStepResolveSystemPutsTheSystem(t *testing.T) {
 	got, ok := state.Get("system").(*toplevel)
 	if !ok || got.path != system || got.kernel != filepath.Join(system, "kernel") || got.modulesDir != "" {
 		t.Fatalf("system %+v; want %s with its kernel and no modules", got, system)
+	}
+}
+
+// A system for another platform is refused before any work, naming it and
+// what to do instead; one for x86_64-linux, or without the file, is taken.
+func TestStepResolveSystemRefusesOtherPlatforms(t *testing.T) {
+	for platform, ok := range map[string]bool{"aarch64-linux": false, "x86_64-linux\n": true, "": true} {
+		c := prepared(t, map[string]interface{}{"only_nix_store": false, "system": "", "flake": "/src#host"})
+		state, ui := newState(c)
+		system := testToplevel(t)
+		if platform != "" {
+			if err := os.WriteFile(filepath.Join(system, "system"), []byte(platform), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		state.Put("nix", &fakeNix{system: system})
+		action := (&stepResolveSystem{}).Run(context.Background(), state)
+		if ok {
+			requireContinue(t, action, state)
+			continue
+		}
+		requireHalt(t, action, state, ui, `flake: `+system+` is a NixOS system for "aarch64-linux": install mode boots the system's own kernel in an x86_64 QEMU VM, so it installs x86_64-linux systems only; build a store-only image of it (only_nix_store = true) instead`)
 	}
 }

@@ -2,6 +2,7 @@ package nixos
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -57,6 +58,9 @@ func inspectToplevel(path, storeDir string, files systemFiles) (*toplevel, error
 		if !t.has(need) {
 			return nil, fmt.Errorf("%s is not a NixOS system (config.system.build.toplevel): it has no %s", path, need)
 		}
+	}
+	if err := checkPlatform(t); err != nil {
+		return nil, err
 	}
 	kernel, err := files.Resolve(filepath.Join(path, "kernel"))
 	if err != nil {
@@ -184,4 +188,36 @@ const installerDisk = "/dev/vda"
 // /dev, clean, and not the disk itself or one of its partitions' names.
 func goodDevice(d string) bool {
 	return path.Clean(d) == d && strings.HasPrefix(d, "/dev/") && !strings.HasPrefix(d, installerDisk)
+}
+
+// installPlatform is the only platform install mode boots today: the
+// installer VM is qemu-system-x86_64 running the system's own kernel.
+const installPlatform = "x86_64-linux"
+
+// checkPlatform refuses a system built for another platform (the `system`
+// file every NixOS toplevel has, e.g. "aarch64-linux") before any work
+// starts: its kernel would not boot in the installer VM, and the build
+// would only fail at install_timeout. A toplevel without the file is taken
+// as it is.
+func checkPlatform(t *toplevel) error {
+	if !t.has("system") {
+		return nil
+	}
+	p, err := t.files.Resolve(filepath.Join(t.path, "system"))
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 64))
+	if err != nil {
+		return err
+	}
+	if got := strings.TrimSpace(string(b)); got != installPlatform {
+		return fmt.Errorf("%s is a NixOS system for %q: install mode boots the system's own kernel in an %s QEMU VM, so it installs %s systems only; build a store-only image of it (only_nix_store = true) instead", t.path, got, "x86_64", installPlatform)
+	}
+	return nil
 }
