@@ -2,7 +2,6 @@ package nixos
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -59,9 +58,6 @@ func inspectToplevel(path, storeDir string, files systemFiles) (*toplevel, error
 			return nil, fmt.Errorf("%s is not a NixOS system (config.system.build.toplevel): it has no %s", path, need)
 		}
 	}
-	if err := checkPlatform(t); err != nil {
-		return nil, err
-	}
 	kernel, err := files.Resolve(filepath.Join(path, "kernel"))
 	if err != nil {
 		return nil, err
@@ -86,6 +82,12 @@ func inspectToplevel(path, storeDir string, files systemFiles) (*toplevel, error
 	wants, err := r.Read(path)
 	if err != nil {
 		return nil, err
+	}
+	// Before any work: another platform's kernel would not boot in the
+	// installer VM, and the build would only fail at install_timeout. A
+	// toplevel without a `system` file is taken as it is.
+	if wants.Platform != "" && wants.Platform != installPlatform {
+		return nil, fmt.Errorf("%s is a NixOS system for %q: install mode boots the system's own kernel in an x86_64 QEMU VM, so it installs %s systems only; build a store-only image of it (only_nix_store = true) instead", path, wants.Platform, installPlatform)
 	}
 	if t.boot, err = wants.BootMounts(); err != nil {
 		return nil, err
@@ -193,31 +195,3 @@ func goodDevice(d string) bool {
 // installPlatform is the only platform install mode boots today: the
 // installer VM is qemu-system-x86_64 running the system's own kernel.
 const installPlatform = "x86_64-linux"
-
-// checkPlatform refuses a system built for another platform (the `system`
-// file every NixOS toplevel has, e.g. "aarch64-linux") before any work
-// starts: its kernel would not boot in the installer VM, and the build
-// would only fail at install_timeout. A toplevel without the file is taken
-// as it is.
-func checkPlatform(t *toplevel) error {
-	if !t.has("system") {
-		return nil
-	}
-	p, err := t.files.Resolve(filepath.Join(t.path, "system"))
-	if err != nil {
-		return err
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 64))
-	if err != nil {
-		return err
-	}
-	if got := strings.TrimSpace(string(b)); got != installPlatform {
-		return fmt.Errorf("%s is a NixOS system for %q: install mode boots the system's own kernel in an %s QEMU VM, so it installs %s systems only; build a store-only image of it (only_nix_store = true) instead", t.path, got, "x86_64", installPlatform)
-	}
-	return nil
-}

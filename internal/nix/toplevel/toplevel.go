@@ -35,6 +35,10 @@ const (
 type System struct {
 	Path string
 
+	// Platform is the Nix platform the system was built for (its
+	// `system` file, e.g. "x86_64-linux"); "" when it has none.
+	Platform string
+
 	// Fstab is etc/fstab's entries; nil when the system has no etc/fstab.
 	Fstab []Mount
 	// InstallBootloader is the store path of the script
@@ -97,6 +101,14 @@ func (r Reader) storeDir() string {
 // Read reads what the toplevel at path wants from its installer.
 func (r Reader) Read(path string) (*System, error) {
 	s := &System{Path: path}
+	platform, err := r.readFile(path, "system", maxText)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		s.Platform = strings.TrimSpace(string(platform))
+	}
 	fstab, err := r.readFile(path, "etc/fstab", maxText)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
