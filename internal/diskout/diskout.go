@@ -127,7 +127,8 @@ func Write(ctx context.Context, j Job) error {
 	return os.Rename(staged, j.Final)
 }
 
-// archive writes the gce or ova archive of disk to staged.
+// archive writes the gce or ova archive of disk to staged; progress is
+// never nil (scaled makes it).
 func archive(ctx context.Context, j Job, disk, staged string, stamp int64, progress func(float64)) (err error) {
 	in, err := os.Open(disk)
 	if err != nil {
@@ -148,43 +149,27 @@ func archive(ctx context.Context, j Job, disk, staged string, stamp int64, progr
 		}
 	}()
 	total := fi.Size()
-	bytesDone := func(n int64) {
-		if progress != nil && total > 0 {
+	// Each progress report also ends the writer once ctx is done: closing
+	// its source makes its next read fail.
+	step := func(n int64) {
+		if total > 0 {
 			progress(100 * float64(n) / float64(total))
 		}
+		if ctx.Err() != nil {
+			in.Close()
+		}
 	}
-	// The writers stop at the next read once ctx is cancelled.
-	src := ctxFile{ctx: ctx, File: in}
 	switch j.Spec.Cloud {
 	case "gce":
-		return gcetar.Write(out, src.File, "disk.raw", total, stamp, func(n int64) {
-			bytesDone(n)
-			src.check()
-		})
+		return gcetar.Write(out, in, "disk.raw", total, stamp, step)
 	case "ova":
 		info, err := j.Driver.Info(ctx, disk, "vmdk")
 		if err != nil {
 			return err
 		}
-		return ova.Write(out, j.Machine, src.File, info.VirtualSize, stamp, func(n int64) {
-			bytesDone(n)
-			src.check()
-		})
+		return ova.Write(out, j.Machine, in, info.VirtualSize, stamp, step)
 	}
 	return fmt.Errorf("no archive for %q", j.Spec.Cloud)
-}
-
-// ctxFile closes the file under a writer once ctx is done, so the writer's
-// next read fails and it returns.
-type ctxFile struct {
-	ctx context.Context
-	*os.File
-}
-
-func (c ctxFile) check() {
-	if c.ctx.Err() != nil {
-		c.File.Close()
-	}
 }
 
 // padTo grows the file at path, sparsely, to a multiple of align bytes.
