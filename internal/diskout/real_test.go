@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,30 +16,6 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/qemuimg"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
-
-// rawImage is a sparse image of size bytes with pseudo-random data at a few
-// offsets.
-func rawImage(t *testing.T, size int64) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "in.img")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	rng := rand.New(rand.NewSource(1))
-	buf := make([]byte, 256<<10)
-	for _, off := range []int64{0, 3 << 20, size / 2, size - int64(len(buf))} {
-		rng.Read(buf)
-		if _, err := f.WriteAt(buf, off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return p
-}
 
 // write makes format from src into a new directory, deterministically
 // with seed, and returns the file.
@@ -79,7 +54,7 @@ func qemuImg(t *testing.T, args ...string) string {
 func TestAzure(t *testing.T) {
 	imagecheck.RequireTool(t, "qemu-img")
 	const rawSize = 33<<20 + 4096 // not whole MiB: Azure wants it rounded up
-	src := rawImage(t, rawSize)
+	src := imagecheck.RandomSparseImage(t, rawSize, 256<<10)
 	img := write(t, src, "azure", "seed-1")
 	fi, err := os.Stat(img)
 	if err != nil {
@@ -122,7 +97,7 @@ func TestAzure(t *testing.T) {
 // equal, the same bytes twice.
 func TestVMDKStream(t *testing.T) {
 	imagecheck.RequireTool(t, "qemu-img")
-	src := rawImage(t, 48<<20)
+	src := imagecheck.RandomSparseImage(t, 48<<20, 256<<10)
 	img := write(t, src, "vmdk-stream", "s")
 	if out := qemuImg(t, "info", "-f", "vmdk", img); !strings.Contains(out, "create type: streamOptimized") {
 		t.Errorf("qemu-img info:\n%s", out)
@@ -142,7 +117,7 @@ func TestVMDKStream(t *testing.T) {
 // twice, and nothing but the archive left in the output directory.
 func TestArchives(t *testing.T) {
 	imagecheck.RequireTool(t, "qemu-img", "tar")
-	src := rawImage(t, 40<<20)
+	src := imagecheck.RandomSparseImage(t, 40<<20, 256<<10)
 	for _, format := range []string{"gce", "ova", "azure", "vmdk-stream"} {
 		t.Run(format, func(t *testing.T) {
 			img := write(t, src, format, "s")

@@ -2,7 +2,6 @@ package qemuimg
 
 import (
 	"context"
-	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,32 +12,9 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
 
-// rawImage is a sparse image with pseudo-random data at a few offsets.
-func rawImage(t *testing.T, size int64) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "in.img")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	rng := rand.New(rand.NewSource(1))
-	buf := make([]byte, 1<<20)
-	for _, off := range []int64{0, 5 << 20, size/2 + 12345, size - 1<<20} {
-		rng.Read(buf)
-		if _, err := f.WriteAt(buf, off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return p
-}
-
 func TestEveryFormat(t *testing.T) {
 	imagecheck.RequireTool(t, "qemu-img")
-	src := rawImage(t, 64<<20)
+	src := imagecheck.RandomSparseImage(t, 64<<20, 1<<20)
 	d := ExecDriver{}
 	for _, c := range []struct{ format, compression string }{
 		{"raw", ""}, {"qcow2", ""}, {"qcow2-compressed", ""}, {"qcow2", "zstd"}, {"qcow2-compressed", "zlib"},
@@ -110,7 +86,7 @@ func TestParseErrors(t *testing.T) {
 // stays sparse: qemu-img skips holes rather than reading them.
 func TestSparseHugeInputBoundedMemory(t *testing.T) {
 	imagecheck.RequireTool(t, "qemu-img")
-	src := rawImage(t, 100<<30)
+	src := imagecheck.RandomSparseImage(t, 100<<30, 1<<20)
 	for _, name := range []string{"raw", "qcow2", "vpc", "vmdk"} {
 		s, _ := Parse(name, "")
 		dst := filepath.Join(t.TempDir(), "out."+s.Ext)

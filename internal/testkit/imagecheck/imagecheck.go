@@ -9,6 +9,7 @@ package imagecheck
 import (
 	"bytes"
 	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -271,4 +272,22 @@ func SparseFile(t testing.TB, name string, size int64) (string, *os.File) {
 	}
 	t.Cleanup(func() { f.Close() })
 	return p, f
+}
+
+// RandomSparseImage is a sparse raw image of size bytes in a test
+// temporary directory holding chunk bytes of pseudo-random data (the same
+// on every call) at its start, at 5 MiB, just past its middle (unaligned)
+// and at its end; the rest is holes.
+func RandomSparseImage(t testing.TB, size int64, chunk int) string {
+	t.Helper()
+	p, f := SparseFile(t, "in.img", size)
+	rng := rand.New(rand.NewSource(1))
+	buf := make([]byte, chunk)
+	for _, off := range []int64{0, 5 << 20, size/2 + 12345, size - int64(chunk)} {
+		rng.Read(buf)
+		if _, err := f.WriteAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
 }
