@@ -13,11 +13,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/vhdspec"
 )
 
 const (
 	// FooterSize is the footer's size, at the very end of the file.
-	FooterSize = 512
+	FooterSize = vhdspec.FooterSize
 	// Align is the unit Azure wants the virtual size in.
 	Align = 1 << 20
 	// MinSize is the smallest virtual size Azure accepts.
@@ -25,29 +27,6 @@ const (
 	// MaxSize is the largest a VHD can describe (2040 GiB, the format's
 	// limit; Azure's OS disks stop at 2 TiB).
 	MaxSize = 2040 << 30
-
-	epoch = 946684800 // the VHD time base, 2000-01-01T00:00:00Z, in Unix seconds
-)
-
-// Footer field offsets (Microsoft's "Virtual Hard Disk Image Format
-// Specification", "Hard Disk Footer Format"); all big-endian.
-const (
-	offCookie     = 0
-	offFeatures   = 8
-	offVersion    = 12
-	offDataOffset = 16
-	offTimestamp  = 24
-	offCreatorApp = 28
-	offCreatorVer = 32
-	offCreatorOS  = 36
-	offOrigSize   = 40
-	offCurSize    = 48
-	offGeometry   = 56
-	offDiskType   = 60
-	offChecksum   = 64
-	offUniqueID   = 68
-
-	diskFixed = 2
 )
 
 // Size is the virtual size a raw image of n bytes gets: n rounded up to a
@@ -60,36 +39,24 @@ func Size(n int64) int64 {
 func Footer(size int64, id [16]byte, unix int64) []byte {
 	f := make([]byte, FooterSize)
 	be := binary.BigEndian
-	copy(f[offCookie:], "conectix")
-	be.PutUint32(f[offFeatures:], 2) // "reserved", always set
-	be.PutUint32(f[offVersion:], 0x00010000)
-	be.PutUint64(f[offDataOffset:], ^uint64(0)) // fixed: no dynamic header
-	be.PutUint32(f[offTimestamp:], uint32(min(max(unix-epoch, 0), 1<<32-1)))
-	copy(f[offCreatorApp:], "qem2") // qemu's mark for "current size is exact"
-	be.PutUint32(f[offCreatorVer:], 0x00050003)
-	copy(f[offCreatorOS:], "Wi2k")
-	be.PutUint64(f[offOrigSize:], uint64(size))
-	be.PutUint64(f[offCurSize:], uint64(size))
+	copy(f, vhdspec.Cookie)
+	be.PutUint32(f[vhdspec.OffFeatures:], 2) // "reserved", always set
+	be.PutUint32(f[vhdspec.OffVersion:], 0x00010000)
+	be.PutUint64(f[vhdspec.OffDataOffset:], ^uint64(0)) // fixed: no dynamic header
+	be.PutUint32(f[vhdspec.OffTimestamp:], uint32(min(max(unix-vhdspec.Epoch, 0), 1<<32-1)))
+	copy(f[vhdspec.OffCreatorApp:], "qem2") // qemu's mark for "current size is exact"
+	be.PutUint32(f[vhdspec.OffCreatorVer:], 0x00050003)
+	copy(f[vhdspec.OffCreatorOS:], "Wi2k")
+	be.PutUint64(f[vhdspec.OffOrigSize:], uint64(size))
+	be.PutUint64(f[vhdspec.OffCurSize:], uint64(size))
 	// qemu-img's force_size geometry: the largest CHS, which readers that
 	// trust the geometry cap at the size above.
-	be.PutUint16(f[offGeometry:], 65535)
-	f[offGeometry+2], f[offGeometry+3] = 16, 255
-	be.PutUint32(f[offDiskType:], diskFixed)
-	copy(f[offUniqueID:], id[:])
-	be.PutUint32(f[offChecksum:], checksum(f))
+	be.PutUint16(f[vhdspec.OffGeometry:], 65535)
+	f[vhdspec.OffGeometry+2], f[vhdspec.OffGeometry+3] = 16, 255
+	be.PutUint32(f[vhdspec.OffDiskType:], vhdspec.DiskFixed)
+	copy(f[vhdspec.OffUniqueID:], id[:])
+	be.PutUint32(f[vhdspec.OffChecksum:], vhdspec.Checksum(f, vhdspec.OffChecksum))
 	return f
-}
-
-// checksum is the one's complement of the footer's byte sum, without the
-// checksum field.
-func checksum(f []byte) uint32 {
-	var s uint32
-	for i, c := range f {
-		if i < offChecksum || i >= offChecksum+4 {
-			s += uint32(c)
-		}
-	}
-	return ^s
 }
 
 // Finish turns the raw image at path into a fixed VHD in place: it grows

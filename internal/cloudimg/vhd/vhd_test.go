@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/vhdspec"
 )
 
 func TestSize(t *testing.T) {
@@ -44,8 +46,8 @@ func TestFooterMatchesQemuImg(t *testing.T) {
 		}
 		theirs := tail(t, img)
 		var id [16]byte
-		copy(id[:], theirs[offUniqueID:])
-		unix := int64(binary.BigEndian.Uint32(theirs[offTimestamp:])) + epoch
+		copy(id[:], theirs[vhdspec.OffUniqueID:])
+		unix := int64(binary.BigEndian.Uint32(theirs[vhdspec.OffTimestamp:])) + vhdspec.Epoch
 		if ours := Footer(size, id, unix); !bytes.Equal(ours, theirs) {
 			t.Errorf("size %d: footer differs from qemu-img's:\nours   % x\ntheirs % x", size, ours[:96], theirs[:96])
 		}
@@ -83,7 +85,7 @@ func TestFinish(t *testing.T) {
 		t.Error("the data moved, or the padding is not zero")
 	}
 	footer := b[20<<20:]
-	if string(footer[:8]) != "conectix" || binary.BigEndian.Uint32(footer[offDiskType:]) != diskFixed || binary.BigEndian.Uint32(footer[offChecksum:]) != checksum(footer) {
+	if string(footer[:8]) != "conectix" || binary.BigEndian.Uint32(footer[vhdspec.OffDiskType:]) != vhdspec.DiskFixed || binary.BigEndian.Uint32(footer[vhdspec.OffChecksum:]) != vhdspec.Checksum(footer, vhdspec.OffChecksum) {
 		t.Errorf("footer % x", footer[:96])
 	}
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/spec/vhdspec"
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/testkit/imagecheck"
 )
 
@@ -269,7 +270,7 @@ func TestVPCTimestamp(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, off := range offsets {
-				if got := int64(binary.BigEndian.Uint32(b[off+vpcTimestamp:])); got != tc.want {
+				if got := int64(binary.BigEndian.Uint32(b[off+vhdspec.OffTimestamp:])); got != tc.want {
 					t.Errorf("%s: footer at %d: timestamp %d, want %d", sub, off, got, tc.want)
 				}
 			}
@@ -287,10 +288,10 @@ func TestRefusesDamage(t *testing.T) {
 		damage func(b []byte) int64 // returns the offset to flip
 		want   string
 	}{
-		{"vpc footer", VPC, nil, func(b []byte) int64 { return int64(len(b)) - 512 + vpcUniqueID }, "footer at end of file: checksum"},
-		{"vpc footer copy", VPC, nil, func(b []byte) int64 { return vpcUniqueID }, "footer copy at offset 0 differs"},
+		{"vpc footer", VPC, nil, func(b []byte) int64 { return int64(len(b)) - 512 + vhdspec.OffUniqueID }, "footer at end of file: checksum"},
+		{"vpc footer copy", VPC, nil, func(b []byte) int64 { return vhdspec.OffUniqueID }, "footer copy at offset 0 differs"},
 		{"vpc dynamic header", VPC, nil, func(b []byte) int64 { return 512 + 200 }, "dynamic disk header: checksum"},
-		{"vpc fixed footer", VPC, []string{"-o", "subformat=fixed"}, func(b []byte) int64 { return int64(len(b)) - 512 + vpcTimestamp }, "checksum"},
+		{"vpc fixed footer", VPC, []string{"-o", "subformat=fixed"}, func(b []byte) int64 { return int64(len(b)) - 512 + vhdspec.OffTimestamp }, "checksum"},
 		{"vhdx header", VHDX, nil, func(b []byte) int64 { return vhdxHeader2 + 1000 }, "header 2: checksum"},
 		{"vhdx region table", VHDX, nil, func(b []byte) int64 { return vhdxRegion1 + 1000 }, "region table 1: checksum"},
 		{"vhdx log entry", VHDX, nil, func(b []byte) int64 { return 1<<20 + 4096 + 100 }, "log entry at log offset 0x0: checksum"},
