@@ -60,7 +60,7 @@ func benchConvert(ctx context.Context, c config, fixture string) ([]*convertRow,
 				Driver: d, Spec: spec, Src: raw, SrcFormat: "raw", Final: out,
 				Deterministic: true, Time: epoch,
 				Seed:    func() ([]byte, error) { return normalize.ContentSeed(raw, []byte("bench")) },
-				Machine: ova.Machine{Name: "nixos", CPUs: 2, MemoryMiB: 2048, Firmware: "bios"},
+				Machine: ova.Machine{Name: "nixos", CPUs: diskout.DefaultOVACPUs, MemoryMiB: diskout.DefaultOVAMemory, Firmware: "bios"},
 			})
 			if err != nil {
 				return nil, row{}, 0, err
