@@ -72,6 +72,11 @@ func (c *Closure) prehash(ctx context.Context, dir string, groups map[sizeKey]ui
 			select {
 			case work <- f:
 			case <-ctx.Done():
+				// Queued but no worker will hash it: key may already be
+				// waiting for it (the decider does not look at ctx
+				// between the files of one directory).
+				f.err = ctx.Err()
+				close(f.done)
 				return ctx.Err()
 			}
 			return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,5 +73,49 @@ func TestClosurePrehashStops(t *testing.T) {
 	}
 	if n := runtime.NumGoroutine(); n > before {
 		t.Fatalf("%d goroutines left running, %d before", n, before)
+	}
+}
+
+// cancelAfter is a logTarget that cancels the walk's context at its nth
+// file, as Ctrl-C does in the middle of a directory.
+type cancelAfter struct {
+	logTarget
+	n      int
+	cancel context.CancelFunc
+}
+
+func (c *cancelAfter) File(h ext4.Header, src string) (uint32, error) {
+	if c.n--; c.n == 0 {
+		c.cancel()
+	}
+	return c.logTarget.File(h, src)
+}
+
+// A walk cancelled in the middle of one directory of twins ends with the
+// context's error: the decider, which goes on to the directory's next
+// file, never waits for a key the cancelled prehasher will not compute.
+func TestClosurePrehashCancelled(t *testing.T) {
+	var specs []string
+	for i := range 2 * prehashQueue {
+		// 64 KiB twins in pairs: the workers are busy, the queue full.
+		specs = append(specs, fmt.Sprintf("aaa-one/f%04d=%08d%s", i, i/2, strings.Repeat("x", 64<<10)))
+	}
+	roots := store(t, specs...)
+	for round := range 40 {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := NewClosure(HostPaths(roots...), storeOpts).Walk(ctx, &cancelAfter{n: 1 + round%5, cancel: cancel}, "")
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("round %d: got %v, want context.Canceled", round, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("round %d: the cancelled walk never ended", round)
+		}
+		cancel()
 	}
 }
