@@ -82,7 +82,8 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	start := time.Now()
 
 	s.mark = start
-	dir, err := os.MkdirTemp("", "packer-nixos-vm-")
+	// The agent's socket lives here: a long TMPDIR falls back to /tmp.
+	dir, err := qemu.SocketDir("packer-nixos-vm-", "agent.sock")
 	if err != nil {
 		return halt(state, err)
 	}

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -85,5 +86,39 @@ func TestConfigErrors(t *testing.T) {
 		if tc.key != "" && (!errors.As(err, &fe) || fe.Key != tc.key) {
 			t.Errorf("%v: key %+v, want %s", err, fe, tc.key)
 		}
+	}
+}
+
+// A TMPDIR too long for a unix socket falls back to /tmp; a short one is
+// used as it is.
+func TestSocketDirLongTMPDIR(t *testing.T) {
+	long := filepath.Join(t.TempDir(), strings.Repeat("d", 90))
+	if err := os.MkdirAll(long, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", long)
+	dir, err := SocketDir("packer-nixos-vm-", "agent.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if filepath.Dir(dir) != "/tmp" {
+		t.Errorf("SocketDir with a %d-byte TMPDIR = %s, want a directory in /tmp", len(long), dir)
+	}
+	if n := len(filepath.Join(dir, "agent.sock")); n > maxSocketPath {
+		t.Errorf("socket path %d bytes > %d", n, maxSocketPath)
+	}
+	short := t.TempDir()
+	t.Setenv("TMPDIR", short)
+	dir2, err := SocketDir("packer-nixos-vm-", "agent.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir2)
+	if filepath.Dir(dir2) != short {
+		t.Errorf("SocketDir with a short TMPDIR = %s, want it in %s", dir2, short)
+	}
+	if fi, err := os.Stat(dir2); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("socket directory mode: %v %v", fi.Mode(), err)
 	}
 }

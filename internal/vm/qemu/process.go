@@ -16,14 +16,25 @@ import (
 // makeRunDir creates the private directory for the QMP socket: in workDir
 // when the socket path fits a sockaddr_un, else in a short temp dir.
 func makeRunDir(workDir string) (string, error) {
-	// "/qemu-" + MkdirTemp's 10 random digits + "/qmp.sock"
-	const suffix = len("/qemu-1234567890/qmp.sock")
+	return socketDir(workDir, "qemu-", "qmp.sock")
+}
+
+// SocketDir creates a private temporary directory (prefix + random digits)
+// in which a unix socket called name fits a sockaddr_un: in TMPDIR when
+// that is short enough, else in /tmp. A long TMPDIR is not an error.
+func SocketDir(prefix, name string) (string, error) {
+	return socketDir("", prefix, name)
+}
+
+func socketDir(workDir, prefix, name string) (string, error) {
+	// MkdirTemp appends up to 10 random digits.
+	suffix := len("/"+prefix+"1234567890/") + len(name)
 	for _, base := range []string{workDir, os.TempDir(), "/tmp"} {
 		if base == "" || !filepath.IsAbs(base) && base != workDir {
 			continue
 		}
 		if abs, err := filepath.Abs(base); err == nil && len(abs)+suffix <= maxSocketPath {
-			d, err := os.MkdirTemp(abs, "qemu-")
+			d, err := os.MkdirTemp(abs, prefix)
 			if err != nil {
 				return "", fmt.Errorf("qemu: creating socket directory: %w", err)
 			}
