@@ -151,10 +151,13 @@ func accCacheKeys(sub string, pubs []string) string {
 // the test's own temporary directories are made) and returns it.
 func accSetTmpdir(t *testing.T) string {
 	t.Helper()
-	tmp := filepath.Join(t.TempDir(), "tmpdir")
-	if err := os.Mkdir(tmp, 0o755); err != nil {
+	// Short, not under t.TempDir(), whose path holds the test's name: the
+	// installer VM's socket must fit in it, or it would go to /tmp instead.
+	tmp, err := os.MkdirTemp("/tmp", "acc-")
+	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
 	t.Setenv("TMPDIR", tmp)
 	return tmp
 }

@@ -86,7 +86,9 @@ func TestAccBadInputs(t *testing.T) {
 		t.Errorf("output directory left behind by a failed build: %v", err)
 	}
 
-	// -on-error=abort keeps what the failed build made, for inspection.
+	// -on-error=abort keeps what the failed build made, for inspection:
+	// its temporary directories too, so they go where the test removes them.
+	accSetTmpdir(t)
 	res = runPacker(t, "too_small_abort", template("store", fmt.Sprintf(`
   only_nix_store       = true
   store_paths          = %s
@@ -170,10 +172,12 @@ func TestAccInstallInterrupt(t *testing.T) {
 }
 
 // interruptBuild runs packer build, sends Ctrl-C once a line containing
-// trigger appears (plus delay), and checks that nothing is left behind.
+// trigger appears (plus delay), and checks that nothing is left behind. The
+// build gets a TMPDIR of its own, so that what other tests running at the
+// same time leave in /tmp is not taken for its debris.
 func interruptBuild(t *testing.T, out, trigger string, delay time.Duration, tmpl string) {
 	t.Helper()
-	before := tempDebris(t)
+	tmp := accSetTmpdir(t)
 	packertest.Interrupt(t, tmpl, trigger, delay)
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		ents, _ := os.ReadDir(out)
@@ -183,17 +187,5 @@ func interruptBuild(t *testing.T, out, trigger string, delay time.Duration, tmpl
 	if procs, _ := exec.Command("pgrep", "-f", "qemu-system.*"+regexp.QuoteMeta(out)).Output(); len(procs) > 0 {
 		t.Errorf("QEMU processes left running: %s", procs)
 	}
-	if after := tempDebris(t); len(after) > len(before) {
-		t.Errorf("temporary files left behind: %v (before: %v)", after, before)
-	}
-}
-
-// tempDebris lists the plugin's temporary directories and sockets.
-func tempDebris(t *testing.T) []string {
-	var all []string
-	for _, pat := range []string{"packer-nixos-*", "qemu-*"} {
-		m, _ := filepath.Glob(filepath.Join(os.TempDir(), pat))
-		all = append(all, m...)
-	}
-	return all
+	accRequireEmpty(t, tmp, "TMPDIR after Ctrl-C")
 }

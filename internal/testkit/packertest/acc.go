@@ -101,6 +101,10 @@ func (r Result) Has(s string) bool {
 	return strings.Contains(strings.Join(strings.Fields(r.Log), " "), strings.Join(strings.Fields(s), " "))
 }
 
+// interruptGrace is how long a build may take to stop after Ctrl-C: an
+// install-mode build's cleanup stops QEMU (seconds), nothing takes minutes.
+const interruptGrace = 3 * time.Minute
+
 // Interrupt runs packer build on tmpl, sends Ctrl-C to its process group
 // (as a terminal does: packer, its panicwrap child and the plugins) once a
 // line holding trigger appears and delay has passed, and waits for the
@@ -116,8 +120,10 @@ func Interrupt(t *testing.T, tmpl, trigger string, delay time.Duration) string {
 	if err := os.WriteFile(tmplPath, []byte(tmpl), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	logPath := filepath.Join(dir, "packer.log")
 	cmd := exec.Command("packer", "build", tmplPath)
 	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "PACKER_LOG=1", "PACKER_LOG_PATH="+logPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -145,8 +151,26 @@ func Interrupt(t *testing.T, tmpl, trigger string, delay time.Duration) string {
 	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
+	// A build that does not end after Ctrl-C is this test's failure, not
+	// the suite's timeout: the plugins are asked for their goroutines
+	// (SIGQUIT makes a Go program print them to stderr, which Packer logs),
+	// then everything is killed and the test fails with the log.
+	hung := time.AfterFunc(interruptGrace, func() {
+		if out, _ := exec.Command("pgrep", "-g", fmt.Sprint(cmd.Process.Pid), "-f", "packer-plugin-").Output(); len(out) > 0 {
+			for _, pid := range strings.Fields(string(out)) {
+				exec.Command("kill", "-QUIT", pid).Run()
+			}
+			time.Sleep(3 * time.Second)
+		}
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	})
 	for sc.Scan() {
 		log.WriteString(sc.Text() + "\n")
+	}
+	if !hung.Stop() {
+		cmd.Wait()
+		plog, _ := os.ReadFile(logPath)
+		t.Fatalf("packer build still running %v after Ctrl-C; killed. Output:\n%s\nPacker's log:\n%s", interruptGrace, log.String(), Tail(string(plog), 60000))
 	}
 	if err := cmd.Wait(); err == nil {
 		t.Fatalf("packer build succeeded despite the interrupt:\n%s", log.String())
