@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"time"
 )
 
 // NixDriver runs nix, nix-build and nix-store.
@@ -42,6 +43,9 @@ func (NixDriver) BuildFile(ctx context.Context, file, attr string) (string, erro
 
 func runNix(ctx context.Context, bin string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, bin, args...)
+	// Cancelled, nix is killed; a child of its that holds the output pipes
+	// (git or ssh fetching a flake input) must not hold the step too.
+	cmd.WaitDelay = 2 * time.Second
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -41,6 +41,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 const (
@@ -208,6 +209,7 @@ type ExecDriver struct {
 func (e *ExecDriver) cmd(ctx context.Context, args ...string) *exec.Cmd {
 	c := exec.CommandContext(ctx, e.Bin, append(append([]string{}, e.Args...), args...)...)
 	c.Env = append(os.Environ(), "LC_ALL=C")
+	c.WaitDelay = 2 * time.Second // cancelled: a leftover child holding our pipes does not hold us
 	return c
 }
 

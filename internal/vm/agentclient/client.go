@@ -196,7 +196,12 @@ func (c *Client) call(ctx context.Context, req *protocol.Request, input func(id 
 			done = nil
 			abort(fmt.Errorf("guest agent: %s: %w", req.Op, ctx.Err()))
 		case <-grace:
-			return nil, fmt.Errorf("%w (the agent did not confirm the cancel within %v)", localErr, cancelGrace)
+			// The agent may be stuck (a command that never reads its
+			// stdin holds its frame loop), and a write of ours may hold
+			// the writer: closing ends both, and later calls fail at once
+			// instead of blocking in a write.
+			c.Close()
+			return nil, fmt.Errorf("%w (the agent did not confirm the cancel within %v; connection closed)", localErr, cancelGrace)
 		}
 	}
 }
@@ -207,6 +212,12 @@ func (c *Client) call(ctx context.Context, req *protocol.Request, input func(id 
 func (c *Client) Hello(ctx context.Context) (*protocol.HelloInfo, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// QEMU reads the chardev only once the guest has opened its port: until
+	// then the socket fills, and a write blocks whatever ctx says. Ending
+	// ctx closes the connection, which ends the write (callers close the
+	// client after a failed Hello anyway).
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
 	sent := map[uint32]bool{}
 	tick := time.NewTicker(helloInterval)
 	defer tick.Stop()
@@ -214,6 +225,9 @@ func (c *Client) Hello(ctx context.Context) (*protocol.HelloInfo, error) {
 		id := c.newID()
 		sent[id] = true
 		if err := c.fw.WriteJSON(protocol.FrameRequest, id, &protocol.Request{Op: protocol.OpHello}); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("guest agent: no hello from the agent: %w", ctx.Err())
+			}
 			return nil, fmt.Errorf("guest agent: hello: sending: %w", err)
 		}
 	wait:
@@ -229,6 +243,9 @@ func (c *Client) Hello(ctx context.Context) (*protocol.HelloInfo, error) {
 				resp, err := decodeResponse(protocol.OpHello, f.Payload)
 				if err != nil {
 					return nil, err
+				}
+				if !stop() { // ctx ended meanwhile and closed the connection
+					return nil, fmt.Errorf("guest agent: no hello from the agent: %w", ctx.Err())
 				}
 				return resp.Hello, nil
 			case <-tick.C:
