@@ -86,8 +86,10 @@ type Config struct {
 	// off, under KVM; under TCG, which emulates every instruction, it gets
 	// five times as long. Defaults to `10m`.
 	InstallTimeout time.Duration `mapstructure:"install_timeout" required:"false"`
-	// Install mode: the QEMU system emulator. Defaults to
-	// `qemu-system-x86_64`.
+	// Install mode: the QEMU system emulator. Defaults to the one for the
+	// system's architecture (its `system` file, never the host's):
+	// `qemu-system-x86_64`, or `qemu-system-aarch64` for `aarch64-linux`
+	// systems, which run under TCG on other hosts.
 	QemuBinary string `mapstructure:"qemu_binary" required:"false"`
 	// Install mode: a kernel (bzImage) to boot the installer VM with, instead
 	// of the system's own `kernel`.
@@ -101,8 +103,9 @@ type Config struct {
 	// can register its boot entry; the variables are kept as `efi-vars.fd`
 	// in the output directory (make-disk-image's `touchEFIVars`).
 	TouchEFIVars bool `mapstructure:"touch_efi_vars" required:"false"`
-	// The OVMF firmware code for `touch_efi_vars`, attached read-only.
-	// Defaults to Debian's /usr/share/OVMF (package ovmf).
+	// The UEFI firmware code for `touch_efi_vars`, attached read-only.
+	// Defaults to Debian's /usr/share/OVMF (package ovmf), or for
+	// `aarch64-linux` systems /usr/share/AAVMF (package qemu-efi-aarch64).
 	EFIFirmwareCode string `mapstructure:"efi_firmware_code" required:"false"`
 	// The OVMF variable store template for `touch_efi_vars`; a copy is used.
 	// Defaults to the one that goes with `efi_firmware_code`.
@@ -220,6 +223,7 @@ type Config struct {
 	additionalBytes int64
 	bootBytes       int64
 	layout          disk.Type
+	efiDefaulted    bool // touch_efi_vars without firmware paths: the system's architecture's
 	epoch           int64
 	cache           binarycache.Config // substituters set: what New gets
 }

@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/qemu"
 )
 
 // prepareInstall validates and defaults the install-mode keys.
@@ -77,11 +75,12 @@ func (c *Config) prepareInstall(bad func(string, ...interface{})) {
 	if c.InstallTimeout < 0 {
 		bad("install_timeout: %s is negative", c.InstallTimeout)
 	}
-	if c.QemuBinary == "" {
-		c.QemuBinary = "qemu-system-x86_64"
-	}
-	if _, err := exec.LookPath(c.QemuBinary); err != nil {
-		bad("qemu_binary: %s not found: install mode runs a small QEMU VM; install Debian's qemu-system-x86 or set qemu_binary", c.QemuBinary)
+	// Unset, the emulator is the system's architecture's, known once the
+	// system is (toplevel.checkArch).
+	if c.QemuBinary != "" {
+		if _, err := exec.LookPath(c.QemuBinary); err != nil {
+			bad("qemu_binary: %s not found: install mode runs a small QEMU VM; install Debian's qemu-system-x86 (or qemu-system-arm for aarch64 systems) or set qemu_binary", c.QemuBinary)
+		}
 	}
 	c.prepareEFI(bad)
 	if c.InstallerKernel != "" {
@@ -118,12 +117,9 @@ func (c *Config) prepareEFI(bad func(string, ...interface{})) {
 		bad("touch_efi_vars: only with a GPT layout (legacy+gpt, efi, efixbootldr, hybrid), not %q", c.PartitionTableType)
 	}
 	if c.EFIFirmwareCode == "" && c.EFIFirmwareVars == "" {
-		code, vars, err := qemu.FindOVMF()
-		if err != nil {
-			bad("efi_firmware_code: %v; install Debian's ovmf or set efi_firmware_code and efi_firmware_vars", err)
-			return
-		}
-		c.EFIFirmwareCode, c.EFIFirmwareVars = code, vars
+		// The firmware is the system's architecture's (toplevel.checkArch).
+		c.efiDefaulted = true
+		return
 	}
 	for key, path := range map[string]string{"efi_firmware_code": c.EFIFirmwareCode, "efi_firmware_vars": c.EFIFirmwareVars} {
 		if path == "" {

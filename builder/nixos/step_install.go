@@ -59,15 +59,21 @@ const guestClockMin = 946684800
 // and crypto_algapi_init alone), and the installer's crypto is only ext4's
 // checksums. mitigations=off: the VM runs nothing but the system's own
 // tools, alone, and the speculation barriers cost TCG about 0.1-0.2 s of
-// activation and boot loader installation. acpi=noirq: PCI interrupts are
-// routed from the firmware's tables, not by running the ACPI interrupt
-// links' AML, which took 0.15 s per virtio device under TCG; virtio-pci
-// takes MSI-X interrupts anyway. rodata=off: no read-only kernel mappings,
-// so no W+X walk of the page tables (0.12 s under TCG). noreplace-smp: on
-// one vCPU the kernel would rewrite every LOCK prefix in its text, each
-// write throwing away translated code (0.2 s). Not initcall_blacklist: it
-// looks up every initcall's symbol name, which costs more than it skips.
-const installerCmdline = "console=ttyS0 panic=-1 quiet cryptomgr.notests mitigations=off acpi=noirq rodata=off noreplace-smp"
+// activation and boot loader installation. rodata=off: no read-only kernel
+// mappings, so no W+X walk of the page tables (0.12 s under TCG). Not
+// initcall_blacklist: it looks up every initcall's symbol name, which
+// costs more than it skips. The architecture adds its console and the
+// parameters only its kernel knows (qemu.Arch.KernelArgs).
+func installerCmdline(a qemu.Arch) string {
+	if a.Name == "" { // a toplevel made by hand in a test
+		a = qemu.X86_64
+	}
+	cmdline := "console=" + a.Console + " panic=-1 quiet cryptomgr.notests mitigations=off rodata=off"
+	if a.KernelArgs != "" {
+		cmdline += " " + a.KernelArgs
+	}
+	return cmdline
+}
 
 // EFIVarsFile is the name of the EFI variable store touch_efi_vars keeps.
 const EFIVarsFile = "efi-vars.fd"
@@ -99,12 +105,13 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 	defer console.Flush()
 	sock := filepath.Join(dir, "agent.sock")
 	vmc := qemu.VMConfig{
+		Arch:        system.arch,
 		Binary:      c.QemuBinary,
 		Accel:       qemu.Accel(c.Accelerator),
 		MemMiB:      c.MemSize,
 		Kernel:      system.kernel,
 		Initrd:      initrdPath,
-		Append:      installerCmdline,
+		Append:      installerCmdline(system.arch),
 		Disks:       []qemu.Disk{{Path: raw, Format: "raw"}},
 		AgentSocket: sock,
 		Console:     console,

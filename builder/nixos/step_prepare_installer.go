@@ -72,7 +72,9 @@ func (s *stepPrepareInstaller) Run(_ context.Context, state multistep.StateBag) 
 	f.initrd = startJob(filepath.Join(dir, "initrd.cpio"), func(path string) error {
 		return s.writeInitrd(path, system, c.TouchEFIVars, needs)
 	})
-	if s.unpack != nil && !c.TouchEFIVars && c.Accelerator != string(qemu.KVM) {
+	// Only an x86 bzImage carries a decompressor TCG would emulate; an
+	// arm64 Image is booted as it is.
+	if s.unpack != nil && !c.TouchEFIVars && c.Accelerator != string(qemu.KVM) && system.arch.Name != qemu.AArch64.Name {
 		f.kernel = startJob(filepath.Join(dir, "vmlinux"), func(path string) error {
 			return s.unpack(system.kernel, path)
 		})

@@ -68,7 +68,10 @@ func (s *stepResolveSystem) Run(ctx context.Context, state multistep.StateBag) m
 	if err != nil {
 		return halt(state, fmt.Errorf("%s: %w", key, err))
 	}
-	ui.Say(fmt.Sprintf("System: %s (kernel %s)", system, t.kernelVersion))
+	ui.Say(fmt.Sprintf("System: %s (%s, kernel %s)", system, t.arch.Name, t.kernelVersion))
+	if err := t.checkArch(c); err != nil {
+		return halt(state, err)
+	}
 	// What the system wants of the layout and the installer VM is checked
 	// now, before the image is written or a VM boots.
 	notes, err := t.checkBootTargets(c)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/disk"
 	nixtoplevel "github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/toplevel"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/qemu"
 )
 
 // toplevel is what install mode needs from a system.build.toplevel.
@@ -18,6 +19,7 @@ type toplevel struct {
 	kernel        string // bzImage
 	modulesDir    string // <kernel-modules>/lib/modules/<version>, "" if the kernel has no modules
 	kernelVersion string
+	arch          qemu.Arch // the installer VM's, from the system's platform
 
 	// What the system wants from its installer (internal/nix/toplevel);
 	// nil in tests that make a toplevel by hand: nothing known.
@@ -83,11 +85,11 @@ func inspectToplevel(path, storeDir string, files systemFiles) (*toplevel, error
 	if err != nil {
 		return nil, err
 	}
-	// Before any work: another platform's kernel would not boot in the
-	// installer VM, and the build would only fail at install_timeout. A
-	// toplevel without a `system` file is taken as it is.
-	if wants.Platform != "" && wants.Platform != installPlatform {
-		return nil, fmt.Errorf("%s is a NixOS system for %q: install mode boots the system's own kernel in an x86_64 QEMU VM, so it installs %s systems only; build a store-only image of it (only_nix_store = true) instead", path, wants.Platform, installPlatform)
+	// Before any work: the installer VM runs the system's own kernel, so
+	// its architecture is the system's, never the host's. A toplevel
+	// without a `system` file is taken by its kernel's header.
+	if t.arch, err = systemArch(path, wants.Platform, kernel); err != nil {
+		return nil, err
 	}
 	if t.boot, err = wants.BootMounts(); err != nil {
 		return nil, err
@@ -191,7 +193,3 @@ const installerDisk = "/dev/vda"
 func goodDevice(d string) bool {
 	return path.Clean(d) == d && strings.HasPrefix(d, "/dev/") && !strings.HasPrefix(d, installerDisk)
 }
-
-// installPlatform is the only platform install mode boots today: the
-// installer VM is qemu-system-x86_64 running the system's own kernel.
-const installPlatform = "x86_64-linux"

@@ -117,6 +117,12 @@ func (t Type) IsGPT() bool {
 	return t == LegacyGPT || t == EFI || t == EFIXBootLdr || t == Hybrid
 }
 
+// BIOS reports whether the layout is booted by a PC BIOS (GRUB in the MBR
+// gap or a BIOS boot partition).
+func (t Type) BIOS() bool {
+	return t == Legacy || t == LegacyGPT || t == Hybrid
+}
+
 // HasBootSize reports whether make-disk-image's bootSize affects the layout.
 func (t Type) HasBootSize() bool {
 	return t == EFI || t == EFIXBootLdr || t == Hybrid

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"time"
 
@@ -71,6 +72,9 @@ type Probe struct {
 // the config is invalid (missing binary or file), which would fail under
 // TCG as well. No probe VM is left running then.
 func ProbeAccel(ctx context.Context, d Driver, c VMConfig, ready func(context.Context) error, timeout time.Duration) (Probe, error) {
+	if arch := c.Arch.orDefault(); !arch.Native() {
+		return Probe{Accel: TCG, Reason: fmt.Sprintf("an %s guest on an %s host: KVM runs only the host's architecture; using TCG", arch.Name, runtime.GOARCH)}, nil
+	}
 	if err := KVMUsable(); err != nil {
 		return Probe{Accel: TCG, Reason: fmt.Sprintf("KVM unavailable (%v): using TCG, which is much slower", err)}, nil
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 )
@@ -12,7 +13,7 @@ import (
 // on with a less specific message, before any process or file exists.
 func (c *VMConfig) normalize() error {
 	var err error
-	if c.Binary, err = lookBinary(c.Binary); err != nil {
+	if c.Binary, err = lookArchBinary(c.Binary, c.Arch.orDefault()); err != nil {
 		return err
 	}
 	switch c.Accel {
@@ -21,6 +22,9 @@ func (c *VMConfig) normalize() error {
 		return errors.New("qemu: no accelerator given (resolve \"auto\" with ProbeAccel)")
 	default:
 		return fmt.Errorf("qemu: unknown accelerator %q (want kvm or tcg)", c.Accel)
+	}
+	if arch := c.Arch.orDefault(); c.Accel == KVM && !arch.Native() {
+		return fmt.Errorf("qemu: KVM runs only guests of the host's architecture; an %s guest on this %s host needs TCG", arch.Name, runtime.GOARCH)
 	}
 	if c.MemMiB == 0 {
 		c.MemMiB = 256
@@ -134,10 +138,8 @@ func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // args builds the QEMU command line. qmpSock is the QMP socket path.
 func (c *VMConfig) args(qmpSock string) []string {
-	machine := "pc"
-	if c.EFI != nil {
-		machine = "q35"
-	}
+	arch := c.Arch.orDefault()
+	machine := arch.machine(c.EFI != nil)
 	a := []string{
 		"-nodefaults", "-no-user-config",
 		"-display", "none", "-monitor", "none",
@@ -145,8 +147,11 @@ func (c *VMConfig) args(qmpSock string) []string {
 		"-machine", machine,
 		"-accel", string(c.Accel),
 	}
-	if c.Accel == TCG {
-		a = append(a, "-cpu", "max")
+	switch {
+	case c.Accel == TCG:
+		a = append(a, "-cpu", arch.TCGCPU)
+	case arch.Name == "aarch64": // virt has no default CPU model for KVM
+		a = append(a, "-cpu", "host")
 	}
 	a = append(a,
 		"-m", strconv.Itoa(c.MemMiB),

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +121,34 @@ func TestSocketDirLongTMPDIR(t *testing.T) {
 	}
 	if fi, err := os.Stat(dir2); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("socket directory mode: %v %v", fi.Mode(), err)
+	}
+}
+
+// An aarch64 guest gets the virt board, the TCG CPU model that boots
+// fastest and its own emulator; KVM is refused unless the host is arm64.
+func TestArchArgs(t *testing.T) {
+	c := VMConfig{Arch: AArch64, Accel: TCG, MemMiB: 256, CPUs: 1}
+	a := strings.Join(c.args("/q.sock"), " ")
+	for _, want := range []string{"-machine virt ", "-cpu max,pauth-impdef=on ", "-accel tcg "} {
+		if !strings.Contains(a, want) {
+			t.Errorf("aarch64 args lack %q: %s", want, a)
+		}
+	}
+	x := VMConfig{Accel: TCG, MemMiB: 256, CPUs: 1}
+	if a := strings.Join(x.args("/q.sock"), " "); !strings.Contains(a, "-machine pc ") || !strings.Contains(a, "-cpu max ") {
+		t.Errorf("the zero Arch is not the PC: %s", a)
+	}
+	x.EFI = &EFI{Code: "/c", Vars: "/v"}
+	if a := strings.Join(x.args("/q.sock"), " "); !strings.Contains(a, "-machine q35 ") {
+		t.Errorf("x86_64 with EFI is not q35: %s", a)
+	}
+	if runtime.GOARCH != "arm64" {
+		k := VMConfig{Arch: AArch64, Accel: KVM, Binary: "/bin/true"}
+		if err := k.normalize(); err == nil || !strings.Contains(err.Error(), "KVM runs only guests of the host's architecture") {
+			t.Errorf("KVM for an aarch64 guest on %s: %v", runtime.GOARCH, err)
+		}
+		if p, err := ProbeAccel(context.Background(), nil, VMConfig{Arch: AArch64}, nil, time.Second); err != nil || p.Accel != TCG {
+			t.Errorf("ProbeAccel for an aarch64 guest: %+v %v, want TCG at once", p, err)
+		}
 	}
 }

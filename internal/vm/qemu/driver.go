@@ -50,7 +50,9 @@ var ErrNotFound = errors.New("not found")
 
 // VMConfig describes one VM.
 type VMConfig struct {
-	// Binary is the QEMU system emulator; empty means DefaultBinary.
+	// Arch is the guest's architecture; the zero value is X86_64.
+	Arch Arch
+	// Binary is the QEMU system emulator; empty means Arch's.
 	Binary string
 	// Accel is required: ProbeAccel resolves "auto" before Start.
 	Accel  Accel
@@ -185,13 +187,16 @@ func New() Driver { return driver{} }
 type driver struct{}
 
 // lookBinary resolves bin in PATH with the error a user can act on.
-func lookBinary(bin string) (string, error) {
+func lookBinary(bin string) (string, error) { return lookArchBinary(bin, X86_64) }
+
+// lookArchBinary finds bin, or arch's emulator when bin is empty.
+func lookArchBinary(bin string, arch Arch) (string, error) {
 	if bin == "" {
-		bin = DefaultBinary
+		bin = arch.Binary
 	}
 	p, err := exec.LookPath(bin)
 	if err != nil {
-		return "", fmt.Errorf("%s %w: install qemu-system-x86 or set the path to QEMU", bin, ErrNotFound)
+		return "", fmt.Errorf("%s %w: install %s or set the path to QEMU", bin, ErrNotFound, arch.Package)
 	}
 	return p, nil
 }

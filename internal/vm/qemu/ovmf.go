@@ -37,6 +37,23 @@ func FindOVMF() (code, vars string, err error) {
 		OVMFDir, ovmfPairs[0][0], ovmfPairs[0][1], ovmfPairs[1][0], ovmfPairs[1][1])
 }
 
+// AAVMFDir is where Debian's qemu-efi-aarch64 package installs edk2 for
+// QEMU's virt board.
+const AAVMFDir = "/usr/share/AAVMF"
+
+// FindAAVMF returns the AAVMF code and vars template in AAVMFDir: both are
+// 64 MiB, the size of each of the virt board's two flash devices.
+func FindAAVMF() (code, vars string, err error) {
+	code, vars = filepath.Join(AAVMFDir, "AAVMF_CODE.fd"), filepath.Join(AAVMFDir, "AAVMF_VARS.fd")
+	if !regular(code) || !regular(vars) {
+		return "", "", fmt.Errorf("no AAVMF firmware in %s (looked for AAVMF_CODE.fd and AAVMF_VARS.fd): install the qemu-efi-aarch64 package or set efi_firmware_code and efi_firmware_vars", AAVMFDir)
+	}
+	if err := sameFlashFamily(code, vars); err != nil {
+		return "", "", err
+	}
+	return code, vars, nil
+}
+
 func regular(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && fi.Mode().IsRegular()
