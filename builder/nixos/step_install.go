@@ -65,9 +65,7 @@ const guestClockMin = 946684800
 // costs more than it skips. The architecture adds its console and the
 // parameters only its kernel knows (qemu.Arch.KernelArgs).
 func installerCmdline(a qemu.Arch) string {
-	if a.Name == "" { // a toplevel made by hand in a test
-		a = qemu.X86_64
-	}
+	a = a.OrDefault() // the zero Arch: a toplevel made by hand in a test
 	cmdline := "console=" + a.Console + " panic=-1 quiet cryptomgr.notests mitigations=off rodata=off"
 	if a.KernelArgs != "" {
 		cmdline += " " + a.KernelArgs
@@ -165,7 +163,12 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		return nil
 	}
 
-	if c.Accelerator == "auto" {
+	accelerator := c.Accelerator
+	if accelerator == "auto" && !system.arch.OrDefault().Native() {
+		// Another architecture's guest: TCG is the only choice, no probe.
+		accelerator, vmc.Accel = "tcg", qemu.TCG
+	}
+	if accelerator == "auto" {
 		ui.Say(fmt.Sprintf("Booting the installer VM (%d MiB), trying KVM for up to %s...", c.MemSize, c.KVMProbeTimeout))
 		probe, err := qemu.ProbeAccel(runCtx, driver, vmc, ready, c.KVMProbeTimeout)
 		if err != nil {
@@ -180,8 +183,8 @@ func (s *stepInstall) Run(ctx context.Context, state multistep.StateBag) multist
 		}
 	}
 	if s.vm == nil {
-		if c.Accelerator != "auto" {
-			ui.Say(fmt.Sprintf("Booting the installer VM (%s, %d MiB)...", vmc.Accel, c.MemSize))
+		if accelerator != "auto" {
+			ui.Say(fmt.Sprintf("Booting the installer VM (%s %s, %d MiB)...", system.arch.OrDefault().Name, vmc.Accel, c.MemSize))
 			startBudget(vmc.Accel)
 		}
 		s.pvhKernel(state, ui, &vmc)

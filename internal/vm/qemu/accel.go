@@ -72,7 +72,7 @@ type Probe struct {
 // the config is invalid (missing binary or file), which would fail under
 // TCG as well. No probe VM is left running then.
 func ProbeAccel(ctx context.Context, d Driver, c VMConfig, ready func(context.Context) error, timeout time.Duration) (Probe, error) {
-	if arch := c.Arch.orDefault(); !arch.Native() {
+	if arch := c.Arch.OrDefault(); !arch.Native() {
 		return Probe{Accel: TCG, Reason: fmt.Sprintf("an %s guest on an %s host: KVM runs only the host's architecture; using TCG", arch.Name, runtime.GOARCH)}, nil
 	}
 	if err := KVMUsable(); err != nil {

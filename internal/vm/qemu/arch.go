@@ -79,8 +79,8 @@ func (a Arch) machine(efi bool) string {
 	return "pc"
 }
 
-// orDefault is a, or X86_64 for the zero Arch (VMConfig's default).
-func (a Arch) orDefault() Arch {
+// OrDefault is a, or X86_64 for the zero Arch (VMConfig's default).
+func (a Arch) OrDefault() Arch {
 	if a.Name == "" {
 		return X86_64
 	}

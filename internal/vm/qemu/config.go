@@ -13,7 +13,7 @@ import (
 // on with a less specific message, before any process or file exists.
 func (c *VMConfig) normalize() error {
 	var err error
-	if c.Binary, err = lookArchBinary(c.Binary, c.Arch.orDefault()); err != nil {
+	if c.Binary, err = lookArchBinary(c.Binary, c.Arch.OrDefault()); err != nil {
 		return err
 	}
 	switch c.Accel {
@@ -23,7 +23,7 @@ func (c *VMConfig) normalize() error {
 	default:
 		return fmt.Errorf("qemu: unknown accelerator %q (want kvm or tcg)", c.Accel)
 	}
-	if arch := c.Arch.orDefault(); c.Accel == KVM && !arch.Native() {
+	if arch := c.Arch.OrDefault(); c.Accel == KVM && !arch.Native() {
 		return fmt.Errorf("qemu: KVM runs only guests of the host's architecture; an %s guest on this %s host needs TCG", arch.Name, runtime.GOARCH)
 	}
 	if c.MemMiB == 0 {
@@ -138,7 +138,7 @@ func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // args builds the QEMU command line. qmpSock is the QMP socket path.
 func (c *VMConfig) args(qmpSock string) []string {
-	arch := c.Arch.orDefault()
+	arch := c.Arch.OrDefault()
 	machine := arch.machine(c.EFI != nil)
 	a := []string{
 		"-nodefaults", "-no-user-config",
