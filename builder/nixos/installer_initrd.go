@@ -14,15 +14,24 @@ import (
 )
 
 // writeInstallerInitrd puts the agent, as /init, and the modules the
-// installer needs from the system's own kernel into an initrd. The agent
-// is agentbin's, or this plugin binary itself when it was built without
-// one. With gzip (OVMF boots the VM) the archive is compressed.
+// installer needs from the system's own kernel into an initrd, both for
+// the system's architecture (its kernel boots the VM), not the host's.
+// The agent is agentbin's, or this plugin binary itself when it was built
+// without one. With gzip (OVMF boots the VM) the archive is compressed.
 func writeInstallerInitrd(path string, system *toplevel, gzip bool, needs initrd.Needs) error {
+	goarch, err := system.installerGOARCH()
+	if err != nil {
+		return err
+	}
+	needs.GOARCH = goarch
 	o := initrd.Options{ModulesDir: system.modulesDir, Gzip: gzip, Needs: &needs}
-	if data, hash, ok := agentbin.Agent(runtime.GOARCH); ok {
-		log.Printf("installer agent: the embedded one (%d bytes, sources %.12s)", len(data), hash)
+	if data, hash, ok := agentbin.Agent(goarch); ok {
+		log.Printf("installer agent: the embedded %s one (%d bytes, sources %.12s)", goarch, len(data), hash)
 		o.AgentData = data
 	} else {
+		if goarch != runtime.GOARCH {
+			return fmt.Errorf("this plugin was built without go generate's installer agents, and itself (linux/%s) cannot be the /init of an installer for a linux/%s system: build it with make build (or a release)", runtime.GOARCH, goarch)
+		}
 		exe, err := os.Executable()
 		if err != nil {
 			return err

@@ -1,10 +1,15 @@
 package nixos
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	nixtoplevel "github.com/packer-plugin-nixos/packer-plugin-nixos/internal/nix/toplevel"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentbin"
+	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/initrd"
 )
 
 // A system with system.etc.overlay needs loop, erofs and overlay from its
@@ -31,5 +36,34 @@ func TestCheckEtcOverlay(t *testing.T) {
 	}
 	if err := checkEtcOverlay(&toplevel{path: sys}); err != nil {
 		t.Errorf("a kernel with everything built in: %v", err)
+	}
+}
+
+// The installer initrd's /init is the agent for the system's platform,
+// whatever the host's: an aarch64 system's gets the arm64 agent.
+func TestInstallerInitrdAgentFollowsThePlatform(t *testing.T) {
+	for platform, arch := range map[string]string{"aarch64-linux": "arm64", "x86_64-linux": "amd64"} {
+		want, _, ok := agentbin.Agent(arch)
+		if !ok {
+			t.Fatalf("no %s agent embedded: run `make build` (or go generate ./internal/vm/agentbin) first", arch)
+		}
+		other, _, _ := agentbin.Agent(map[string]string{"arm64": "amd64", "amd64": "arm64"}[arch])
+		system := &toplevel{path: t.TempDir(), wants: &nixtoplevel.System{Platform: platform}}
+		path := filepath.Join(t.TempDir(), "initrd")
+		if err := writeInstallerInitrd(path, system, false, initrd.Needs{}); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(b, want) || bytes.Contains(b, other) {
+			t.Errorf("%s: the initrd does not hold the %s agent alone", platform, arch)
+		}
+	}
+	system := &toplevel{path: t.TempDir(), wants: &nixtoplevel.System{Platform: "riscv64-linux"}}
+	err := writeInstallerInitrd(filepath.Join(t.TempDir(), "initrd"), system, false, initrd.Needs{})
+	if err == nil || !strings.Contains(err.Error(), "riscv64-linux") {
+		t.Errorf("a riscv64-linux system: %v; want an error naming its platform", err)
 	}
 }

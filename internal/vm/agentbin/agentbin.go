@@ -5,7 +5,16 @@
 // initrd instead of a few MiB, and the Go runtime starts the Packer SDK's
 // package initialisers. A plugin built without `go generate` has no agent
 // here, and the installer runs the plugin binary itself as /init, which
-// works the same, only slower.
+// works the same, only slower (and only for a system of its own
+// architecture).
+//
+// Every plugin binary embeds an agent for each architecture the installer
+// VM runs (amd64, arm64), whatever its own: the VM boots the installed
+// system's kernel, so an x86_64 host installing an aarch64 system needs
+// the arm64 agent. Embedding rather than building on demand keeps a Go
+// toolchain off users' machines and the agent's bytes fixed by the
+// release; the second agent costs about 2.4 MiB per plugin binary (1 MB
+// in the release zip).
 package agentbin
 
 import (

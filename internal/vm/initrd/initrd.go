@@ -17,27 +17,40 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/kmod"
 )
 
-// DefaultModules is what the installer needs from a modular kernel: the
-// virtio disk and serial port, ext4, FAT (Debian's vfat mounts need
-// nls_ascii for its default iocharset besides the codepage), efivarfs, and
-// for system.etc.overlay the loop device, erofs and overlayfs its
-// activation mounts /etc with (the installer has no modprobe for the
-// kernel to load them on demand). Those this kernel neither ships nor
-// builds in are skipped.
+// DefaultModules is what the installer needs from a modular amd64 kernel:
+// the virtio disk and serial port, ext4 with the crc32c its metadata
+// checksums take, FAT (Debian's vfat mounts need nls_ascii for its default
+// iocharset besides the codepage), efivarfs, and for system.etc.overlay
+// the loop device, erofs and overlayfs its activation mounts /etc with
+// (the installer has no modprobe for the kernel to load them on demand).
+// Those this kernel neither ships nor builds in are skipped.
 var DefaultModules = Needs{FAT: true, EFIVars: true, EtcOverlay: true}.Modules()
 
-// Needs says which optional parts of DefaultModules an install uses. Each
-// module costs the installer VM tens of milliseconds to load under TCG, so
-// a build loads only these.
+// Needs says which optional parts of DefaultModules an install uses, and
+// for which architecture. Each module costs the installer VM tens of
+// milliseconds to load under TCG, so a build loads only these.
 type Needs struct {
+	// GOARCH is the kernel's architecture as Go names it; "" is amd64.
+	GOARCH     string
 	FAT        bool // an ESP or XBOOTLDR is mounted
 	EFIVars    bool // efivarfs (touch_efi_vars)
 	EtcOverlay bool // system.etc.overlay
 }
 
-// Modules is the part of DefaultModules n asks for.
+// Modules is the part of DefaultModules n asks for, in the order they are
+// named (Build puts each one's dependencies before it).
 func (n Needs) Modules() []string {
-	m := []string{"virtio_pci", "virtio_blk", "virtio_console", "ext4"}
+	var m []string
+	if n.GOARCH == "arm64" {
+		// QEMU's arm64 virt machine puts virtio devices on virtio-mmio
+		// or, as -device virtio-*-pci, behind its generic PCIe host
+		// bridge; a PC's are on PCI alone.
+		m = append(m, "pci_host_generic", "virtio_mmio")
+	}
+	// crc32c_generic is named because ext4 and jbd2 find crc32c by name
+	// when the filesystem mounts, and only a kernel whose index has the
+	// softdeps (modules.softdep) would bring it otherwise.
+	m = append(m, "virtio_pci", "virtio_blk", "virtio_console", "crc32c_generic", "ext4")
 	if n.FAT {
 		m = append(m, "vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii")
 	}

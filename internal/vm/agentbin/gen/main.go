@@ -12,8 +12,10 @@ import (
 	"github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentbin/srchash"
 )
 
-// archs are the installer VM architectures an agent is built for.
-var archs = []string{"amd64"}
+// archs are the installer VM architectures an agent is built for: every
+// plugin binary carries all of them, since the agent must match the
+// system being installed (whose kernel the VM boots), not the host.
+var archs = []string{"amd64", "arm64"}
 
 func main() {
 	if err := run(); err != nil {
@@ -27,11 +29,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	hash, err := srchash.Of(root, srchash.AgentPkg)
-	if err != nil {
-		return err
-	}
 	for _, arch := range archs {
+		hash, err := srchash.Of(root, srchash.AgentPkg, arch)
+		if err != nil {
+			return err
+		}
 		out := filepath.Join("bin", "agent-linux-"+arch)
 		// -s -w: symbols and DWARF only cost the initrd; -trimpath and no
 		// VCS stamp keep the bytes independent of the checkout.

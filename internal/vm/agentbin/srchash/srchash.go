@@ -19,12 +19,14 @@ import (
 const AgentPkg = "github.com/packer-plugin-nixos/packer-plugin-nixos/internal/vm/agentbin/agent"
 
 // Of hashes the Go files of every package of this module that pkg
-// imports (itself included), by import path and name, and go.mod (the
-// versions of the others), from the module root dir.
-func Of(dir, pkg string) (string, error) {
+// imports (itself included) when built for linux/goarch, by import path
+// and name, and go.mod (the versions of the others), from the module root
+// dir. Each architecture has its own hash: a file built only for one
+// (_arm64.go, a build tag) changes only that agent.
+func Of(dir, pkg, goarch string) (string, error) {
 	cmd := exec.Command("go", "list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.ImportPath}} {{.Dir}} {{join .GoFiles \" \"}}{{end}}{{end}}", pkg)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOOS=linux", "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH="+goarch, "CGO_ENABLED=0")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
