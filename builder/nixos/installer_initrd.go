@@ -19,10 +19,9 @@ import (
 // The agent is agentbin's, or this plugin binary itself when it was built
 // without one. With gzip (OVMF boots the VM) the archive is compressed.
 func writeInstallerInitrd(path string, system *toplevel, gzip bool, needs initrd.Needs) error {
-	goarch, err := system.installerGOARCH()
-	if err != nil {
-		return err
-	}
+	// The system's, read from its `system` file or its kernel's header
+	// (systemArch); a toplevel made by hand in a test: x86_64.
+	goarch := system.arch.OrDefault().GOARCH
 	needs.GOARCH = goarch
 	o := initrd.Options{ModulesDir: system.modulesDir, Gzip: gzip, Needs: &needs}
 	if data, hash, ok := agentbin.Agent(goarch); ok {
